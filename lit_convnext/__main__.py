@@ -1,0 +1,5 @@
+"""``python -m lit_convnext``: same as the ``lit-convnext`` command."""
+
+from lit_convnext.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""The ``lit-convnext`` command: LightningCLI wired for fine-tuning ConvNeXt on image folders.
+
+This module owns the wiring only: which arguments are linked (class names, image size and batch size
+flow from the data to the model), the default callbacks and logger, and turning user mistakes into
+one-line errors.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lit_convnext.data import ImageFolderDataModule
+from lit_convnext.errors import UserError
+from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.trainer import ConvNeXtTrainer
+
+#: ``--ckpt_path`` values that Lightning resolves itself instead of reading a file.
+SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
+
+
+class ConvNeXtCLI(LightningCLI):
+    """LightningCLI with lit-convnext's links, defaults and checks."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.image_size", "model.image_size")
+        parser.link_arguments("data.batch_size", "model.batch_size")
+        # The folder decides the classes: num_classes is never typed by the user.
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc1",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc1:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and str(ckpt_path) not in SPECIAL_CKPT_PATHS:
+            path = Path(ckpt_path)
+            if not path.is_file():
+                raise UserError(f"checkpoint {path} does not exist: pass the path of a .ckpt file with --ckpt_path")
+        if ckpt_path:
+            # The weights come from the checkpoint: do not download or read the original ones again.
+            config.model.pretrained = False
+        elif self.subcommand in ("validate", "test", "predict"):
+            raise UserError(f"`{self.subcommand}` needs a trained model: pass --ckpt_path CHECKPOINT.ckpt")
+        if self.subcommand != "fit":
+            self.save_config_callback = None  # only training runs get a run directory with config.yaml
+        if self.subcommand == "predict":
+            config.trainer.logger = False  # predict logs no metrics; it writes the output file only
+        precision = str(config.trainer.get("precision"))
+        if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            rank_zero_warn(f"This GPU does not support bfloat16: using 16-mixed instead of {precision}.")
+            config.trainer.precision = "16-mixed"
+
+    def after_fit(self) -> None:
+        checkpoint = self.trainer.checkpoint_callback
+        if checkpoint is None or not self.trainer.is_global_zero:
+            return
+        if checkpoint.best_model_path:
+            score = checkpoint.best_model_score
+            shown = f"{score.item():.4f}" if score is not None else "n/a"
+            rank_zero_info(f"Best checkpoint ({checkpoint.monitor} = {shown}): {checkpoint.best_model_path}")
+        if checkpoint.last_model_path:
+            rank_zero_info(f"Last checkpoint: {checkpoint.last_model_path}")
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
+    try:
+        ConvNeXtCLI(
+            ConvNeXtClassifier,
+            ImageFolderDataModule,
+            trainer_class=ConvNeXtTrainer,
+            seed_everything_default=42,
+            trainer_defaults={
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "runs", "name": "convnext"},
+                },
+            },
+            args=args,
+        )
+    except UserError as err:
+        _fail(str(err))
+    except pickle.UnpicklingError as err:
+        _fail(f"refusing to load a checkpoint that is not plain tensors and values (it would run code "
+              f"when unpickled): {str(err).splitlines()[0]}")
+
+
+def _fail(message: str) -> None:
+    # Errors raised inside DataLoader workers arrive wrapped with the worker's traceback: keep our line.
+    if "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    print(f"lit-convnext: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The LightningDataModule: image folders in, loaders out.
+
+Preprocessing (size, mean, std, interpolation, crop) is owned by the model, which resolves it from
+the weights and stores it in the checkpoint; this module reads it from the attached model in
+``setup`` so training, validation, test and predict transform images identically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
+from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
+from lit_convnext.data.transforms import TrainAugmentation, build_eval_transform, build_train_transform
+from lit_convnext.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SPLIT_MANIFEST_NAME = "split_manifest.csv"
+
+
+def default_num_workers() -> int:
+    """One loader worker per available CPU core, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+class ImageFolderDataModule(LightningDataModule):
+    """Images sorted into one sub-folder per class.
+
+    Args:
+        root: Folder with ``train/`` (and optionally ``val/``, ``test/``), each holding one sub-folder per
+            class; or a folder of class sub-folders, from which a stratified validation split is drawn.
+            Not needed for ``predict``.
+        predict_dir: Folder of images to label with ``predict`` (searched recursively).
+        val_fraction: Share of each class held out for validation when ``root`` has no ``val/``.
+        split_seed: Seed of that split; the split is also written to ``split_manifest.csv`` in the run directory.
+        split_manifest: A ``split_manifest.csv`` from an earlier run, to reproduce its split exactly.
+        image_size: Training and evaluation resolution; ``None`` uses the weights' pretrained size.
+        batch_size: Images per device per step.
+        num_workers: Loader processes; ``None`` means one per CPU core (at most 8).
+        pin_memory: Page-locked batches for faster host-to-GPU copies; ``None`` means on when CUDA is used.
+        persistent_workers: Keep loader workers alive between epochs instead of restarting them.
+        augmentation: Training augmentation (timm's random resized crop, flips, RandAugment, erasing).
+    """
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        predict_dir: Path | None = None,
+        val_fraction: float = 0.2,
+        split_seed: int = 42,
+        split_manifest: Path | None = None,
+        image_size: int | None = None,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        augmentation: TrainAugmentation = TrainAugmentation(),
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"--data.batch_size must be at least 1, got {batch_size}")
+        self.root = Path(root).expanduser() if root is not None else None
+        self.predict_dir = Path(predict_dir).expanduser() if predict_dir is not None else None
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.split_manifest = Path(split_manifest) if split_manifest is not None else None
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.augmentation = augmentation
+        self.preprocessing: dict[str, Any] | None = None
+        self._splits: FolderSplits | None = None
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def splits(self) -> FolderSplits:
+        """The scanned folder (done once, on first use)."""
+        if self._splits is None:
+            if self.root is None:
+                raise UserError("no training data given: pass --data.root PATH (a folder of class sub-folders)")
+            self._splits = read_folder_splits(self.root, self.val_fraction, self.split_seed, self.split_manifest)
+        return self._splits
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Class names from the training folder, or ``None`` when no ``root`` is set (predict)."""
+        return None if self.root is None else self.splits.class_names
+
+    def setup(self, stage: str) -> None:
+        preprocessing = self._resolve_preprocessing()
+        eval_transform = build_eval_transform(preprocessing)
+        if stage == "predict":
+            self.datasets["predict"] = UnlabeledImages(self._predict_paths(), eval_transform)
+            return
+        splits = self.splits
+        if stage == "fit":
+            if len(splits.train) < self.batch_size:
+                raise UserError(
+                    f"only {len(splits.train)} training images in {self.root} but --data.batch_size is "
+                    f"{self.batch_size}: lower the batch size or add images"
+                )
+            if not splits.val:
+                raise UserError(f"no validation images found under {self.root}: add {self.root}/val/<class>/...")
+            self.datasets["train"] = self._labeled(splits.train, build_train_transform(preprocessing, self.augmentation))
+            self._write_manifest()
+        if stage in ("fit", "validate"):
+            self.datasets["val"] = self._labeled(splits.val, eval_transform)
+        if stage == "test":
+            if not splits.test:
+                raise UserError(f"no test images: add {self.root}/test/<class>/... to run `test`")
+            self.datasets["test"] = self._labeled(splits.test, eval_transform)
+
+    def _resolve_preprocessing(self) -> dict[str, Any]:
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        preprocessing = getattr(model, "preprocessing", None) or self.preprocessing
+        if preprocessing is None:
+            raise RuntimeError("ImageFolderDataModule needs a model with a `preprocessing` config, or set .preprocessing")
+        self.preprocessing = preprocessing
+        return preprocessing
+
+    def _labeled(self, samples: list, transform: Any) -> LabeledImages:
+        return LabeledImages([s.path for s in samples], self.splits.targets(samples), transform)
+
+    def _predict_paths(self) -> list[Path]:
+        if self.predict_dir is None:
+            raise UserError("nothing to predict: pass --data.predict_dir FOLDER")
+        if not self.predict_dir.is_dir():
+            raise UserError(f"predict folder {self.predict_dir} does not exist or is not a folder")
+        paths = list(iter_images(self.predict_dir))
+        if not paths:
+            raise UserError(f"predict folder {self.predict_dir} contains no images (searched recursively)")
+        return paths
+
+    def _write_manifest(self) -> None:
+        if not self.splits.val_is_held_out or self.trainer is None or not self.trainer.is_global_zero:
+            return
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        write_split_manifest(run_dir / SPLIT_MANIFEST_NAME, self.root, self.splits)
+        log.info("validation split (%d images) written to %s", len(self.splits.val), run_dir / SPLIT_MANIFEST_NAME)
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        workers = self.num_workers
+        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,  # equal-size training batches (Mixup/CutMix pair samples within a batch)
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=self.persistent_workers and workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

@@ -1,0 +1,54 @@
+"""Map-style datasets over lists of image files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lit_convnext.data.images import load_rgb
+from lit_convnext.errors import UserError
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def read_image(path: Path) -> Image.Image:
+    """``load_rgb`` with an error that names the file."""
+    try:
+        return load_rgb(path)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UserError(f"cannot read image {path}: {err}; fix or remove the file") from err
+
+
+class LabeledImages(Dataset):
+    """Images with integer class targets: yields ``(image_tensor, target)``."""
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int], transform: Transform) -> None:
+        if len(paths) != len(targets):
+            raise ValueError("paths and targets differ in length")
+        self.paths = list(paths)
+        self.targets = list(targets)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(read_image(self.paths[index])), self.targets[index]
+
+
+class UnlabeledImages(Dataset):
+    """Images to predict: yields ``(image_tensor, index)``; the index maps back to ``paths``."""
+
+    def __init__(self, paths: Sequence[Path], transform: Transform) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(read_image(self.paths[index])), index

@@ -1,0 +1,96 @@
+"""Training and evaluation transforms, built by timm from the weights' preprocessing config.
+
+Mean, std, interpolation and crop come from the model's pretrained config (see
+``ConvNeXtClassifier.preprocessing``), never from constants here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageOps
+from timm.data import create_transform
+from timm.data.auto_augment import RandAugment
+from torchvision import transforms as T
+
+
+@dataclass(frozen=True)
+class TrainAugmentation:
+    """Training augmentation (timm's). Defaults follow the official ConvNeXt fine-tuning recipe.
+
+    Args:
+        scale: Random-resized-crop area range, as a fraction of the image.
+        ratio: Random-resized-crop aspect-ratio range.
+        hflip: Probability of a horizontal flip.
+        vflip: Probability of a vertical flip.
+        rand_augment: timm RandAugment policy string, or ``None`` for none.
+        color_jitter: Colour-jitter strength; timm ignores it while RandAugment is on.
+        random_erasing: Probability of random erasing.
+        random_erasing_mode: ``pixel`` (per-pixel noise), ``rand`` (per-channel) or ``const``.
+    """
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rand_augment: str | None = "rand-m9-mstd0.5-inc1"
+    color_jitter: float | None = 0.4
+    random_erasing: float = 0.25
+    random_erasing_mode: str = "pixel"
+
+
+def build_train_transform(preprocessing: dict[str, Any], augmentation: TrainAugmentation) -> T.Compose:
+    """The training pipeline: random resized crop, flips, RandAugment, normalise, random erasing."""
+    transform = create_transform(
+        input_size=tuple(preprocessing["input_size"]),
+        is_training=True,
+        scale=augmentation.scale,
+        ratio=augmentation.ratio,
+        hflip=augmentation.hflip,
+        vflip=augmentation.vflip,
+        auto_augment=augmentation.rand_augment,
+        color_jitter=augmentation.color_jitter,
+        re_prob=augmentation.random_erasing,
+        re_mode=augmentation.random_erasing_mode,
+        interpolation=preprocessing["interpolation"],
+        mean=tuple(preprocessing["mean"]),
+        std=tuple(preprocessing["std"]),
+    )
+    _make_posterize_total(transform)
+    return transform
+
+
+def build_eval_transform(preprocessing: dict[str, Any]) -> T.Compose:
+    """The evaluation pipeline (validate, test, predict): resize, centre crop by ``crop_pct``, normalise."""
+    return create_transform(
+        input_size=tuple(preprocessing["input_size"]),
+        is_training=False,
+        interpolation=preprocessing["interpolation"],
+        mean=tuple(preprocessing["mean"]),
+        std=tuple(preprocessing["std"]),
+        crop_pct=preprocessing["crop_pct"],
+        crop_mode=preprocessing.get("crop_mode", "center"),
+    )
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """Posterize that also accepts 0 bits.
+
+    timm's ``inc1`` policies ask for 0 bits at the top magnitude (m9 + noise reaches 10). Pillow up to
+    12.x returned a black image for that, which is what the official ConvNeXt recipe trained with;
+    Pillow 13 raises ``ValueError`` and crashes the loader worker a few percent into an epoch.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _make_posterize_total(transform: T.Compose) -> None:
+    for step in transform.transforms:
+        if isinstance(step, RandAugment):
+            for op in step.ops:
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = _posterize

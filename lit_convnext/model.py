@@ -1,0 +1,240 @@
+"""The LightningModule: a timm ConvNeXt fine-tuned with the official recipe's training step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from timm.data import Mixup, resolve_model_data_config
+from timm.loss import SoftTargetCrossEntropy
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from lit_convnext.backbone import build_convnext
+from lit_convnext.errors import UserError
+from lit_convnext.optim import EffectiveBatch, build_optimizer, build_scheduler, warmup_steps_for
+
+PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+class ConvNeXtClassifier(LightningModule):
+    """Fine-tune a timm ConvNeXt V1/V2 onto the classes of an image folder.
+
+    Args:
+        model_name: Any timm ``convnext_*`` / ``convnextv2_*`` name, optionally with a pretrained tag
+            (``convnext_tiny.fb_in22k_ft_in1k``).
+        pretrained: ``true`` for timm's hub weights of that tag, ``false`` for random init, or a path to a
+            weights file.
+        class_names: Class names in label order. Set from the data folder (never by hand).
+        image_size: Input resolution; ``None`` keeps the weights' pretrained size. Set from ``--data.image_size``.
+        batch_size: Per-device batch size, set from ``--data.batch_size``; used for lr scaling.
+        drop_path_rate: Stochastic-depth rate at the last block; it rises linearly from 0 at the first block.
+        layer_scale_init_value: Initial layer-scale gamma; ``None`` keeps the architecture's default
+            (1e-6 for V1, none for V2). Pretrained gammas replace the init when weights are loaded.
+        head_init_scale: Scale of a newly initialised classifier head (0.001 in the official fine-tuning recipe).
+        lr: Peak learning rate for a batch of ``lr_reference_batch_size``; the run uses
+            ``lr * effective_batch / lr_reference_batch_size``.
+        lr_reference_batch_size: Batch size ``lr`` is given for (256 in the ConvNeXt-V2 recipes).
+        min_lr: Learning rate at the end of the cosine decay.
+        warmup_epochs: Linear warm-up length, in epochs (fractions allowed).
+        weight_decay: AdamW weight decay (not applied to biases, norms, layer-scale and GRN parameters).
+        layer_decay: Layer-wise lr decay per block (the head gets ``lr``, each earlier block ``layer_decay`` times
+            the next); ``None`` turns it off.
+        betas: AdamW betas.
+        label_smoothing: Label smoothing of the cross-entropy (also applied under Mixup/CutMix).
+        mixup_alpha: Mixup beta-distribution alpha; 0 turns Mixup off.
+        cutmix_alpha: CutMix alpha; 0 turns CutMix off.
+        mixup_prob: Probability of applying Mixup or CutMix to a batch.
+        mixup_switch_prob: Probability of CutMix instead of Mixup when both are on.
+        pretrained_use_ema: When ``pretrained`` is a file that holds EMA weights, start from them.
+        allow_missing_keys: Accept a weights file with missing or unused backbone tensors (reported).
+        preprocessing: Mean, std, interpolation, crop and input size; resolved from the weights' pretrained
+            config when ``None`` and stored in checkpoints, so evaluation and predict reuse it exactly.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "convnext_tiny.fb_in22k_ft_in1k",
+        pretrained: bool | str = True,
+        class_names: list[str] | None = None,
+        image_size: int | None = None,
+        batch_size: int = 32,
+        drop_path_rate: float = 0.1,
+        layer_scale_init_value: float | None = None,
+        head_init_scale: float = 0.001,
+        lr: float = 4e-4,
+        lr_reference_batch_size: int = 256,
+        min_lr: float = 1e-6,
+        warmup_epochs: float = 1.0,
+        weight_decay: float = 0.05,
+        layer_decay: float | None = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        pretrained_use_ema: bool = True,
+        allow_missing_keys: bool = False,
+        preprocessing: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        _check_options(lr=lr, layer_decay=layer_decay, image_size=image_size, batch_size=batch_size,
+                       drop_path_rate=drop_path_rate, mixup_on=mixup_alpha > 0 or cutmix_alpha > 0)
+        self.save_hyperparameters()
+        self.class_names = list(class_names) if class_names else None
+        self.net, load_report = build_convnext(
+            model_name,
+            num_classes=len(self.class_names) if self.class_names else 0,
+            pretrained=pretrained,
+            drop_path_rate=drop_path_rate,
+            layer_scale_init_value=layer_scale_init_value,
+            head_init_scale=head_init_scale,
+            pretrained_use_ema=pretrained_use_ema,
+            allow_missing_keys=allow_missing_keys,
+        )
+        self.load_report = load_report
+        self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
+        self.hparams["preprocessing"] = self.preprocessing
+        self.mixup = self._build_mixup() if self.class_names else None
+        self._build_metrics()
+
+    # ----------------------------------------------------------------------------------------- set-up
+    def _build_mixup(self) -> Mixup | None:
+        hp = self.hparams
+        if hp.mixup_alpha <= 0 and hp.cutmix_alpha <= 0:
+            return None
+        return Mixup(
+            mixup_alpha=hp.mixup_alpha,
+            cutmix_alpha=hp.cutmix_alpha,
+            prob=hp.mixup_prob,
+            switch_prob=hp.mixup_switch_prob,
+            label_smoothing=hp.label_smoothing,
+            num_classes=len(self.class_names),
+        )
+
+    def _build_metrics(self) -> None:
+        if not self.class_names:
+            return
+        n = len(self.class_names)
+        metrics: dict[str, Any] = {
+            "acc1": MulticlassAccuracy(num_classes=n, top_k=1),
+            "f1": MulticlassF1Score(num_classes=n, average="macro"),
+        }
+        if n >= 5:
+            metrics["acc5"] = MulticlassAccuracy(num_classes=n, top_k=5)
+        collection = MetricCollection(metrics)
+        # Keys get a suffix: ``train`` would clash with ``nn.Module.train``.
+        self.metrics = torch.nn.ModuleDict(
+            {f"{stage}_metrics": collection.clone(prefix=f"{stage}/") for stage in ("train", "val", "test")}
+        )
+
+    # ------------------------------------------------------------------------------------------ steps
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        if self.mixup is not None:
+            images, soft_targets = self.mixup(images, targets)
+            loss = SoftTargetCrossEntropy()(self(images), soft_targets)
+        else:
+            logits = self(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+            self.metrics["train_metrics"].update(logits, targets)
+            self.log_dict(self.metrics["train_metrics"], on_step=False, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        images, targets = batch
+        logits = self(images)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=stage == "val", sync_dist=True)
+        self.metrics[f"{stage}_metrics"].update(logits, targets)
+        self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage == "val")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        images, indices = batch
+        return {"probabilities": self(images).float().softmax(dim=-1), "indices": indices}
+
+    # --------------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp, trainer = self.hparams, self.trainer
+        batch = EffectiveBatch(hp.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+        lr = batch.scaled_lr(hp.lr, hp.lr_reference_batch_size)
+        optimizer = build_optimizer(self.net, lr, hp.weight_decay, hp.layer_decay, tuple(hp.betas))
+        total_steps = int(trainer.estimated_stepping_batches)
+        warmup = warmup_steps_for(hp.warmup_epochs, total_steps, trainer.max_epochs,
+                                  trainer.num_training_batches / trainer.accumulate_grad_batches)
+        scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
+        rank_zero_info(
+            f"Effective batch {batch.describe()}: lr {lr:.3g} (= {hp.lr:g} x {batch.size}/{hp.lr_reference_batch_size}), "
+            f"{len(optimizer.param_groups)} parameter groups, layer decay {hp.layer_decay}, "
+            f"{warmup} warm-up steps of {total_steps}."
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        # timm schedulers are stepped by update count; this also applies each group's layer-decay lr_scale.
+        scheduler.step_update(num_updates=self.global_step)
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adopt the checkpoint's classes (predict), or refuse a checkpoint trained on other classes."""
+        saved = list(checkpoint.get("hyper_parameters", {}).get("class_names") or [])
+        if not saved:
+            return
+        if self.class_names is None:
+            self.class_names = saved
+            self.hparams["class_names"] = saved
+            self.net.reset_classifier(len(saved))
+        elif saved != self.class_names:
+            raise UserError(
+                f"the checkpoint was trained on classes {_short(saved)} but the data folder has "
+                f"{_short(self.class_names)}: use data with the same class folders, or start a new fine-tune "
+                "from these weights with `fit --model.pretrained CHECKPOINT`"
+            )
+
+
+def resolve_preprocessing(net: torch.nn.Module, image_size: int | None, stored: dict[str, Any] | None) -> dict[str, Any]:
+    """Preprocessing from a checkpoint (``stored``) or from timm's pretrained config of ``net``."""
+    if stored:
+        config = {key: stored[key] for key in PREPROCESSING_KEYS if key in stored}
+    else:
+        resolved = resolve_model_data_config(net)
+        config = {key: resolved[key] for key in PREPROCESSING_KEYS if key in resolved}
+    config["input_size"] = list(config["input_size"])
+    config["mean"] = [float(v) for v in config["mean"]]
+    config["std"] = [float(v) for v in config["std"]]
+    if image_size is not None:
+        config["input_size"] = [config["input_size"][0], image_size, image_size]
+    return config
+
+
+def _check_options(*, lr: float, layer_decay: float | None, image_size: int | None, batch_size: int,
+                   drop_path_rate: float, mixup_on: bool) -> None:
+    if lr <= 0:
+        raise UserError(f"--model.lr must be positive, got {lr}")
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise UserError(f"--model.layer_decay must be in (0, 1] (or null to turn it off), got {layer_decay}")
+    if image_size is not None and (image_size < 32 or image_size % 32):
+        raise UserError(f"image size {image_size} does not fit ConvNeXt (total stride 32): use a multiple of 32, e.g. 224")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise UserError(f"--model.drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    if mixup_on and batch_size % 2:
+        raise UserError(f"Mixup/CutMix pair images within a batch: use an even --data.batch_size, got {batch_size}")
+
+
+def _short(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} classes)"
