@@ -75,5 +75,10 @@ def build_scheduler(
 
 def warmup_steps_for(warmup_epochs: float, total_steps: int, max_epochs: int | None, batches_per_epoch: float) -> int:
     """Convert a warm-up given in epochs into optimizer steps."""
-    steps_per_epoch = total_steps / max_epochs if max_epochs and max_epochs > 0 else batches_per_epoch
+    if max_epochs and max_epochs > 0:
+        steps_per_epoch = total_steps / max_epochs
+    elif math.isfinite(batches_per_epoch):
+        steps_per_epoch = batches_per_epoch
+    else:  # an iterable without a length, bounded by max_steps only
+        steps_per_epoch = total_steps
     return int(math.ceil(warmup_epochs * steps_per_epoch)) if warmup_epochs > 0 else 0

@@ -1,0 +1,156 @@
+"""The whole job through the CLI, in-process: fit -> checkpoint -> predict, and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_MODEL, make_folder
+
+from lit_convnext.cli import main
+
+FAST = [
+    "--model.model_name", TINY_MODEL, "--model.pretrained", "false",
+    "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
+    "--trainer.accelerator", "cpu", "--progress_bar.refresh_rate", "0",
+]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One real two-epoch fit, shared by the tests that only read its outputs."""
+    base = tmp_path_factory.mktemp("fitted")
+    root = base / "images"
+    make_folder(root / "train", 8)
+    make_folder(root / "val", 4, seed=500)
+    make_folder(root / "test", 2, seed=900)
+    previous = Path.cwd()
+    os.chdir(base)
+    try:
+        main(["fit", "--data.root", str(root), "--trainer.max_epochs", "2", *FAST])
+    finally:
+        os.chdir(previous)
+    run = base / "runs" / "convnext" / "version_0"
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    return {"base": base, "root": root, "run": run, "best": best}
+
+
+def test_fit_writes_best_and_last_checkpoints_with_class_names(fitted: dict[str, Path]) -> None:
+    run = fitted["run"]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").is_file()
+    checkpoint = torch.load(fitted["best"], weights_only=True, map_location="cpu")  # plain types only
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["class_names"] == ["blue", "green", "red"]  # natural order of the folder names
+    assert hparams["preprocessing"]["input_size"] == [3, 32, 32]
+    assert checkpoint["state_dict"]["net.head.fc.weight"].shape[0] == 3
+    assert sorted(p.name for p in fitted["base"].iterdir()) == ["images", "runs"]  # nothing stray
+
+
+def test_predict_needs_only_the_checkpoint_and_a_folder(fitted: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    new_images = make_folder(tmp_path / "new" / "nested", 2, seed=77)
+    out = tmp_path / "preds.csv"
+    main(["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir", str(tmp_path / "new"),
+          "--output", str(out), "--top_k", "2", "--data.num_workers", "0", "--progress_bar.refresh_rate", "0"])
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6
+    assert set(rows[0]) == {"path", "class_1", "probability_1", "class_2", "probability_2"}
+    assert {r["class_1"] for r in rows} <= {"red", "green", "blue"}
+    assert all(float(r["probability_1"]) >= float(r["probability_2"]) for r in rows)
+    assert {Path(r["path"]).name for r in rows} == {p.name for p in new_images.rglob("*.png")}
+    assert str(out) in capsys.readouterr().err + capsys.readouterr().out or out.is_file()
+    assert not (Path.cwd() / "runs").exists()  # predict makes no run directory
+
+
+def test_predict_writes_json_lines(fitted: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "preds.jsonl"
+    main(["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir", str(fitted["root"] / "val"),
+          "--output", str(out), "--data.num_workers", "0", "--progress_bar.refresh_rate", "0"])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 12
+    assert len(records[0]["top_k"]) == 3  # top_k 5 capped at the 3 classes
+    assert {c["class"] for c in records[0]["top_k"]} == {"red", "green", "blue"}
+
+
+def test_validate_and_test_use_the_checkpoint(fitted: dict[str, Path]) -> None:
+    for command in ("validate", "test"):
+        main([command, "--ckpt_path", str(fitted["best"]), "--data.root", str(fitted["root"]),
+              "--data.num_workers", "0", "--progress_bar.refresh_rate", "0"])
+
+
+def test_rerunning_the_same_command_makes_a_new_version(image_root: Path) -> None:
+    args = ["fit", "--data.root", str(image_root), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", *FAST]
+    main(args)
+    main(args)
+    versions = sorted(p.name for p in (Path.cwd() / "runs" / "convnext").iterdir())
+    assert versions == ["version_0", "version_1"]
+
+
+def test_printed_config_runs_again_unchanged(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["fit", "--data.root", str(image_root), "--trainer.fast_dev_run", "1", *FAST]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    config = yaml.safe_load(printed)
+    assert config["model"]["model_name"] == TINY_MODEL and config["data"]["root"] == str(image_root)
+    Path("printed.yaml").write_text(printed)
+    main(["fit", "--config", "printed.yaml"])
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_missing_root_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _one_line_error(capsys, ["fit", "--data.root", str(tmp_path / "missing"), *FAST])
+    assert line.startswith("lit-convnext: error:") and "missing" in line
+
+
+def test_empty_class_folder_is_a_one_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (image_root / "train" / "purple").mkdir()
+    line = _one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST])
+    assert "purple" in line and "no images" in line
+
+
+def test_class_only_in_val_is_a_one_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_folder(image_root / "val", 1, {"purple": (128, 0, 128)})
+    line = _one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST])
+    assert "purple" in line
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _one_line_error(capsys, ["predict", "--ckpt_path", str(tmp_path / "nope.ckpt"),
+                                    "--data.predict_dir", str(tmp_path)])
+    assert "nope.ckpt" in line and "does not exist" in line
+
+
+def test_predict_folder_without_images_is_a_one_line_error(fitted: dict[str, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no pictures here")
+    line = _one_line_error(capsys, ["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir", str(empty),
+                                    "--data.num_workers", "0"])
+    assert str(empty) in line and "no images" in line
+
+
+def test_checkpoint_with_other_classes_is_refused(fitted: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other"
+    make_folder(other / "train", 2, {"cat": (1, 1, 1), "dog": (2, 2, 2), "eel": (3, 3, 3)})
+    make_folder(other / "val", 1, {"cat": (1, 1, 1), "dog": (2, 2, 2), "eel": (3, 3, 3)})
+    line = _one_line_error(capsys, ["validate", "--ckpt_path", str(fitted["best"]), "--data.root", str(other),
+                                    "--data.num_workers", "0"])
+    assert "red" in line and "cat" in line

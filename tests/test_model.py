@@ -1,0 +1,142 @@
+"""What the model builds and how it optimises: drop path, layer scale, head, param groups, lr schedule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_MODEL
+from lightning.pytorch import Callback, Trainer
+
+from lit_convnext.data import ImageFolderDataModule, TrainAugmentation
+from lit_convnext.errors import UserError
+from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.optim import EffectiveBatch
+
+
+def classifier(**overrides) -> ConvNeXtClassifier:
+    options = dict(model_name=TINY_MODEL, pretrained=False, class_names=["a", "b", "c"], image_size=32)
+    options.update(overrides)
+    return ConvNeXtClassifier(**options)
+
+
+def blocks(model: ConvNeXtClassifier) -> list[torch.nn.Module]:
+    return [block for stage in model.net.stages for block in stage.blocks]
+
+
+def test_drop_path_rises_linearly_from_zero_to_the_rate_at_the_last_block() -> None:
+    model = classifier(drop_path_rate=0.3)
+    rates = [getattr(b.drop_path, "drop_prob", 0.0) for b in blocks(model)]
+    expected = torch.linspace(0, 0.3, len(rates)).tolist()
+    assert rates == pytest.approx(expected, abs=1e-6)
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)
+
+
+def test_layer_scale_init_value_and_architecture_defaults() -> None:
+    v1_default = classifier()
+    assert all(torch.all(b.gamma == 1e-6) for b in blocks(v1_default))
+    custom = classifier(layer_scale_init_value=0.5)
+    assert all(torch.all(b.gamma == 0.5) for b in blocks(custom))
+    v2 = classifier(model_name="convnextv2_atto")
+    assert all(b.gamma is None for b in blocks(v2))  # V2 has GRN and no layer scale
+
+
+def test_head_matches_the_class_count_and_is_scaled_by_head_init_scale() -> None:
+    torch.manual_seed(0)
+    small = classifier(head_init_scale=0.001).net.head.fc.weight
+    torch.manual_seed(0)
+    full = classifier(head_init_scale=1.0).net.head.fc.weight
+    assert small.shape == (3, 320)
+    assert torch.allclose(small, full * 0.001)
+
+
+def test_unknown_model_name_suggests_close_names() -> None:
+    with pytest.raises(UserError, match="convnext_tiny"):
+        classifier(model_name="convnext_tinny")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"lr": 0.0}, "lr"), ({"layer_decay": 1.5}, "layer_decay"), ({"image_size": 100}, "multiple of 32")],
+)
+def test_invalid_options_are_rejected(options: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        classifier(**options)
+
+
+def test_param_groups_weight_decay_and_layer_scales() -> None:
+    from lit_convnext.optim import build_optimizer
+
+    model = classifier()
+    optimizer = build_optimizer(model.net, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    decayed, not_decayed, scale_of = set(), set(), {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            (decayed if group["weight_decay"] > 0 else not_decayed).add(names[id(p)])
+            scale_of[names[id(p)]] = group["lr_scale"]
+    assert len(decayed) + len(not_decayed) == len(names)
+    params = dict(model.net.named_parameters())
+    assert all(params[n].ndim == 1 for n in not_decayed)  # biases, norm weights, layer-scale gammas
+    assert all(params[n].ndim > 1 for n in decayed)  # conv kernels and linear weights
+    assert "stages.0.blocks.0.mlp.fc1.weight" in decayed and "head.fc.weight" in decayed
+    assert "stages.0.blocks.0.gamma" in not_decayed and "stem.1.weight" in not_decayed
+    # Head gets the full lr; each earlier block half of the next; the stem the least.
+    assert scale_of["head.fc.weight"] == 1.0
+    depth_order = ["stem.0.weight", "stages.0.blocks.0.conv_dw.weight", "stages.0.blocks.1.conv_dw.weight",
+                   "stages.3.blocks.1.conv_dw.weight", "head.fc.weight"]
+    scales = [scale_of[n] for n in depth_order]
+    assert scales == sorted(scales) and scales[1] == pytest.approx(scales[2] * 0.5)
+    assert scale_of["stem.0.weight"] == pytest.approx(0.5 ** (len(blocks(model)) + 1))
+
+
+def test_v2_grn_parameters_get_no_weight_decay() -> None:
+    from lit_convnext.optim import build_optimizer
+
+    model = classifier(model_name="convnextv2_atto")
+    optimizer = build_optimizer(model.net, lr=1.0, weight_decay=0.05, layer_decay=0.9)
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    grn = [names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert any("grn" in n for n in grn)
+    assert not [names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"] if "grn" in names[id(p)]]
+
+
+def test_effective_batch_scales_the_lr_linearly() -> None:
+    batch = EffectiveBatch(per_device=32, devices=4, accumulation=2)
+    assert batch.size == 256
+    assert batch.scaled_lr(1e-3, 256) == pytest.approx(1e-3)
+    assert EffectiveBatch(16, 1, 1).scaled_lr(1e-3, 256) == pytest.approx(1e-3 / 16)
+
+
+class RecordLR(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx % trainer.accumulate_grad_batches == 0:
+            head_group = max(trainer.optimizers[0].param_groups, key=lambda g: g["lr_scale"])
+            self.lrs.append(head_group["lr"])
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine_over_the_real_steps(image_root: Path) -> None:
+    data = ImageFolderDataModule(image_root, batch_size=4, num_workers=0, image_size=32,
+                                 augmentation=TrainAugmentation(rand_augment=None, random_erasing=0.0))
+    model = classifier(batch_size=4, lr=0.256, warmup_epochs=1.0, min_lr=1e-4)
+    recorder = RecordLR()
+    trainer = Trainer(max_epochs=4, accumulate_grad_batches=2, accelerator="cpu", logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder])
+    trainer.fit(model, data)
+    # 24 images / batch 4 = 6 batches per epoch, 2 accumulated -> 3 optimizer steps per epoch, 12 in all.
+    lrs = recorder.lrs
+    assert trainer.global_step == 12 and len(lrs) == 12
+    peak = 0.256 * (4 * 1 * 2) / 256  # lr x effective batch / reference
+    warmup = lrs[:3]
+    assert warmup[0] < warmup[1] < warmup[2] and warmup[1] - warmup[0] == pytest.approx(warmup[2] - warmup[1])
+    assert lrs[3] == pytest.approx(peak)
+    cosine = lrs[3:]
+    for step, lr in enumerate(cosine):
+        expected = 1e-4 + 0.5 * (peak - 1e-4) * (1 + math.cos(math.pi * step / 9))
+        assert lr == pytest.approx(expected, rel=1e-6)
