@@ -48,6 +48,8 @@ class ConvNeXtCLI(LightningCLI):
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
+            return
         config = self.config[self.subcommand]
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and str(ckpt_path) not in SPECIAL_CKPT_PATHS:
@@ -80,22 +82,28 @@ class ConvNeXtCLI(LightningCLI):
             rank_zero_info(f"Last checkpoint: {checkpoint.last_model_path}")
 
 
+def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
+    """Parse ``args`` and instantiate model, data and trainer; with ``run`` also execute the subcommand."""
+    return ConvNeXtCLI(
+        ConvNeXtClassifier,
+        ImageFolderDataModule,
+        trainer_class=ConvNeXtTrainer,
+        seed_everything_default=42,
+        trainer_defaults={
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "convnext"},
+            },
+        },
+        args=args,
+        run=run,
+    )
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
     try:
-        ConvNeXtCLI(
-            ConvNeXtClassifier,
-            ImageFolderDataModule,
-            trainer_class=ConvNeXtTrainer,
-            seed_everything_default=42,
-            trainer_defaults={
-                "logger": {
-                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": "runs", "name": "convnext"},
-                },
-            },
-            args=args,
-        )
+        build_cli(args)
     except UserError as err:
         _fail(str(err))
     except pickle.UnpicklingError as err:
