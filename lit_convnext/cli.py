@@ -82,6 +82,10 @@ class ConvNeXtCLI(LightningCLI):
 
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
+    argv = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, list) else None
+    if argv and argv[0] == "doctor":
+        _doctor(argv[1:])
+        return
     try:
         ConvNeXtCLI(
             ConvNeXtClassifier,
@@ -95,12 +99,26 @@ def main(args: ArgsType = None) -> None:
                 },
             },
             args=args,
+            parser_kwargs={"epilog": "Check a data folder first: lit-convnext doctor DATA_ROOT (see doctor --help)."},
         )
     except UserError as err:
         _fail(str(err))
     except pickle.UnpicklingError as err:
         _fail(f"refusing to load a checkpoint that is not plain tensors and values (it would run code "
               f"when unpickled): {str(err).splitlines()[0]}")
+
+
+def _doctor(argv: list[str]) -> None:
+    """``lit-convnext doctor ROOT [--json PATH] [--image_size N] [--deep true] [--workers N]``."""
+    from jsonargparse import auto_cli
+
+    from lit_convnext.doctor_report import doctor
+
+    try:
+        status = auto_cli(doctor, args=argv, prog="lit-convnext doctor")
+    except UserError as err:
+        _fail(str(err))
+    raise SystemExit(status)
 
 
 def _fail(message: str) -> None:
