@@ -163,9 +163,10 @@ class ConvNeXtClassifier(LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        images, indices = batch
-        return {"probabilities": self(images).float().softmax(dim=-1), "indices": indices}
+    def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        images, indices = batch[0], batch[1]
+        errors = list(batch[2]) if len(batch) > 2 else [""] * len(indices)  # unreadable files (see UnlabeledImages)
+        return {"probabilities": self(images).float().softmax(dim=-1), "indices": indices, "errors": errors}
 
     # --------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
