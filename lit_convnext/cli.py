@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_convnext.class_report import PerClassReport
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.errors import UserError
 from lit_convnext.model import ConvNeXtClassifier
@@ -33,6 +34,7 @@ class ConvNeXtCLI(LightningCLI):
         parser.link_arguments("data.batch_size", "model.batch_size")
         # The folder decides the classes: num_classes is never typed by the user.
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -46,6 +48,7 @@ class ConvNeXtCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(PerClassReport, "class_report")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]

@@ -11,7 +11,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -22,6 +22,7 @@ from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
 from lit_convnext.data.transforms import TrainAugmentation, build_eval_transform, build_train_transform
 from lit_convnext.errors import UserError
+from lit_convnext.imbalance import balanced_sampler
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class ImageFolderDataModule(LightningDataModule):
         augmentation: Training augmentation (timm's random resized crop, flips, RandAugment, erasing).
         skip_bad_files: Undecodable images found by the check before training are left out (with a logged
             summary) instead of stopping the run with a list of them.
+        sampler: ``shuffle`` (each image once per epoch) or ``balanced`` (draws with replacement, every class
+            equally likely; works with DDP through Lightning's sampler wrapper).
         check_files: Check every file of the splits in use before the first step (header and container
             checks, in threads); ``false`` saves that time on data already checked with ``lit-convnext doctor``.
     """
@@ -74,6 +77,7 @@ class ImageFolderDataModule(LightningDataModule):
         persistent_workers: bool = True,
         augmentation: TrainAugmentation = TrainAugmentation(),
         skip_bad_files: bool = False,
+        sampler: Literal["shuffle", "balanced"] = "shuffle",
         check_files: bool = True,
     ) -> None:
         super().__init__()
@@ -92,6 +96,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.augmentation = augmentation
         self.skip_bad_files = skip_bad_files
         self.check_files = check_files
+        self.sampler = sampler
         self._checked: set[str] = set()
         self.preprocessing: dict[str, Any] | None = None
         self._splits: FolderSplits | None = None
@@ -183,12 +188,16 @@ class ImageFolderDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         workers = self.num_workers
+        sampler = None
+        if split == "train" and self.sampler == "balanced":
+            sampler, shuffle = balanced_sampler(self.datasets["train"].targets, self.split_seed), False
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
-            drop_last=shuffle,  # equal-size training batches (Mixup/CutMix pair samples within a batch)
+            sampler=sampler,
+            drop_last=split == "train",  # equal-size training batches (Mixup/CutMix pair samples within a batch)
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=self.persistent_workers and workers > 0,
