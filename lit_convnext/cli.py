@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_convnext.class_report import PerClassReport
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.errors import UserError
 from lit_convnext.model import ConvNeXtClassifier
@@ -33,6 +34,7 @@ class ConvNeXtCLI(LightningCLI):
         parser.link_arguments("data.batch_size", "model.batch_size")
         # The folder decides the classes: num_classes is never typed by the user.
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -46,6 +48,7 @@ class ConvNeXtCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(PerClassReport, "class_report")
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
@@ -97,11 +100,16 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         },
         args=args,
         run=run,
+        parser_kwargs={"epilog": "Check a data folder first: lit-convnext doctor DATA_ROOT (see doctor --help)."},
     )
 
 
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
+    argv = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, list) else None
+    if argv and argv[0] == "doctor":
+        _doctor(argv[1:])
+        return
     try:
         build_cli(args)
     except UserError as err:
@@ -109,6 +117,19 @@ def main(args: ArgsType = None) -> None:
     except pickle.UnpicklingError as err:
         _fail(f"refusing to load a checkpoint that is not plain tensors and values (it would run code "
               f"when unpickled): {str(err).splitlines()[0]}")
+
+
+def _doctor(argv: list[str]) -> None:
+    """``lit-convnext doctor ROOT [--json PATH] [--image_size N] [--deep true] [--workers N]``."""
+    from jsonargparse import auto_cli
+
+    from lit_convnext.doctor_report import doctor
+
+    try:
+        status = auto_cli(doctor, args=argv, prog="lit-convnext doctor")
+    except UserError as err:
+        _fail(str(err))
+    raise SystemExit(status)
 
 
 def _fail(message: str) -> None:

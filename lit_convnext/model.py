@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
-from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_convnext.backbone import build_convnext
 from lit_convnext.errors import UserError
+from lit_convnext.imbalance import classification_loss, resolve_class_weights
 from lit_convnext.optim import EffectiveBatch, build_optimizer, build_scheduler, warmup_steps_for
 
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -54,6 +54,9 @@ class ConvNeXtClassifier(LightningModule):
         allow_missing_keys: Accept a weights file with missing or unused backbone tensors (reported).
         preprocessing: Mean, std, interpolation, crop and input size; resolved from the weights' pretrained
             config when ``None`` and stored in checkpoints, so evaluation and predict reuse it exactly.
+        class_weights: Training-loss class weights: ``none``, ``auto`` (inverse training frequency, mean 1) or a
+            mapping class name -> weight. Composes with label smoothing and Mixup/CutMix (see ``imbalance.py``).
+        class_counts: Training images per class. Set from the data folder (never by hand).
     """
 
     def __init__(
@@ -81,6 +84,8 @@ class ConvNeXtClassifier(LightningModule):
         pretrained_use_ema: bool = True,
         allow_missing_keys: bool = False,
         preprocessing: dict[str, Any] | None = None,
+        class_weights: str | dict[str, float] | None = "none",
+        class_counts: list[int] | None = None,
     ) -> None:
         super().__init__()
         _check_options(lr=lr, layer_decay=layer_decay, image_size=image_size, batch_size=batch_size,
@@ -101,6 +106,9 @@ class ConvNeXtClassifier(LightningModule):
         self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
         self.hparams["preprocessing"] = self.preprocessing
         self.mixup = self._build_mixup() if self.class_names else None
+        # Not saved in checkpoints: recomputed from the options, and absent when predicting.
+        self.register_buffer("class_weight", resolve_class_weights(class_weights, self.class_names, class_counts),
+                             persistent=False)
         self._build_metrics()
 
     # ----------------------------------------------------------------------------------------- set-up
@@ -141,31 +149,33 @@ class ConvNeXtClassifier(LightningModule):
         images, targets = batch
         if self.mixup is not None:
             images, soft_targets = self.mixup(images, targets)
-            loss = SoftTargetCrossEntropy()(self(images), soft_targets)
+            loss = classification_loss(self(images), soft_targets, self.class_weight)
         else:
             logits = self(images)
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+            loss = classification_loss(logits, targets, self.class_weight, self.hparams.label_smoothing)
             self.metrics["train_metrics"].update(logits, targets)
             self.log_dict(self.metrics["train_metrics"], on_step=False, on_epoch=True)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
         self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=stage == "val", sync_dist=True)
         self.metrics[f"{stage}_metrics"].update(logits, targets)
         self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage == "val")
+        return logits  # for callbacks (per-class report)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "test")
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        images, indices = batch
-        return {"probabilities": self(images).float().softmax(dim=-1), "indices": indices}
+    def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        images, indices = batch[0], batch[1]
+        errors = list(batch[2]) if len(batch) > 2 else [""] * len(indices)  # unreadable files (see UnlabeledImages)
+        return {"probabilities": self(images).float().softmax(dim=-1), "indices": indices, "errors": errors}
 
     # --------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:

@@ -16,7 +16,9 @@ class PredictionWriter(BasePredictionWriter):
     """Write each image's top-k class names and probabilities as soon as its batch is predicted.
 
     Nothing is accumulated in memory. The format follows the file name: ``.jsonl`` writes JSON Lines,
-    anything else CSV with columns ``path, class_1, probability_1, ..., class_k, probability_k``.
+    anything else CSV with columns ``path, class_1, probability_1, ..., class_k, probability_k, error``.
+    A file that could not be read gets a row with empty classes and the reason in ``error`` (JSON: ``top_k``
+    empty, ``error`` set; ``error`` is empty / ``null`` for every other file).
     """
 
     def __init__(self, output: Path, top_k: int = 5) -> None:
@@ -41,7 +43,7 @@ class PredictionWriter(BasePredictionWriter):
             header = ["path"]
             for rank in range(1, k + 1):
                 header += [f"class_{rank}", f"probability_{rank}"]
-            self._csv.writerow(header)
+            self._csv.writerow(header + ["error"])
 
     def _k(self, pl_module: pl.LightningModule) -> int:
         return max(1, min(self.top_k, len(pl_module.class_names)))
@@ -60,16 +62,23 @@ class PredictionWriter(BasePredictionWriter):
         names = pl_module.class_names
         dataset = trainer.predict_dataloaders.dataset
         probabilities, classes = prediction["probabilities"].topk(self._k(pl_module), dim=-1)
-        for index, probs, ids in zip(prediction["indices"].tolist(), probabilities.tolist(), classes.tolist()):
+        indices = prediction["indices"].tolist()
+        errors = prediction.get("errors") or [""] * len(indices)
+        for index, probs, ids, error in zip(indices, probabilities.tolist(), classes.tolist(), errors):
             path = str(dataset.paths[index])
+            if error:
+                probs, ids = [], []
             if self.is_jsonl:
-                record = {"path": path, "top_k": [{"class": names[c], "probability": round(p, 6)} for c, p in zip(ids, probs)]}
+                record = {"path": path, "top_k": [{"class": names[c], "probability": round(p, 6)} for c, p in zip(ids, probs)],
+                          "error": error or None}
                 self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             else:
                 row: list[Any] = [path]
                 for c, p in zip(ids, probs):
                     row += [names[c], f"{p:.6f}"]
-                self._csv.writerow(row)
+                if error:
+                    row += [""] * (2 * self._k(pl_module))
+                self._csv.writerow(row + [error])
             self.rows += 1
         self._handle.flush()
 

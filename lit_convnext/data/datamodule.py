@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from lit_convnext.data.bad_files import check_samples
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
 from lit_convnext.data.transforms import TrainAugmentation, build_eval_transform, build_train_transform
 from lit_convnext.errors import UserError
+from lit_convnext.imbalance import balanced_sampler
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,12 @@ class ImageFolderDataModule(LightningDataModule):
         pin_memory: Page-locked batches for faster host-to-GPU copies; ``None`` means on when CUDA is used.
         persistent_workers: Keep loader workers alive between epochs instead of restarting them.
         augmentation: Training augmentation (timm's random resized crop, flips, RandAugment, erasing).
+        skip_bad_files: Undecodable images found by the check before training are left out (with a logged
+            summary) instead of stopping the run with a list of them.
+        sampler: ``shuffle`` (each image once per epoch) or ``balanced`` (draws with replacement, every class
+            equally likely; works with DDP through Lightning's sampler wrapper).
+        check_files: Check every file of the splits in use before the first step (header and container
+            checks, in threads); ``false`` saves that time on data already checked with ``lit-convnext doctor``.
     """
 
     def __init__(
@@ -67,6 +76,9 @@ class ImageFolderDataModule(LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         augmentation: TrainAugmentation = TrainAugmentation(),
+        skip_bad_files: bool = False,
+        sampler: Literal["shuffle", "balanced"] = "shuffle",
+        check_files: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -82,6 +94,10 @@ class ImageFolderDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.augmentation = augmentation
+        self.skip_bad_files = skip_bad_files
+        self.check_files = check_files
+        self.sampler = sampler
+        self._checked: set[str] = set()
         self.preprocessing: dict[str, Any] | None = None
         self._splits: FolderSplits | None = None
         self.datasets: dict[str, Dataset] = {}
@@ -107,6 +123,7 @@ class ImageFolderDataModule(LightningDataModule):
             self.datasets["predict"] = UnlabeledImages(self._predict_paths(), eval_transform)
             return
         splits = self.splits
+        self._drop_bad_files({"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()))
         if stage == "fit":
             if len(splits.train) < self.batch_size:
                 raise UserError(
@@ -123,6 +140,23 @@ class ImageFolderDataModule(LightningDataModule):
             if not splits.test:
                 raise UserError(f"no test images: add {self.root}/test/<class>/... to run `test`")
             self.datasets["test"] = self._labeled(splits.test, eval_transform)
+
+    @property
+    def class_counts(self) -> list[int] | None:
+        """Training images per class, in class order (``None`` without ``root``); the model's ``auto`` class
+        weights and the balanced sampler use them."""
+        if self.root is None:
+            return None
+        counts = Counter(self.splits.targets(self.splits.train))
+        return [counts.get(i, 0) for i in range(len(self.splits.class_names))]
+
+    def _drop_bad_files(self, split_names: tuple[str, ...]) -> None:
+        for name in split_names:
+            if not self.check_files or name in self._checked:
+                continue
+            kept = check_samples(getattr(self.splits, name), name, self.skip_bad_files, self.num_workers or None)
+            setattr(self.splits, name, kept)
+            self._checked.add(name)
 
     def _resolve_preprocessing(self) -> dict[str, Any]:
         model = self.trainer.lightning_module if self.trainer is not None else None
@@ -154,12 +188,16 @@ class ImageFolderDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         workers = self.num_workers
+        sampler = None
+        if split == "train" and self.sampler == "balanced":
+            sampler, shuffle = balanced_sampler(self.datasets["train"].targets, self.split_seed), False
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
-            drop_last=shuffle,  # equal-size training batches (Mixup/CutMix pair samples within a batch)
+            sampler=sampler,
+            drop_last=split == "train",  # equal-size training batches (Mixup/CutMix pair samples within a batch)
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=self.persistent_workers and workers > 0,

@@ -41,7 +41,11 @@ class LabeledImages(Dataset):
 
 
 class UnlabeledImages(Dataset):
-    """Images to predict: yields ``(image_tensor, index)``; the index maps back to ``paths``."""
+    """Images to predict: yields ``(image_tensor, index, error)``; the index maps back to ``paths``.
+
+    An unreadable file does not stop a prediction run: it yields a blank placeholder image and the
+    reason in ``error`` (``""`` for a good file), and the writer reports it on that file's row.
+    """
 
     def __init__(self, paths: Sequence[Path], transform: Transform) -> None:
         self.paths = list(paths)
@@ -50,5 +54,9 @@ class UnlabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(read_image(self.paths[index])), index
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            return self.transform(load_rgb(self.paths[index])), index, ""
+        except (OSError, ValueError, SyntaxError) as err:
+            placeholder = self.transform(Image.new("RGB", (32, 32), (0, 0, 0)))
+            return placeholder, index, f"cannot read image: {err}"

@@ -1,0 +1,138 @@
+"""Per-class precision, recall, F1 and the confusion matrix at the end of validation and test.
+
+A callback (``--class_report.*``): it reads the logits the model's ``validation_step``/``test_step`` return,
+accumulates torchmetrics' per-class metrics (synchronised across devices), logs ``{stage}/recall/<class>`` etc.,
+and writes into the run directory (``trainer.log_dir``), overwritten each epoch:
+``{stage}_per_class.csv`` (class, precision, recall, f1, support), ``{stage}_confusion_matrix.csv``
+(rows: true class, columns: predicted class) and ``{stage}_confusion_matrix.png`` (heat map).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+
+class PerClassReport(Callback):
+    """Per-class metrics and confusion matrix for validation and test.
+
+    Args:
+        enabled: Compute, log and save the per-class report.
+        log_per_class: Also log every class's precision/recall/F1 as scalars (one curve per class and metric).
+        plot: Save the confusion matrix as a PNG heat map (needs matplotlib).
+    """
+
+    def __init__(self, enabled: bool = True, log_per_class: bool = True, plot: bool = True) -> None:
+        self.enabled = enabled
+        self.log_per_class = log_per_class
+        self.plot = plot
+        self._metrics: dict[str, MetricCollection] = {}
+
+    def _collection(self, stage: str, pl_module: pl.LightningModule) -> MetricCollection | None:
+        names = getattr(pl_module, "class_names", None)
+        if not self.enabled or not names:
+            return None
+        if stage not in self._metrics:
+            n = len(names)
+            self._metrics[stage] = MetricCollection({
+                "precision": MulticlassPrecision(n, average=None, zero_division=0),
+                "recall": MulticlassRecall(n, average=None, zero_division=0),
+                "f1": MulticlassF1Score(n, average=None, zero_division=0),
+                "confusion": MulticlassConfusionMatrix(n),
+            })
+        return self._metrics[stage].to(pl_module.device)
+
+    def _update(self, stage: str, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
+        collection = self._collection(stage, pl_module)
+        if collection is not None and isinstance(outputs, torch.Tensor):
+            collection.update(outputs.detach(), batch[1])
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:
+            self._update("val", pl_module, outputs, batch)
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update("test", pl_module, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._finish("val", trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish("test", trainer, pl_module)
+
+    def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        collection = self._metrics.get(stage)
+        if collection is None or not collection["confusion"].update_called:
+            return
+        result = {k: v.cpu() for k, v in collection.compute().items()}
+        collection.reset()
+        names = list(pl_module.class_names)
+        if self.log_per_class:
+            values = {f"{stage}/{metric}/{name}": result[metric][i].float()
+                      for metric in ("precision", "recall", "f1") for i, name in enumerate(names)}
+            pl_module.log_dict(values, sync_dist=False)  # already synchronised by torchmetrics
+        if trainer.is_global_zero:
+            run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+            write_reports(run_dir, stage, names, result, self.plot)
+
+
+def write_reports(run_dir: Path, stage: str, names: list[str], result: dict[str, torch.Tensor], plot: bool) -> None:
+    """Write the per-class CSV, confusion-matrix CSV and (optionally) PNG for one stage."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    confusion = result["confusion"].long()
+    with (run_dir / f"{stage}_per_class.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "precision", "recall", "f1", "support"])
+        for i, name in enumerate(names):
+            writer.writerow([name, *(f"{result[m][i].item():.4f}" for m in ("precision", "recall", "f1")),
+                             int(confusion[i].sum())])
+    with (run_dir / f"{stage}_confusion_matrix.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, confusion.tolist()):
+            writer.writerow([name, *row])
+    if plot:
+        plot_confusion(confusion, names, run_dir / f"{stage}_confusion_matrix.png", title=f"{stage} confusion matrix")
+
+
+def plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, title: str) -> None:
+    """A heat map of ``confusion`` (counts in the cells when there are few classes), class names on both axes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    n = len(names)
+    side = min(4 + 0.35 * n, 40)
+    figure = Figure(figsize=(side, side), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(confusion.numpy(), cmap="Blues")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    axes.set_xticks(range(n), labels=names, rotation=90, fontsize=max(4, 10 - n // 10))
+    axes.set_yticks(range(n), labels=names, fontsize=max(4, 10 - n // 10))
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    if n <= 30:
+        peak = int(confusion.max()) or 1
+        for i in range(n):
+            for j in range(n):
+                value = int(confusion[i, j])
+                axes.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                          color="white" if value > peak / 2 else "black")
+    figure.savefig(path, dpi=100)

@@ -1,0 +1,37 @@
+"""Keep undecodable files out of training: check the split files before the first step.
+
+The DataModule calls :func:`check_samples` in ``setup``. By default a bad file stops the run with one
+error that lists them (the doctor explains more); with ``skip_bad_files`` they are dropped and a summary
+is logged. Threads are used, not processes: this runs inside the training process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from lit_convnext.data.doctor import inspect_files
+from lit_convnext.data.folders import Sample
+from lit_convnext.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Bad files named in the error / summary; the rest are counted.
+LISTED = 10
+
+
+def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: int | None = None) -> list[Sample]:
+    """``samples`` without undecodable files; raises :class:`UserError` listing them unless ``skip``."""
+    checks = inspect_files([s.path for s in samples], workers=workers, processes=False)
+    bad = {c.path: c.error for c in checks if c.error}
+    if not bad:
+        return list(samples)
+    listed = "; ".join(f"{path} ({reason})" for path, reason in list(bad.items())[:LISTED])
+    more = f" and {len(bad) - LISTED} more" if len(bad) > LISTED else ""
+    if not skip:
+        raise UserError(
+            f"{len(bad)} {split} file(s) cannot be decoded: {listed}{more}. Fix or remove them, or pass "
+            "--data.skip_bad_files true to train without them (run `lit-convnext doctor ROOT` for a full report)"
+        )
+    log.warning("skipping %d undecodable %s file(s): %s%s", len(bad), split, listed, more)
+    return [s for s in samples if str(s.path) not in bad]

@@ -1,0 +1,394 @@
+"""Check an image folder before training: bad files, class balance, leakage, conversions, sizes.
+
+:func:`scan` walks the same layouts ``fit`` accepts (``root/train|val|test/<class>/...`` or
+``root/<class>/...``) but, unlike the training scan, reports every problem instead of stopping at the
+first. :func:`inspect_files` is the per-file pass on its own; the DataModule runs it before training.
+
+The fast pass reads each file once: the bytes are hashed (exact-duplicate detection), the header is
+parsed by ``PIL.Image.open`` and ``verify()`` checks the container (chunk CRCs for PNG, the end-of-image
+marker for JPEG) without decoding pixels. ``deep=True`` additionally decodes every image the way training
+does (:func:`lit_convnext.data.images.load_rgb`), which catches corrupt pixel data at ~10x the cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import statistics
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from lit_convnext.data.folders import IMAGE_SUFFIXES, SPLIT_NAMES, class_folders, is_hidden, natural_key
+from lit_convnext.data.images import load_rgb
+
+#: Which extensions are normal for each Pillow format (a mismatch is reported, it still loads).
+FORMAT_SUFFIXES = {
+    "JPEG": {".jpg", ".jpeg", ".jpe"},
+    "MPO": {".jpg", ".jpeg", ".jpe"},  # multi-picture JPEGs from phones
+    "PNG": {".png"},
+    "GIF": {".gif"},
+    "BMP": {".bmp"},
+    "TIFF": {".tif", ".tiff"},
+    "WEBP": {".webp"},
+    "PPM": {".ppm", ".pgm", ".pbm"},
+}
+HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+#: EXIF orientation tag; values 5-8 swap width and height.
+ORIENTATION_TAG = 0x0112
+
+
+@dataclass
+class FileCheck:
+    """What the per-file pass found out about one image file.
+
+    ``error`` is set when the file cannot be used for training (it would crash or be skipped);
+    the other fields describe usable files.
+    """
+
+    path: str
+    error: str | None = None
+    format: str | None = None
+    mode: str | None = None
+    width: int = 0  # upright size (after EXIF orientation)
+    height: int = 0
+    frames: int = 1
+    exif_rotated: bool = False
+    wrong_extension: bool = False
+    conversions: list[str] = field(default_factory=list)
+    digest: str | None = None
+
+
+def check_file(path: str | Path, deep: bool = False) -> FileCheck:
+    """Inspect one file (never raises for a bad file: the problem goes into ``error``)."""
+    path = Path(path)
+    result = FileCheck(str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        result.error = f"cannot read file: {err.strerror or err}"
+        return result
+    if not data:
+        result.error = "empty file (0 bytes)"
+        return result
+    result.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning, palette transparency notes
+            _read_header(data, result)
+            if deep:
+                load_rgb(io.BytesIO(data))
+    except UnidentifiedImageError:
+        result.error = _not_an_image(data)
+    except Exception as err:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
+        result.error = f"cannot decode ({type(err).__name__}: {err})"
+    if result.error is None and result.format in FORMAT_SUFFIXES:
+        result.wrong_extension = path.suffix.lower() not in FORMAT_SUFFIXES[result.format]
+    return result
+
+
+def _read_header(data: bytes, result: FileCheck) -> None:
+    with Image.open(io.BytesIO(data)) as img:
+        result.format, result.mode = img.format, img.mode
+        width, height = img.size
+        result.frames = getattr(img, "n_frames", 1)
+        orientation = img.getexif().get(ORIENTATION_TAG, 1)
+        result.exif_rotated = orientation not in (1, None)
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        result.width, result.height = width, height
+        result.conversions = _conversions(img)
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()  # must come right after open: checks the container without decoding pixels
+    if result.format == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise OSError("truncated JPEG (no end-of-image marker)")
+
+
+def _conversions(img: Image.Image) -> list[str]:
+    """How the image differs from plain 8-bit RGB (each is converted by ``load_rgb``)."""
+    mode = img.mode
+    found = []
+    if mode in HIGH_DEPTH_MODES:
+        found.append("16-bit/float")
+    if mode == "1":
+        found.append("1-bit")
+    if mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1"):
+        found.append("grayscale")
+    if mode in ("P", "PA"):
+        found.append("palette")
+    if mode == "CMYK":
+        found.append("CMYK")
+    if mode in ALPHA_MODES or "transparency" in img.info:
+        found.append("alpha")
+    return found
+
+
+def _not_an_image(data: bytes) -> str:
+    head = data[:512]
+    try:
+        head.decode("utf-8")
+        return "not an image (the file contains text)"
+    except UnicodeDecodeError:
+        return "not an image (unrecognised content)"
+
+
+def _check_chunk(paths: Sequence[str], deep: bool) -> list[FileCheck]:
+    return [check_file(p, deep) for p in paths]
+
+
+def inspect_files(
+    paths: Iterable[str | Path],
+    deep: bool = False,
+    workers: int | None = None,
+    processes: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> list[FileCheck]:
+    """Run :func:`check_file` over ``paths`` in parallel; results come back in input order.
+
+    Args:
+        paths: Files to check.
+        deep: Fully decode every image instead of header + container checks.
+        workers: Parallel workers; ``None`` means one per CPU core; 1 checks in this process.
+        processes: Worker processes (fastest: header parsing is Python code) or threads (``False``; safe
+            inside a training process that already holds a GPU context).
+        progress: Called with the number of files finished after each chunk.
+    """
+    paths = [str(p) for p in paths]
+    workers = workers or _cpu_count()
+    chunk = 64
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    results: list[FileCheck] = []
+    if workers <= 1 or len(chunks) <= 1:
+        for part in chunks:
+            results.extend(_check_chunk(part, deep))
+            if progress:
+                progress(len(part))
+        return results
+    pool: Executor = (ProcessPoolExecutor if processes else ThreadPoolExecutor)(max_workers=workers)
+    with pool:
+        for part in pool.map(_check_chunk, chunks, [deep] * len(chunks)):
+            results.extend(part)
+            if progress:
+                progress(len(part))
+    return results
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ------------------------------------------------------------------------------------------ folder scan
+@dataclass
+class ClassFolder:
+    """One class folder of one split and what it holds."""
+
+    split: str
+    name: str
+    images: list[Path]
+    ignored: list[Path]  # files training skips: non-image extensions (hidden files are not listed)
+
+
+def discover(root: Path) -> tuple[str, list[ClassFolder]]:
+    """The layout of ``root`` and its class folders, tolerating every problem :func:`scan` reports."""
+    if (root / "train").is_dir() or any((root / s).is_dir() for s in SPLIT_NAMES[1:]):
+        layout = "splits"
+        split_dirs = [(s, root / s) for s in SPLIT_NAMES if (root / s).is_dir()]
+    else:
+        layout = "single folder (validation is drawn from it)"
+        split_dirs = [("all", root)]
+    folders = []
+    for split, split_dir in split_dirs:
+        for folder in class_folders(split_dir):
+            images, ignored = _walk(folder)
+            folders.append(ClassFolder(split, folder.name, images, ignored))
+    return layout, folders
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
+    images, ignored = [], []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted((d for d in dirnames if not is_hidden(d)), key=natural_key)
+        for name in sorted(filenames, key=natural_key):
+            if is_hidden(name):
+                continue
+            path = Path(dirpath) / name
+            (images if path.suffix.lower() in IMAGE_SUFFIXES else ignored).append(path)
+    return images, ignored
+
+
+@dataclass
+class DoctorReport:
+    """Everything :func:`scan` found. ``errors`` stop training; ``warnings`` are worth a look."""
+
+    root: str
+    layout: str
+    image_size: int | None
+    deep: bool
+    counts: dict[str, dict[str, int]]  # split -> class -> usable images
+    imbalance: dict[str, float | None]  # split -> largest / smallest class count
+    empty_classes: list[tuple[str, str]]  # (split, class)
+    unknown_classes: list[tuple[str, str]]  # (split, class) not in the training split
+    missing_classes: list[tuple[str, str]]  # (split, class) in training but not in this split
+    bad_files: list[tuple[str, str]]  # (path, reason)
+    wrong_extension: list[tuple[str, str]]  # (path, actual format)
+    conversions: dict[str, int]  # grayscale / palette / alpha / CMYK / 16-bit/float / 1-bit -> files
+    exif_rotated: int
+    multi_frame: int  # animated or multi-page: only the first frame is used
+    ignored_files: list[str]  # non-image files inside class folders
+    size_stats: dict[str, dict[str, float]]  # width / height -> min, median, max
+    too_small: list[tuple[str, int, int]]  # (path, width, height) below image_size on the shorter side
+    duplicates: list[list[str]]  # groups of identical files within one split
+    leakage: list[tuple[str, str]]  # (train path, val/test path) with identical content
+    files_checked: int
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def scan(root: str | Path, image_size: int | None = None, deep: bool = False, workers: int | None = None,
+         progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None) -> DoctorReport:
+    """Check every split of ``root``; see the module docstring. ``progress``/``on_total`` drive a progress bar."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist or is not a folder")
+    layout, folders = discover(root)
+    files = [(f, p) for f in folders for p in f.images]
+    if on_total:
+        on_total(len(files))
+    checks = inspect_files([p for _, p in files], deep=deep, workers=workers, progress=progress)
+    split_of = {str(p): f.split for f, p in files}
+
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    usable: dict[str, FileCheck] = {}
+    for folder in folders:
+        counts[folder.split][folder.name] = 0
+    bad_files, wrong_ext, too_small = [], [], []
+    conversions: Counter[str] = Counter()
+    rotated = frames = 0
+    for (folder, _), check in zip(files, checks):
+        if check.error:
+            bad_files.append((check.path, check.error))
+            continue
+        usable[check.path] = check
+        counts[folder.split][folder.name] += 1
+        conversions.update(check.conversions)
+        rotated += check.exif_rotated
+        frames += check.frames > 1
+        if check.wrong_extension:
+            wrong_ext.append((check.path, check.format))
+        if image_size and min(check.width, check.height) < image_size:
+            too_small.append((check.path, check.width, check.height))
+
+    train_split = "train" if layout == "splits" else "all"
+    train_classes = {c for c, n in counts.get(train_split, {}).items() if n}
+    empty = [(f.split, f.name) for f in folders if counts[f.split][f.name] == 0]
+    unknown = [(s, c) for s in counts if s != train_split for c in counts[s] if c not in train_classes]
+    missing = [(s, c) for s in counts if s != train_split for c in sorted(train_classes - set(counts[s]), key=natural_key)]
+    duplicates, leakage = _duplicates(usable.values(), split_of, train_split)
+    report = DoctorReport(
+        root=str(root), layout=layout, image_size=image_size, deep=deep,
+        counts={s: counts[s] for s in counts},
+        imbalance={s: _imbalance(c) for s, c in counts.items()},
+        empty_classes=empty, unknown_classes=unknown, missing_classes=missing,
+        bad_files=bad_files, wrong_extension=wrong_ext, conversions=dict(sorted(conversions.items())),
+        exif_rotated=rotated, multi_frame=frames,
+        ignored_files=[str(p) for f in folders for p in f.ignored],
+        size_stats=_size_stats(usable.values()), too_small=too_small,
+        duplicates=duplicates, leakage=leakage, files_checked=len(files),
+    )
+    _judge(report, train_split)
+    return report
+
+
+def _imbalance(per_class: dict[str, int]) -> float | None:
+    nonzero = [n for n in per_class.values() if n]
+    return round(max(nonzero) / min(nonzero), 2) if nonzero else None
+
+
+def _size_stats(checks: Iterable[FileCheck]) -> dict[str, dict[str, float]]:
+    checks = list(checks)
+    if not checks:
+        return {}
+    stats = {}
+    for axis in ("width", "height"):
+        values = [getattr(c, axis) for c in checks]
+        stats[axis] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
+    return stats
+
+
+def _duplicates(checks: Iterable[FileCheck], split_of: dict[str, str], train_split: str
+                ) -> tuple[list[list[str]], list[tuple[str, str]]]:
+    by_digest: dict[str, list[str]] = defaultdict(list)
+    for check in checks:
+        by_digest[check.digest].append(check.path)
+    duplicates, leakage = [], []
+    for paths in by_digest.values():
+        if len(paths) < 2:
+            continue
+        per_split: dict[str, list[str]] = defaultdict(list)
+        for path in paths:
+            per_split[split_of[path]].append(path)
+        duplicates.extend(group for group in per_split.values() if len(group) > 1)
+        for split, others in per_split.items():
+            if split != train_split:
+                leakage.extend((t, o) for t in per_split.get(train_split, []) for o in others)
+    return duplicates, leakage
+
+
+def _judge(report: DoctorReport, train_split: str) -> None:
+    errors, warns = report.errors, report.warnings
+    if report.bad_files:
+        errors.append(f"{len(report.bad_files)} file(s) cannot be decoded")
+    if report.empty_classes:
+        errors.append(f"{len(report.empty_classes)} empty class folder(s): "
+                      + ", ".join(f"{s}/{c}" for s, c in report.empty_classes))
+    if report.unknown_classes:
+        errors.append("class(es) without training images: " + ", ".join(f"{s}/{c}" for s, c in report.unknown_classes))
+    if report.leakage:
+        errors.append(f"{len(report.leakage)} training image(s) also appear in val/test (identical content)")
+    if not report.files_checked:
+        errors.append("no images found")
+    for split, ratio in report.imbalance.items():
+        if ratio is not None and ratio >= 3:
+            warns.append(f"{split}: classes are imbalanced (largest / smallest = {ratio:g})")
+    if report.missing_classes:
+        warns.append("class(es) missing from val/test: " + ", ".join(f"{s}/{c}" for s, c in report.missing_classes))
+    if report.duplicates:
+        extra = sum(len(g) - 1 for g in report.duplicates)
+        note = " (they may land in both train and val when val is drawn from it)" if train_split == "all" else ""
+        warns.append(f"{extra} duplicate file(s) within a split{note}")
+    if report.wrong_extension:
+        warns.append(f"{len(report.wrong_extension)} file(s) have an extension that does not match their content")
+    if report.too_small:
+        warns.append(f"{len(report.too_small)} image(s) smaller than {report.image_size} px on the shorter side")
+    if report.conversions:
+        warns.append("images converted to 8-bit RGB when loaded: "
+                     + ", ".join(f"{k} {v}" for k, v in report.conversions.items()))
+    if report.exif_rotated:
+        warns.append(f"{report.exif_rotated} image(s) have an EXIF orientation (they are loaded upright)")
+    if report.multi_frame:
+        warns.append(f"{report.multi_frame} animated or multi-page image(s): only the first frame is used")
+    if report.ignored_files:
+        warns.append(f"{len(report.ignored_files)} non-image file(s) in class folders are ignored")
+
+
+def iter_bad(checks: Iterable[FileCheck]) -> Iterator[FileCheck]:
+    """The checks whose file cannot be used."""
+    return (c for c in checks if c.error)

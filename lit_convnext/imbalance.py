@@ -1,0 +1,75 @@
+"""Class imbalance: per-class loss weights and a class-balanced training sampler.
+
+Weights (``--model.class_weights``):
+
+* ``none``: plain cross-entropy;
+* ``auto``: inverse training frequency, normalised to mean 1 (``w_c = mean(n) / n_c`` over classes), so the
+  loss keeps its usual scale and learning rates need no change;
+* a mapping ``{class name: weight}``; classes left out get 1.
+
+The weights compose with label smoothing and with Mixup/CutMix through PyTorch's own
+``F.cross_entropy(weight=...)``: for a soft (mixed and/or smoothed) target ``y`` the per-sample loss is
+``-sum_c w_c * y_c * log p_c``, i.e. each class share of the mixed target is weighted by that class's weight,
+averaged over the batch. (For hard targets PyTorch divides by the summed weights of the batch's targets
+instead; the gradient direction is the same.) Validation and test losses stay unweighted so runs compare.
+
+The balanced sampler (``--data.sampler balanced``) draws training images with replacement with probability
+``1 / n_class`` each, so every class is equally likely per draw; an epoch keeps the dataset's length. Under DDP,
+Lightning wraps it in its ``DistributedSamplerWrapper`` (``use_distributed_sampler``, on by default): every rank
+builds the same seeded sampler and takes a disjoint share of its draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import WeightedRandomSampler
+
+from lit_convnext.errors import UserError
+
+ClassWeights = str | dict[str, float] | None
+
+
+def resolve_class_weights(spec: ClassWeights, class_names: Sequence[str] | None,
+                          class_counts: Sequence[int] | None) -> torch.Tensor | None:
+    """The weight tensor for ``spec`` (see the module docstring), or ``None`` for unweighted."""
+    if spec is None or (isinstance(spec, str) and spec.lower() == "none") or not class_names:
+        return None
+    if isinstance(spec, str):
+        if spec.lower() != "auto":
+            raise UserError(f"--model.class_weights must be none, auto or a mapping class -> weight, got {spec!r}")
+        if class_counts is None:
+            return None  # no training data attached (validate/test/predict): weights only matter for training
+        if len(class_counts) != len(class_names):
+            raise ValueError("class_counts and class_names differ in length")
+        counts = torch.tensor([max(int(n), 1) for n in class_counts], dtype=torch.float32)
+        weights = counts.mean() / counts
+        return weights / weights.mean()
+    if not isinstance(spec, Mapping):
+        raise UserError(f"--model.class_weights must be none, auto or a mapping class -> weight, got {spec!r}")
+    unknown = sorted(set(spec) - set(class_names))
+    if unknown:
+        raise UserError(f"--model.class_weights names unknown class(es) {', '.join(unknown)}: "
+                        f"the classes are {', '.join(class_names)}")
+    weights = torch.tensor([float(spec.get(name, 1.0)) for name in class_names])
+    if (weights < 0).any() or not weights.sum() > 0:
+        raise UserError("--model.class_weights must be non-negative and not all zero")
+    return weights
+
+
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy for hard (class index) or soft (Mixup/CutMix, already smoothed) targets, class-weighted."""
+    if targets.is_floating_point():  # soft targets carry their own smoothing (timm's Mixup applies it)
+        return F.cross_entropy(logits, targets, weight=weight)
+    return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
+
+
+def balanced_sampler(targets: Sequence[int], seed: int) -> WeightedRandomSampler:
+    """Draw ``len(targets)`` indices with replacement, every class equally likely (seeded, same on every rank)."""
+    counts = torch.bincount(torch.as_tensor(targets))
+    weights = 1.0 / counts[torch.as_tensor(targets)].double()
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(weights, num_samples=len(targets), replacement=True, generator=generator)

@@ -1,0 +1,104 @@
+"""`lit-convnext doctor`: what it reports on a folder of awkward files, and its exit status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bad_corpus import BAD, build_corpus
+from conftest import make_folder
+
+from lit_convnext.cli import main
+from lit_convnext.data.doctor import check_file, scan
+from lit_convnext.data.images import load_rgb
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    root = tmp_path / "corpus"
+    return root, build_corpus(root)
+
+
+def test_scan_reports_every_problem(corpus: tuple[Path, dict[str, Path]]) -> None:
+    root, files = corpus
+    report = scan(root, image_size=40, workers=1)
+    bad = {Path(p).name: reason for p, reason in report.bad_files}
+    assert set(bad) == set(BAD)
+    for name, word in BAD.items():
+        assert word in bad[name], (name, bad[name])
+    assert report.empty_classes == [("train", "empty_class")]
+    assert report.unknown_classes == [("val", "only_in_val")]
+    assert report.leakage == [(str(root / "train/blue/img0.png"), str(root / "val/blue/copy of train.png"))]
+    assert report.wrong_extension == [(str(files["jpeg_as_png"]), "JPEG")]
+    assert report.conversions == {"1-bit": 1, "16-bit/float": 1, "CMYK": 1, "alpha": 2, "grayscale": 2, "palette": 2}
+    assert report.exif_rotated == 1 and report.multi_frame == 2
+    assert report.ignored_files == [str(root / "train/red/notes.txt")]  # the hidden file is not even listed
+    # 6 plain PNGs + 12 awkward files (unicode, upper-case, webp, ... included) are usable; bad ones are not counted.
+    assert report.counts["train"] == {"blue": 6, "empty_class": 0, "red": 18}
+    assert report.imbalance["train"] == 3.0
+    # The EXIF-rotated file is reported with its upright size (stored 64x32, upright 32x64).
+    assert (str(files["exif_rotated"]), 32, 64) in report.too_small
+    assert report.size_stats["height"]["max"] == 64
+    assert len(report.errors) == 4 and not report.ok
+    assert any("EXIF" in w for w in report.warnings)
+    json.dumps(report.to_dict())  # serialisable as-is
+
+
+def test_exif_rotated_image_loads_upright(corpus: tuple[Path, dict[str, Path]]) -> None:
+    _, files = corpus
+    assert load_rgb(files["exif_rotated"]).size == (32, 64)
+    assert check_file(files["exif_rotated"]).exif_rotated
+
+
+def test_deep_pass_finds_corrupt_pixel_data(tmp_path: Path) -> None:
+    """The full decode of --deep reports a PNG with a corrupt compressed stream."""
+    path = tmp_path / "f/red/img0.png"
+    make_folder(tmp_path / "f", 1)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start + 2 : start + 40] = bytes(38)  # garbage compressed stream; CRC no longer matches either
+    path.write_bytes(bytes(data))
+    assert check_file(path, deep=True).error
+
+
+def test_parallel_scan_matches_serial(corpus: tuple[Path, dict[str, Path]]) -> None:
+    root, _ = corpus
+    serial, parallel = scan(root, workers=1), scan(root, workers=2)
+    assert serial.to_dict() == parallel.to_dict()
+
+
+def test_doctor_command_exit_status_and_json(corpus: tuple[Path, dict[str, Path]], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = corpus
+    with pytest.raises(SystemExit) as exit_info:
+        main(["doctor", str(root), "--json", str(tmp_path / "report.json"), "--image_size", "40", "--workers", "1"])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert "truncated.jpg" in out and "copy of train.png" in out and "empty_class" in out
+    saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert len(saved["bad_files"]) == 4 and saved["leakage"]
+
+
+def test_doctor_clean_folder_exits_zero_with_warnings_only(tmp_path: Path) -> None:
+    root = tmp_path / "clean"
+    make_folder(root / "train", 6)
+    make_folder(root / "val", 2, seed=500)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["doctor", str(root), "--image_size", "64", "--workers", "1"])
+    assert exit_info.value.code == 0
+    report = scan(root, image_size=64, workers=1)
+    assert report.ok and report.warnings  # every image is smaller than 64 px
+
+
+def test_doctor_single_folder_layout(tmp_path: Path) -> None:
+    make_folder(tmp_path / "flat", 3)
+    report = scan(tmp_path / "flat", workers=1)
+    assert report.counts == {"all": {"red": 3, "green": 3, "blue": 3}} and report.ok
+
+
+def test_doctor_missing_root_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["doctor", "does/not/exist"])
+    assert exit_info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,95 @@
+"""Class weights, the balanced sampler and the per-class report."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_MODEL, make_folder
+
+from lit_convnext.cli import main
+from lit_convnext.errors import UserError
+from lit_convnext.imbalance import balanced_sampler, classification_loss, resolve_class_weights
+
+
+def test_auto_weights_are_inverse_frequency_with_mean_one() -> None:
+    weights = resolve_class_weights("auto", ["big", "small"], [40, 4])
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert (weights[1] / weights[0]).item() == pytest.approx(10.0)
+    assert resolve_class_weights("none", ["a", "b"], [1, 2]) is None
+    assert resolve_class_weights({"b": 3.0}, ["a", "b"], None).tolist() == [1.0, 3.0]
+    with pytest.raises(UserError, match="unknown class"):
+        resolve_class_weights({"c": 2.0}, ["a", "b"], None)
+
+
+def test_soft_target_loss_weights_each_class_share() -> None:
+    """Mixup's soft targets: a sample's loss is weighted by its mixed target's class weights."""
+    logits = torch.randn(4, 3)
+    hard = torch.tensor([0, 1, 2, 1])
+    weight = torch.tensor([0.5, 1.0, 2.0])
+    soft = torch.nn.functional.one_hot(hard, 3).float()
+    per_sample = -(soft * weight * logits.log_softmax(-1)).sum(-1)
+    assert classification_loss(logits, soft, weight).item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
+    # Without weights the soft loss equals the hard one, and smoothing applies to hard targets only.
+    assert classification_loss(logits, soft).item() == pytest.approx(classification_loss(logits, hard).item(), rel=1e-5)
+    assert classification_loss(logits, hard, label_smoothing=0.1).item() != classification_loss(logits, hard).item()
+
+
+def test_balanced_sampler_draws_classes_evenly() -> None:
+    targets = [0] * 40 + [1] * 4
+    drawn = Counter(targets[i] for _ in range(20) for i in balanced_sampler(targets, seed=0))
+    assert abs(drawn[0] / drawn[1] - 1.0) < 0.15
+    assert list(balanced_sampler(targets, seed=3)) == list(balanced_sampler(targets, seed=3))  # same on every rank
+
+
+def _minority_recall(use_weights: bool, use_sampler: bool) -> float:
+    """Logistic regression on overlapping 1-D classes 40:4; recall of the minority class on balanced test data."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(40, 1, generator=gen), torch.randn(4, 1, generator=gen) + 1.5])
+    y = torch.tensor([0] * 40 + [1] * 4)
+    weight = resolve_class_weights("auto", ["major", "minor"], [40, 4]) if use_weights else None
+    layer = torch.nn.Linear(1, 2)
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    for _ in range(300):
+        index = torch.tensor(list(balanced_sampler(y.tolist(), seed=1))) if use_sampler else torch.arange(44)
+        optimizer.zero_grad()
+        classification_loss(layer(x[index]), y[index], weight).backward()
+        optimizer.step()
+    test_minor = torch.randn(2000, 1, generator=gen) + 1.5
+    return (layer(test_minor).argmax(-1) == 1).float().mean().item()
+
+
+def test_weights_and_sampler_recover_minority_recall() -> None:
+    plain = _minority_recall(False, False)
+    weighted = _minority_recall(True, False)
+    sampled = _minority_recall(False, True)
+    assert plain < 0.35  # the boundary moves deep into the minority class
+    assert weighted > plain + 0.3 and sampled > plain + 0.3
+
+
+def test_fit_with_auto_weights_balanced_sampler_and_per_class_report(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_folder(root / "train", 12, {"red": (220, 30, 30), "blue": (30, 40, 220)})
+    make_folder(root / "train", 4, {"green": (30, 200, 40)}, seed=77)
+    make_folder(root / "val", 3, seed=500)
+    main(["fit", "--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--data.root", str(root),
+          "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
+          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu",
+          "--progress_bar.refresh_rate", "0", "--model.class_weights", "auto", "--data.sampler", "balanced",
+          "--model.mixup_alpha", "0.8"])
+    run_dir = next(Path("runs/convnext").iterdir())
+    with (run_dir / "val_per_class.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["class"] for r in rows] == ["blue", "green", "red"] and all(r["support"] == "3" for r in rows)
+    with (run_dir / "val_confusion_matrix.csv").open(encoding="utf-8") as handle:
+        matrix = list(csv.reader(handle))
+    assert matrix[0][1:] == ["blue", "green", "red"] and sum(int(v) for r in matrix[1:] for v in r[1:]) == 9
+    assert (run_dir / "val_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    checkpoint = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert checkpoint["hyper_parameters"]["class_counts"] == [12, 4, 12]  # linked from the data, not typed
+    assert "class_weight" not in checkpoint["state_dict"]
