@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
 from lit_convnext.data.transforms import TrainAugmentation, build_eval_transform, build_train_transform
+from lit_convnext.distributed import eval_sampler
 from lit_convnext.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ class ImageFolderDataModule(LightningDataModule):
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
+            # val/test: each image on exactly one device, so multi-device metrics count it once
+            sampler=eval_sampler(self.datasets[split], self.trainer) if split in ("val", "test") else None,
             drop_last=shuffle,  # equal-size training batches (Mixup/CutMix pair samples within a batch)
             num_workers=workers,
             pin_memory=pin,
