@@ -1,9 +1,16 @@
-"""Stream predictions to CSV or JSON Lines, one row per image, as batches finish."""
+"""Stream predictions to CSV or JSON Lines, one row per image, as batches finish.
+
+Under several processes (DDP) each rank streams its rows to a part file tagged with the images'
+dataset indices; after a barrier rank 0 merges the parts into the one output file, in dataset order.
+"""
 
 from __future__ import annotations
 
 import csv
+import heapq
+import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,23 +32,31 @@ class PredictionWriter(BasePredictionWriter):
         self.top_k = top_k
         self.rows = 0
         self._handle: IO[str] | None = None
-        self._csv: Any = None
+        self._parts: list[Path] = []
 
     @property
     def is_jsonl(self) -> bool:
         return self.output.suffix.lower() == ".jsonl"
 
+    def _part(self, rank: int) -> Path:
+        return self.output.with_name(f".{self.output.name}.part{rank}")
+
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self.output.open("w", newline="", encoding="utf-8")
         self.rows = 0
-        k = self._k(pl_module)
+        self._parts = [self._part(rank) for rank in range(trainer.world_size)] if trainer.world_size > 1 else []
+        if self._parts:  # rows go to this rank's part file: ``index<TAB>json-encoded row``
+            self._handle = self._parts[trainer.global_rank].open("w", encoding="utf-8")
+            return
+        self._handle = self.output.open("w", newline="", encoding="utf-8")
+        self._write_header(self._handle, pl_module)
+
+    def _write_header(self, handle: IO[str], pl_module: pl.LightningModule) -> None:
         if not self.is_jsonl:
-            self._csv = csv.writer(self._handle)
             header = ["path"]
-            for rank in range(1, k + 1):
+            for rank in range(1, self._k(pl_module) + 1):
                 header += [f"class_{rank}", f"probability_{rank}"]
-            self._csv.writerow(header)
+            csv.writer(handle).writerow(header)
 
     def _k(self, pl_module: pl.LightningModule) -> int:
         return max(1, min(self.top_k, len(pl_module.class_names)))
@@ -61,19 +76,51 @@ class PredictionWriter(BasePredictionWriter):
         dataset = trainer.predict_dataloaders.dataset
         probabilities, classes = prediction["probabilities"].topk(self._k(pl_module), dim=-1)
         for index, probs, ids in zip(prediction["indices"].tolist(), probabilities.tolist(), classes.tolist()):
-            path = str(dataset.paths[index])
-            if self.is_jsonl:
-                record = {"path": path, "top_k": [{"class": names[c], "probability": round(p, 6)} for c, p in zip(ids, probs)]}
-                self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            else:
-                row: list[Any] = [path]
-                for c, p in zip(ids, probs):
-                    row += [names[c], f"{p:.6f}"]
-                self._csv.writerow(row)
+            line = self._format(str(dataset.paths[index]), [names[c] for c in ids], probs)
+            self._handle.write(f"{index}\t{json.dumps(line)}\n" if self._parts else line)
             self.rows += 1
         self._handle.flush()
+
+    def _format(self, path: str, classes: list[str], probs: list[float]) -> str:
+        if self.is_jsonl:
+            record = {"path": path, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in zip(classes, probs)]}
+            return json.dumps(record, ensure_ascii=False) + "\n"
+        row: list[Any] = [path]
+        for c, p in zip(classes, probs):
+            row += [c, f"{p:.6f}"]
+        buffer = io.StringIO(newline="")
+        csv.writer(buffer).writerow(row)
+        return buffer.getvalue()
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        if self._parts:
+            trainer.strategy.barrier("PredictionWriter.merge")
+            if trainer.is_global_zero:
+                self._merge(pl_module)
+            trainer.strategy.barrier("PredictionWriter.merged")
+
+    def _merge(self, pl_module: pl.LightningModule) -> None:
+        """Merge the ranks' part files (each already in index order) into ``output`` by dataset index."""
+        handles = [part.open(encoding="utf-8") for part in self._parts]
+        try:
+            rows = [_indexed_rows(handle) for handle in handles]
+            with self.output.open("w", newline="", encoding="utf-8") as out:
+                self._write_header(out, pl_module)
+                self.rows = 0
+                for _, line in heapq.merge(*rows, key=lambda row: row[0]):
+                    out.write(line)
+                    self.rows += 1
+        finally:
+            for handle in handles:
+                handle.close()
+        for part in self._parts:
+            part.unlink()
+
+
+def _indexed_rows(handle: IO[str]) -> Iterator[tuple[int, str]]:
+    for line in handle:
+        index, row = line.rstrip("\n").split("\t", 1)
+        yield int(index), json.loads(row)
