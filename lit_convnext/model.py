@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
 from timm.loss import SoftTargetCrossEntropy
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_convnext.backbone import build_convnext
@@ -132,6 +132,7 @@ class ConvNeXtClassifier(LightningModule):
         self.metrics = torch.nn.ModuleDict(
             {f"{stage}_metrics": collection.clone(prefix=f"{stage}/") for stage in ("train", "val", "test")}
         )
+        self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
 
     # ------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -153,7 +154,9 @@ class ConvNeXtClassifier(LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         images, targets = batch
         logits = self(images)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=stage == "val", sync_dist=True)
+        # A weighted torchmetrics mean: exact over all images even when devices hold different counts.
+        self.eval_losses[stage].update(F.cross_entropy(logits, targets), weight=targets.numel())
+        self.log(f"{stage}/loss", self.eval_losses[stage], prog_bar=stage == "val")
         self.metrics[f"{stage}_metrics"].update(logits, targets)
         self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage == "val")
 
