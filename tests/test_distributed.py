@@ -15,6 +15,7 @@ import pytest
 
 from lit_convnext.cli import main
 from lit_convnext.data.folders import iter_images
+from lit_convnext.distributed import eval_sampler
 from lit_convnext.optim import EffectiveBatch
 from tests.conftest import TINY_MODEL, make_folder
 
@@ -57,6 +58,18 @@ def test_effective_batch_counts_devices_nodes_and_accumulation() -> None:
     assert EffectiveBatch(4, 2, 1).scaled_lr(4e-4, 256) == pytest.approx(1.25e-5)
 
 
+def test_eval_sampler_gives_each_image_to_exactly_one_rank() -> None:
+    class World:
+        world_size = 2
+
+    seen = []
+    for rank in range(2):
+        World.global_rank = rank
+        seen += list(eval_sampler(list(range(9)), World()))
+    assert sorted(seen) == list(range(9))
+    assert eval_sampler(list(range(9)), None) is None
+
+
 def test_ddp_fit_validate_and_predict_count_each_image_once(tmp_path: Path) -> None:
     root = tmp_path / "images"
     make_folder(root / "train", 8)
@@ -74,7 +87,8 @@ def test_ddp_fit_validate_and_predict_count_each_image_once(tmp_path: Path) -> N
           "--trainer.devices", "1", *COMMON, *csv_logger("single")])
     single = last_metrics(Path("runs/single/version_0/metrics.csv"))
     for key in ("val/acc1", "val/f1", "val/loss"):
-        assert ddp[key] == pytest.approx(single[key], abs=1e-5), key
+        # A padded sampler counts an image twice: that moved val/loss by 3e-5 on this untrained model.
+        assert ddp[key] == pytest.approx(single[key], abs=2e-6), key
 
     run_cli("predict", "--ckpt_path", str(checkpoint), "--data.predict_dir", str(root / "val"),
             "--output", "preds.csv", *COMMON, *DDP)
