@@ -12,14 +12,18 @@ import sys
 from pathlib import Path
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_convnext.backbone import check_model_name
 from lit_convnext.class_report import PerClassReport
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.errors import UserError
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.guards import FiniteLossGuard, out_of_memory_message
+from lit_convnext.model import ConvNeXtClassifier, _check_options
+from lit_convnext.resume import AtomicCheckpointIO, newest_last_checkpoint, run_version
 from lit_convnext.trainer import ConvNeXtTrainer
 
 #: ``--ckpt_path`` values that Lightning resolves itself instead of reading a file.
@@ -54,7 +58,10 @@ class ConvNeXtCLI(LightningCLI):
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
             return
         config = self.config[self.subcommand]
+        _check_config(config)  # before the data folder is scanned (class_names link) or weights are read
         ckpt_path = config.get("ckpt_path")
+        if self.subcommand == "fit" and str(ckpt_path) == "last":
+            ckpt_path = config.ckpt_path = str(self._resume_into_last_run(config))
         if ckpt_path and str(ckpt_path) not in SPECIAL_CKPT_PATHS:
             path = Path(ckpt_path)
             if not path.is_file():
@@ -72,6 +79,33 @@ class ConvNeXtCLI(LightningCLI):
         if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             rank_zero_warn(f"This GPU does not support bfloat16: using 16-mixed instead of {precision}.")
             config.trainer.precision = "16-mixed"
+
+    def _resume_into_last_run(self, config) -> Path:
+        """Resolve ``--ckpt_path last`` to the newest run's last.ckpt and log into that run again."""
+        logger = config.trainer.get("logger")
+        init = getattr(logger, "init_args", None)
+        if init is None or init.get("save_dir") is None:
+            raise UserError("--ckpt_path last needs a logger with a save_dir (runs/...): pass the .ckpt path instead")
+        checkpoint = newest_last_checkpoint(Path(init.save_dir), init.get("name") or "")
+        init.version = run_version(checkpoint)
+        self.save_config_kwargs["overwrite"] = True  # the same run directory: config.yaml records the resume
+        rank_zero_info(f"Resuming {checkpoint}")
+        return checkpoint
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own CheckpointIO plugin
+            strategy.checkpoint_io = AtomicCheckpointIO()
+        if self.subcommand == "fit":
+            self.trainer.callbacks.append(FiniteLossGuard())
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except torch.cuda.OutOfMemoryError as err:
+            raise UserError(out_of_memory_message(subcommand, self.datamodule.batch_size,
+                                                  self.trainer.accumulate_grad_batches)) from err
 
     def after_fit(self) -> None:
         checkpoint = self.trainer.checkpoint_callback
@@ -102,6 +136,19 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         run=run,
         parser_kwargs={"epilog": "Check a data folder first: lit-convnext doctor DATA_ROOT (see doctor --help)."},
     )
+
+
+def _check_config(config) -> None:
+    """Reject impossible options with one line before anything is read or built."""
+    model, data = config.get("model"), config.get("data")
+    if data is not None and data.get("batch_size") is not None and data.batch_size < 1:
+        raise UserError(f"--data.batch_size must be at least 1, got {data.batch_size}")
+    if model is None:
+        return
+    check_model_name(model.model_name)
+    _check_options(lr=model.lr, layer_decay=model.layer_decay, image_size=model.image_size,
+                   batch_size=model.batch_size, drop_path_rate=model.drop_path_rate,
+                   mixup_on=model.mixup_alpha > 0 or model.cutmix_alpha > 0)
 
 
 def main(args: ArgsType = None) -> None:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_convnext.backbone import build_convnext
@@ -140,6 +140,7 @@ class ConvNeXtClassifier(LightningModule):
         self.metrics = torch.nn.ModuleDict(
             {f"{stage}_metrics": collection.clone(prefix=f"{stage}/") for stage in ("train", "val", "test")}
         )
+        self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
 
     # ------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -161,7 +162,9 @@ class ConvNeXtClassifier(LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=stage == "val", sync_dist=True)
+        # A weighted torchmetrics mean: exact over all images even when devices hold different counts.
+        self.eval_losses[stage].update(F.cross_entropy(logits, targets), weight=targets.numel())
+        self.log(f"{stage}/loss", self.eval_losses[stage], prog_bar=stage == "val")
         self.metrics[f"{stage}_metrics"].update(logits, targets)
         self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage == "val")
         return logits  # for callbacks (per-class report)

@@ -1,9 +1,16 @@
-"""Stream predictions to CSV or JSON Lines, one row per image, as batches finish."""
+"""Stream predictions to CSV or JSON Lines, one row per image, as batches finish.
+
+Under several processes (DDP) each rank streams its rows to a part file tagged with the images'
+dataset indices; after a barrier rank 0 merges the parts into the one output file, in dataset order.
+"""
 
 from __future__ import annotations
 
 import csv
+import heapq
+import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,9 +23,7 @@ class PredictionWriter(BasePredictionWriter):
     """Write each image's top-k class names and probabilities as soon as its batch is predicted.
 
     Nothing is accumulated in memory. The format follows the file name: ``.jsonl`` writes JSON Lines,
-    anything else CSV with columns ``path, class_1, probability_1, ..., class_k, probability_k, error``.
-    A file that could not be read gets a row with empty classes and the reason in ``error`` (JSON: ``top_k``
-    empty, ``error`` set; ``error`` is empty / ``null`` for every other file).
+    anything else CSV with columns ``path, class_1, probability_1, ..., class_k, probability_k``.
     """
 
     def __init__(self, output: Path, top_k: int = 5) -> None:
@@ -27,26 +32,36 @@ class PredictionWriter(BasePredictionWriter):
         self.top_k = top_k
         self.rows = 0
         self._handle: IO[str] | None = None
-        self._csv: Any = None
+        self._parts: list[Path] = []
+        self._columns = top_k
 
     @property
     def is_jsonl(self) -> bool:
         return self.output.suffix.lower() == ".jsonl"
 
+    def _part(self, rank: int) -> Path:
+        return self.output.with_name(f".{self.output.name}.part{rank}")
+
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self.output.open("w", newline="", encoding="utf-8")
         self.rows = 0
-        k = self._k(pl_module)
+        self._parts = [self._part(rank) for rank in range(trainer.world_size)] if trainer.world_size > 1 else []
+        if self._parts:  # rows go to this rank's part file: ``index<TAB>json-encoded row``
+            self._handle = self._parts[trainer.global_rank].open("w", encoding="utf-8")
+            return
+        self._handle = self.output.open("w", newline="", encoding="utf-8")
+        self._write_header(self._handle, pl_module)
+
+    def _write_header(self, handle: IO[str], pl_module: pl.LightningModule) -> None:
         if not self.is_jsonl:
-            self._csv = csv.writer(self._handle)
             header = ["path"]
-            for rank in range(1, k + 1):
+            for rank in range(1, self._k(pl_module) + 1):
                 header += [f"class_{rank}", f"probability_{rank}"]
-            self._csv.writerow(header + ["error"])
+            csv.writer(handle).writerow(header + ["error"])
 
     def _k(self, pl_module: pl.LightningModule) -> int:
-        return max(1, min(self.top_k, len(pl_module.class_names)))
+        self._columns = max(1, min(self.top_k, len(pl_module.class_names)))
+        return self._columns
 
     def write_on_batch_end(
         self,
@@ -63,26 +78,57 @@ class PredictionWriter(BasePredictionWriter):
         dataset = trainer.predict_dataloaders.dataset
         probabilities, classes = prediction["probabilities"].topk(self._k(pl_module), dim=-1)
         indices = prediction["indices"].tolist()
-        errors = prediction.get("errors") or [""] * len(indices)
+        errors = prediction.get("errors") or [""] * len(indices)  # unreadable files get an error, no classes
         for index, probs, ids, error in zip(indices, probabilities.tolist(), classes.tolist(), errors):
-            path = str(dataset.paths[index])
-            if error:
-                probs, ids = [], []
-            if self.is_jsonl:
-                record = {"path": path, "top_k": [{"class": names[c], "probability": round(p, 6)} for c, p in zip(ids, probs)],
-                          "error": error or None}
-                self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            else:
-                row: list[Any] = [path]
-                for c, p in zip(ids, probs):
-                    row += [names[c], f"{p:.6f}"]
-                if error:
-                    row += [""] * (2 * self._k(pl_module))
-                self._csv.writerow(row + [error])
+            classes_k = [] if error else [names[c] for c in ids]
+            line = self._format(str(dataset.paths[index]), classes_k, [] if error else probs, error)
+            self._handle.write(f"{index}\t{json.dumps(line)}\n" if self._parts else line)
             self.rows += 1
         self._handle.flush()
+
+    def _format(self, path: str, classes: list[str], probs: list[float], error: str) -> str:
+        if self.is_jsonl:
+            record = {"path": path, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in zip(classes, probs)],
+                      "error": error or None}
+            return json.dumps(record, ensure_ascii=False) + "\n"
+        row: list[Any] = [path]
+        for c, p in zip(classes, probs):
+            row += [c, f"{p:.6f}"]
+        row += [""] * (2 * (self._columns - len(classes)))
+        row.append(error)
+        buffer = io.StringIO(newline="")
+        csv.writer(buffer).writerow(row)
+        return buffer.getvalue()
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        if self._parts:
+            trainer.strategy.barrier("PredictionWriter.merge")
+            if trainer.is_global_zero:
+                self._merge(pl_module)
+            trainer.strategy.barrier("PredictionWriter.merged")
+
+    def _merge(self, pl_module: pl.LightningModule) -> None:
+        """Merge the ranks' part files (each already in index order) into ``output`` by dataset index."""
+        handles = [part.open(encoding="utf-8") for part in self._parts]
+        try:
+            rows = [_indexed_rows(handle) for handle in handles]
+            with self.output.open("w", newline="", encoding="utf-8") as out:
+                self._write_header(out, pl_module)
+                self.rows = 0
+                for _, line in heapq.merge(*rows, key=lambda row: row[0]):
+                    out.write(line)
+                    self.rows += 1
+        finally:
+            for handle in handles:
+                handle.close()
+        for part in self._parts:
+            part.unlink()
+
+
+def _indexed_rows(handle: IO[str]) -> Iterator[tuple[int, str]]:
+    for line in handle:
+        index, row = line.rstrip("\n").split("\t", 1)
+        yield int(index), json.loads(row)

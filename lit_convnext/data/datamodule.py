@@ -21,6 +21,7 @@ from lit_convnext.data.bad_files import check_samples
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
 from lit_convnext.data.transforms import TrainAugmentation, build_eval_transform, build_train_transform
+from lit_convnext.distributed import eval_sampler
 from lit_convnext.errors import UserError
 from lit_convnext.imbalance import balanced_sampler
 
@@ -191,6 +192,8 @@ class ImageFolderDataModule(LightningDataModule):
         sampler = None
         if split == "train" and self.sampler == "balanced":
             sampler, shuffle = balanced_sampler(self.datasets["train"].targets, self.split_seed), False
+        elif split in ("val", "test"):  # each image on exactly one device, so multi-device metrics count it once
+            sampler = eval_sampler(self.datasets[split], self.trainer)
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
         return DataLoader(
             self.datasets[split],

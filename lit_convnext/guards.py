@@ -1,0 +1,48 @@
+"""Fail loudly and usefully: non-finite losses, and out-of-memory errors turned into advice.
+
+A NaN/inf loss is caught before ``backward`` so no NaN reaches the weights and no checkpoint holds
+NaN weights; the run stops with a one-line ``UserError`` naming the step and the usual causes.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lit_convnext.errors import UserError
+
+
+class FiniteLossGuard(Callback):
+    """Stop training at the first step whose loss is NaN or infinite (on any device)."""
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:  # every rank must stop together, or the others wait forever
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+        raise UserError(
+            f"the training loss is {loss.item() if loss.numel() == 1 else 'not finite'} at step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1}); "
+            f"stopped before the update, last good checkpoint: {last}. Likely causes: learning rate too high "
+            f"(lower --model.lr or lengthen --model.warmup_epochs) or float16 overflow (use --trainer.precision "
+            f"bf16-mixed instead of {trainer.precision})"
+        )
+
+
+def out_of_memory_message(subcommand: str, batch_size: int, accumulation: int) -> str:
+    """Advice for a CUDA OOM at ``batch_size``: halve it, and for ``fit`` keep the effective batch by accumulating."""
+    smaller = max(1, batch_size // 2)
+    if subcommand != "fit":
+        return f"CUDA ran out of memory at --data.batch_size {batch_size}: try --data.batch_size {smaller}"
+    if batch_size == 1:
+        return ("CUDA ran out of memory at --data.batch_size 1: use a smaller --model.model_name or "
+                "--data.image_size, or --trainer.precision bf16-mixed")
+    return (
+        f"CUDA ran out of memory at --data.batch_size {batch_size}: halve it and double the gradient accumulation "
+        f"to keep the same effective batch and learning rate, e.g. --data.batch_size {smaller} "
+        f"--trainer.accumulate_grad_batches {accumulation * batch_size // smaller}"
+        " (or use --trainer.precision bf16-mixed)"
+    )

@@ -1,0 +1,98 @@
+"""DDP on CPU (gloo, 2 processes): fit completes, metrics count each image once, predict writes one merged file.
+
+Lightning launches DDP workers by re-running the command, so the CLI runs as a subprocess here.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_convnext.cli import main
+from lit_convnext.data.folders import iter_images
+from lit_convnext.distributed import eval_sampler
+from lit_convnext.optim import EffectiveBatch
+from tests.conftest import TINY_MODEL, make_folder
+
+REPO = Path(__file__).resolve().parents[1]
+DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+COMMON = ["--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
+          "--progress_bar.refresh_rate", "0"]
+
+
+def csv_logger(name: str) -> list[str]:
+    return ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs",
+            "--trainer.logger.name", name]
+
+
+def run_cli(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "lit_convnext", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def last_metrics(metrics_csv: Path) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    with metrics_csv.open() as handle:
+        for row in csv.DictReader(handle):
+            merged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return merged
+
+
+def logged_lrs(metrics_csv: Path) -> list[float]:
+    with metrics_csv.open() as handle:
+        return [float(v) for row in csv.DictReader(handle) for k, v in row.items() if k.startswith("lr-") and v]
+
+
+def test_effective_batch_counts_devices_nodes_and_accumulation() -> None:
+    batch = EffectiveBatch(per_device=16, devices=2 * 4, accumulation=2)  # 2 nodes x 4 GPUs
+    assert batch.size == 256
+    assert batch.scaled_lr(4e-4, 256) == pytest.approx(4e-4)
+    assert EffectiveBatch(4, 2, 1).scaled_lr(4e-4, 256) == pytest.approx(1.25e-5)
+
+
+def test_eval_sampler_gives_each_image_to_exactly_one_rank() -> None:
+    class World:
+        world_size = 2
+
+    seen = []
+    for rank in range(2):
+        World.global_rank = rank
+        seen += list(eval_sampler(list(range(9)), World()))
+    assert sorted(seen) == list(range(9))
+    assert eval_sampler(list(range(9)), None) is None
+
+
+def test_ddp_fit_validate_and_predict_count_each_image_once(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    make_folder(root / "train", 8)
+    make_folder(root / "val", 3, seed=500)  # 9 images: 5 + 4 per rank, DistributedSampler would pad to 10
+
+    out = run_cli("fit", "--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--data.root", str(root),
+                  "--model.warmup_epochs", "0", "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1", *COMMON, *DDP, *csv_logger("ddp"))
+    assert "Effective batch 8 (4 per device x 2 device(s) x 1 accumulation): lr 1.25e-05" in out
+    ddp_csv = Path("runs/ddp/version_0/metrics.csv")
+    assert max(logged_lrs(ddp_csv)) == pytest.approx(4e-4 * 8 / 256, rel=1e-6)  # lr scaled by both devices
+    ddp = last_metrics(ddp_csv)
+    checkpoint = Path("runs/ddp/version_0/checkpoints/last.ckpt")
+
+    main(["validate", "--data.root", str(root), "--ckpt_path", str(checkpoint), "--trainer.accelerator", "cpu",
+          "--trainer.devices", "1", *COMMON, *csv_logger("single")])
+    single = last_metrics(Path("runs/single/version_0/metrics.csv"))
+    for key in ("val/acc1", "val/f1", "val/loss"):
+        # A padded sampler counts an image twice: that moved val/loss by 3e-5 on this untrained model.
+        assert ddp[key] == pytest.approx(single[key], abs=2e-6), key
+
+    run_cli("predict", "--ckpt_path", str(checkpoint), "--data.predict_dir", str(root / "val"),
+            "--output", "preds.csv", *COMMON, *DDP)
+    with open("preds.csv") as handle:
+        paths = [row["path"] for row in csv.DictReader(handle)]
+    assert paths == [str(p) for p in iter_images(root / "val")]  # every image once, in dataset order
+    assert sorted(p.name for p in Path(".").iterdir() if "part" in p.name) == []
