@@ -37,7 +37,7 @@ def draft_to_short_side(img: Image.Image, min_size: int) -> None:
     """Ask the JPEG decoder for the smallest DCT scale whose short side is still ``>= min_size``."""
     width, height = img.size
     factor = min_size / min(width, height)
-    if factor >= 0.5:
+    if factor > 0.5:
         return  # no DCT scale fits
     # draft() picks the strongest reduction that keeps both sides >= the requested size.
     img.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
