@@ -17,6 +17,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.data import ImageFolderDataModule
+from lit_convnext.data_wait import DataWaitMonitor
 from lit_convnext.errors import UserError
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
@@ -46,6 +47,7 @@ class ConvNeXtCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
