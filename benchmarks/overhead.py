@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import os
 import platform
 import tempfile
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true", help="32-true or bf16-mixed")
     parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # the in-process CLI runs get their arguments explicitly
     width, height = map(int, args.photo_size.split("x"))
     root = make_photo_folder(args.root / f"overhead-{args.photo_size}", width, height, int(args.images * 1.25))
 
