@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_convnext.backbone import check_model_name
 from lit_convnext.class_report import PerClassReport
 from lit_convnext.data import ImageFolderDataModule
+from lit_convnext.data_wait import DataWaitMonitor
 from lit_convnext.errors import UserError
 from lit_convnext.guards import FiniteLossGuard, out_of_memory_message
 from lit_convnext.model import ConvNeXtClassifier, _check_options
@@ -53,6 +54,7 @@ class ConvNeXtCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(RichProgressBar, "progress_bar")
         parser.add_lightning_class_args(PerClassReport, "class_report")
+        parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)

@@ -20,6 +20,9 @@ from lit_convnext.optim import EffectiveBatch, build_optimizer, build_scheduler,
 
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
+#: Keyword arguments of ``torch.compile`` for ``--model.compile`` (tests swap in a fast backend).
+COMPILE_OPTIONS: dict[str, Any] = {}
+
 
 class ConvNeXtClassifier(LightningModule):
     """Fine-tune a timm ConvNeXt V1/V2 onto the classes of an image folder.
@@ -57,6 +60,10 @@ class ConvNeXtClassifier(LightningModule):
         class_weights: Training-loss class weights: ``none``, ``auto`` (inverse training frequency, mean 1) or a
             mapping class name -> weight. Composes with label smoothing and Mixup/CutMix (see ``imbalance.py``).
         class_counts: Training images per class. Set from the data folder (never by hand).
+        channels_last: Keep weights and input batches in channels-last memory format (faster convolutions on
+            recent GPUs, especially with bf16/fp16).
+        compile: Run the network through ``torch.compile`` (first steps are slow while it compiles).
+            Checkpoints are unaffected: they hold the plain network's weights.
     """
 
     def __init__(
@@ -86,6 +93,8 @@ class ConvNeXtClassifier(LightningModule):
         preprocessing: dict[str, Any] | None = None,
         class_weights: str | dict[str, float] | None = "none",
         class_counts: list[int] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         _check_options(lr=lr, layer_decay=layer_decay, image_size=image_size, batch_size=batch_size,
@@ -110,6 +119,8 @@ class ConvNeXtClassifier(LightningModule):
         self.register_buffer("class_weight", resolve_class_weights(class_weights, self.class_names, class_counts),
                              persistent=False)
         self._build_metrics()
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
 
     # ----------------------------------------------------------------------------------------- set-up
     def _build_mixup(self) -> Mixup | None:
@@ -144,7 +155,29 @@ class ConvNeXtClassifier(LightningModule):
 
     # ------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        if self.hparams.get("channels_last"):
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self._network()(images)
+
+    def _network(self) -> Any:
+        """``self.net``, or its ``torch.compile`` wrapper when ``compile`` is on.
+
+        The wrapper is kept outside the registered sub-modules (so ``state_dict`` keys have no
+        ``_orig_mod.`` prefix) and rebuilt when ``self.net`` is replaced, e.g. in a deep copy.
+        """
+        if not self.hparams.get("compile"):
+            return self.net
+        cached = self.__dict__.get("_compiled_net")
+        if cached is None or cached[0] is not self.net:
+            cached = (self.net, torch.compile(self.net, **COMPILE_OPTIONS))
+            self.__dict__["_compiled_net"] = cached
+        return cached[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (EMA's AveragedModel, pickling for spawned workers) compile their own network on first use.
+        state = super().__getstate__()
+        state.pop("_compiled_net", None)
+        return state
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch

@@ -15,10 +15,10 @@ from lit_convnext.errors import UserError
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
-def read_image(path: Path) -> Image.Image:
+def read_image(path: Path, min_size: int | None = None) -> Image.Image:
     """``load_rgb`` with an error that names the file."""
     try:
-        return load_rgb(path)
+        return load_rgb(path, min_size)
     except (OSError, ValueError, SyntaxError) as err:
         raise UserError(f"cannot read image {path}: {err}; fix or remove the file") from err
 
@@ -26,18 +26,20 @@ def read_image(path: Path) -> Image.Image:
 class LabeledImages(Dataset):
     """Images with integer class targets: yields ``(image_tensor, target)``."""
 
-    def __init__(self, paths: Sequence[Path], targets: Sequence[int], transform: Transform) -> None:
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int], transform: Transform,
+                 decode_min_size: int | None = None) -> None:
         if len(paths) != len(targets):
             raise ValueError("paths and targets differ in length")
         self.paths = list(paths)
         self.targets = list(targets)
         self.transform = transform
+        self.decode_min_size = decode_min_size  # see ``load_rgb``: reduced-size JPEG decoding
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(read_image(self.paths[index])), self.targets[index]
+        return self.transform(read_image(self.paths[index], self.decode_min_size)), self.targets[index]
 
 
 class UnlabeledImages(Dataset):
@@ -47,16 +49,17 @@ class UnlabeledImages(Dataset):
     reason in ``error`` (``""`` for a good file), and the writer reports it on that file's row.
     """
 
-    def __init__(self, paths: Sequence[Path], transform: Transform) -> None:
+    def __init__(self, paths: Sequence[Path], transform: Transform, decode_min_size: int | None = None) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.decode_min_size = decode_min_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         try:
-            return self.transform(load_rgb(self.paths[index])), index, ""
+            return self.transform(load_rgb(self.paths[index], self.decode_min_size)), index, ""
         except (OSError, ValueError, SyntaxError) as err:
             placeholder = self.transform(Image.new("RGB", (32, 32), (0, 0, 0)))
             return placeholder, index, f"cannot read image: {err}"

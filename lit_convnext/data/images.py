@@ -7,6 +7,7 @@ identically in each: EXIF orientation applied, first frame of animations and mul
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,29 @@ from PIL import Image, ImageOps
 ALPHA_BACKGROUND = (255, 255, 255)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open ``path`` and return an upright RGB ``PIL.Image`` (fully decoded, file closed)."""
+def load_rgb(path: str | Path, min_size: int | None = None) -> Image.Image:
+    """Open ``path`` and return an upright RGB ``PIL.Image`` (fully decoded, file closed).
+
+    With ``min_size``, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, several
+    times faster on large photos) as long as its short side stays at least ``min_size`` pixels, so the
+    resize or crop that follows never works from fewer pixels than it outputs. The short side is the
+    same before and after EXIF rotation, so orientation is applied afterwards as usual.
+    """
     with Image.open(path) as img:
+        if min_size is not None and img.format == "JPEG":
+            draft_to_short_side(img, min_size)
         img.load()
         return to_rgb(img)
+
+
+def draft_to_short_side(img: Image.Image, min_size: int) -> None:
+    """Ask the JPEG decoder for the smallest DCT scale whose short side is still ``>= min_size``."""
+    width, height = img.size
+    factor = min_size / min(width, height)
+    if factor > 0.5:
+        return  # no DCT scale fits
+    # draft() picks the strongest reduction that keeps both sides >= the requested size.
+    img.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

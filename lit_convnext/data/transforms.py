@@ -6,6 +6,7 @@ Mean, std, interpolation and crop come from the model's pretrained config (see
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,25 @@ def build_eval_transform(preprocessing: dict[str, Any]) -> T.Compose:
         crop_pct=preprocessing["crop_pct"],
         crop_mode=preprocessing.get("crop_mode", "center"),
     )
+
+
+def eval_decode_size(preprocessing: dict[str, Any]) -> int:
+    """Short side an image needs for the evaluation transform: its resize target ``size / crop_pct``."""
+    size = max(preprocessing["input_size"][1:])
+    return math.ceil(size / preprocessing.get("crop_pct", 1.0))
+
+
+def train_decode_size(preprocessing: dict[str, Any], augmentation: TrainAugmentation) -> int:
+    """Short side an image needs so that even the smallest random-resized crop has >= output pixels.
+
+    Conservative: the smallest crop (area ``scale[0]`` of the image, most extreme aspect ratio) of a
+    *square* image of short side ``S`` has short side ``S * sqrt(scale[0] * min(ratio, 1/ratio))``;
+    longer images give larger crops.
+    """
+    size = max(preprocessing["input_size"][1:])
+    min_scale = max(min(augmentation.scale), 1e-6)
+    aspect = min(min(augmentation.ratio), 1.0 / max(augmentation.ratio))
+    return math.ceil(size / math.sqrt(min(min_scale, 1.0) * min(aspect, 1.0)))
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:

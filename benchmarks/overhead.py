@@ -1,0 +1,133 @@
+"""Framework overhead: the app's ``fit`` vs a plain PyTorch loop doing the same work.
+
+Both train the same timm ConvNeXt on the same generated JPEG folder with the same transforms,
+DataLoader settings, optimizer (timm AdamW + layer decay + cosine schedule), label-smoothed loss,
+batch size, precision and memory format. Runs alternate (app, plain, app, ...) so background load
+hits both alike; each run's steady-state images/s is measured after ``--warmup`` steps, and the
+medians are compared. The app runs through ``lit_convnext.cli.main`` in-process with its default
+callbacks (checkpointing, progress bar, LR monitor, data-wait monitor, TensorBoard logger).
+
+    python benchmarks/overhead.py                    # convnext_atto, 64 px, batch 32: a few minutes
+    python benchmarks/overhead.py --runs 5 --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import photos  # noqa: F401  (puts the repository on sys.path)
+import timing
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import seed_everything
+from photos import make_photo_folder
+from torch.utils.data import DataLoader
+
+from lit_convnext.cli import main as app_main
+from lit_convnext.data.datasets import LabeledImages
+from lit_convnext.data.folders import read_folder_splits
+from lit_convnext.data.transforms import TrainAugmentation, build_train_transform, train_decode_size
+from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.optim import build_optimizer, build_scheduler
+
+
+def run_app(args, root: Path) -> float:
+    steps = args.warmup + args.steps
+    with tempfile.TemporaryDirectory() as work, contextlib.chdir(work):
+        app_main([
+            "fit", "--model.model_name", args.model, "--model.pretrained", "false",
+            "--model.channels_last", str(args.channels_last).lower(),
+            "--data.root", str(root), "--data.image_size", str(args.image_size),
+            "--data.batch_size", str(args.batch_size), "--data.num_workers", str(args.workers),
+            "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1000", "--trainer.accelerator", args.device,
+            "--trainer.precision", args.precision, "--trainer.callbacks+=timing.StepTimer",
+        ])
+    return timing.steady_rate(timing.LAST_RUN, args.batch_size, args.warmup)
+
+
+def run_plain(args, root: Path) -> float:
+    seed_everything(42, verbose=False)
+    device = torch.device(args.device)
+    # The same network and preprocessing the app builds (ConvNeXtClassifier only creates them here).
+    splits = read_folder_splits(root, 0.2, 42, None)
+    module = ConvNeXtClassifier(args.model, pretrained=False, class_names=splits.class_names,
+                                image_size=args.image_size, batch_size=args.batch_size)
+    net, preprocessing = module.net.to(device), module.preprocessing
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    augmentation = TrainAugmentation()
+    dataset = LabeledImages([s.path for s in splits.train], splits.targets(splits.train),
+                            build_train_transform(preprocessing, augmentation),
+                            train_decode_size(preprocessing, augmentation))
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        num_workers=args.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=args.workers > 0)
+    hp = module.hparams
+    lr = hp.lr * args.batch_size / hp.lr_reference_batch_size
+    optimizer = build_optimizer(net, lr, hp.weight_decay, hp.layer_decay, tuple(hp.betas))
+    total = args.warmup + args.steps
+    scheduler = build_scheduler(optimizer, total, 0, hp.min_lr)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision.startswith("bf16"))
+    net.train()
+    starts, step = [], 0
+    while step < total:
+        for images, targets in loader:
+            starts.append(time.perf_counter())
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if args.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = F.cross_entropy(net(images), targets, label_smoothing=hp.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            scheduler.step_update(num_updates=step)
+            if step >= total:
+                break
+    return timing.steady_rate(starts, args.batch_size, args.warmup)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path("/tmp/lit_convnext_bench"))
+    parser.add_argument("--model", default="convnext_atto")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--photo-size", default="160x120", help="generated JPEG size")
+    parser.add_argument("--images", type=int, default=640, help="training images (plus 20%% validation)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="measured steps per run")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each (alternating)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="32-true", help="32-true or bf16-mixed")
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # the in-process CLI runs get their arguments explicitly
+    width, height = map(int, args.photo_size.split("x"))
+    root = make_photo_folder(args.root / f"overhead-{args.photo_size}", width, height, int(args.images * 1.25))
+
+    app, plain = [], []
+    for run in range(args.runs):
+        app.append(run_app(args, root))
+        plain.append(run_plain(args, root))
+        print(f"run {run + 1}: app {app[-1]:.1f} img/s, plain {plain[-1]:.1f} img/s", flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{args.model} {args.image_size}px batch {args.batch_size}, {args.workers} workers, {args.precision}, "
+          f"{'channels_last' if args.channels_last else 'contiguous'}, {args.device}; torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load avg {load:.1f}")
+    print(f"median images/s: app {timing.median(app):.1f}, plain {timing.median(plain):.1f}, "
+          f"ratio app/plain {timing.median(app) / timing.median(plain):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The data-wait warning fires for a slow loader and stays quiet for a fast one."""
+
+from __future__ import annotations
+
+import time
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lit_convnext.cli import main
+from lit_convnext.data_wait import DataWaitMonitor
+
+
+class _Images(Dataset):
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        time.sleep(self.delay)
+        return torch.randn(8), index % 2
+
+
+class _Linear(pl.LightningModule):
+    def __init__(self, step_time: float = 0.0) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 2)
+        self.step_time = step_time
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(self.step_time)
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.layer(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit(delay: float, step_time: float) -> DataWaitMonitor:
+    monitor = DataWaitMonitor(threshold=0.3, min_steps=5)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor])
+    trainer.fit(_Linear(step_time), DataLoader(_Images(delay), batch_size=2))
+    return monitor
+
+
+def test_slow_loader_gets_a_warning_with_advice() -> None:
+    with pytest.warns(UserWarning, match=r"waited for data \d+% .*--data.num_workers \(now 0\)"):
+        monitor = _fit(delay=0.1, step_time=0.0)
+    assert monitor.warned and monitor.wait_share > 0.5
+
+
+def test_fast_loader_gets_no_warning(recwarn: pytest.WarningsRecorder) -> None:
+    monitor = _fit(delay=0.0, step_time=0.1)
+    assert not monitor.warned and monitor.wait_share < 0.3
+    assert not [w for w in recwarn if "waited for data" in str(w.message)]
+
+
+def test_cli_registers_the_monitor_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    assert "data_wait:\n  threshold: 0.3" in capsys.readouterr().out
