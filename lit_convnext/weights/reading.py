@@ -13,6 +13,7 @@ import json
 import pathlib
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise UserError(f"weights file not found: {path}; check the path (e.g. --model.weights)")
+        raise UserError(f"weights file not found: {path}; check the path")
     if path.is_dir():
         return _read_hf_folder(path)
     if path.stat().st_size == 0:
@@ -104,7 +105,9 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
 def _torch_load(path: Path, kind: str) -> Any:
     """``torch.load`` with ``weights_only=True``; refused pickles and corrupt files become ``UserError``."""
     try:
-        with _allow_extra_globals():
+        with _allow_extra_globals(), warnings.catch_warnings():
+            # plain-pickle files trigger a protocol warning right before the refusal we report anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         needed = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
@@ -154,8 +157,8 @@ def _read_sharded(index: Path) -> dict[str, Any]:
 
 
 def _first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception message, trimmed for a one-line error."""
+    """The first sentence of an exception message, trimmed for a one-line error."""
     for line in str(exc).splitlines():
         if line.strip():
-            return line.strip()[:160]
+            return line.strip().split(". ")[0].rstrip(".")[:160]
     return type(exc).__name__
