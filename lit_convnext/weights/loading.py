@@ -92,8 +92,8 @@ def _check_architecture(
     file_shapes = {k: tuple(v.shape) for k, v in backbone.items()}
     file_sig, model_sig = signature(file_shapes), signature(model_backbone)
     name = model_name(model, model_sig)
-    first_bad = next(
-        (k for k, s in file_shapes.items() if k in model_backbone and s != tuple(model_backbone[k])), None
+    first_bad = next(  # in model order: files (e.g. safetensors) may store keys sorted by name
+        (k for k, s in model_backbone.items() if k in file_shapes and file_shapes[k] != tuple(s)), None
     )
     if file_sig.compatible(model_sig) and first_bad is None:
         return
