@@ -55,7 +55,7 @@ def load_pretrained(
         head_keys |= set(FINAL_NORM_KEYS)  # FCMAE encoders have no final norm: it stays at init like the head
     backbone = {k: v for k, v in converted.items() if k not in head_keys}
     model_backbone = {k: s for k, s in target.items() if k not in head_keys}
-    _check_architecture(backbone, model_backbone, model, path)
+    _check_architecture(backbone, model_backbone, model, path, layout)
 
     missing = [k for k in model_backbone if k not in backbone]
     unexpected = [k for k in backbone if k not in model_backbone]
@@ -86,11 +86,20 @@ def load_pretrained(
 
 
 def _check_architecture(
-    backbone: Mapping[str, torch.Tensor], model_backbone: Mapping[str, Shape], model: nn.Module, path: Path
+    backbone: Mapping[str, torch.Tensor],
+    model_backbone: Mapping[str, Shape],
+    model: nn.Module,
+    path: Path,
+    layout: str,
 ) -> None:
     """Raise ``UserError`` if the weights belong to another ConvNeXt size or version than the model."""
     file_shapes = {k: tuple(v.shape) for k, v in backbone.items()}
     file_sig, model_sig = signature(file_shapes), signature(model_backbone)
+    if not any(k.startswith("stages.") and k.endswith(".conv_dw.weight") for k in file_shapes):
+        raise UserError(
+            f"the weights in {path} hold no ConvNeXt blocks (read as {layout} layout; first keys "
+            f"{list(file_shapes)[:3]}); they are not ConvNeXt weights, choose a ConvNeXt checkpoint"
+        )
     name = model_name(model, model_sig)
     first_bad = next(  # in model order: files (e.g. safetensors) may store keys sorted by name
         (k for k, s in model_backbone.items() if k in file_shapes and file_shapes[k] != tuple(s)), None
@@ -100,11 +109,14 @@ def _check_architecture(
     guess = guess_timm_name(file_sig)
     looks_like = f"{guess}, " if guess else ""
     if first_bad is not None:
-        detail = f"first mismatch {first_bad}: file {file_shapes[first_bad]} vs model {tuple(model_backbone[first_bad])}"
+        file_shape, model_shape = file_shapes[first_bad], tuple(model_backbone[first_bad])
+        detail = f"first mismatch {first_bad}: file {file_shape} vs model {model_shape}"
     else:
         extra = [k for k in file_shapes if k not in model_backbone]
         lacking = [k for k in model_backbone if k not in file_shapes]
-        detail = f"{len(extra)} keys only in the file (first {extra[:1]}), {len(lacking)} only in the model (first {lacking[:1]})"
+        details = [f"{len(keys)} keys only in the {where} (first {keys[0]})"
+                   for keys, where in ((extra, "file"), (lacking, "model")) if keys]
+        detail = ", ".join(details) or "different stage depths or widths"
     raise UserError(
         f"the weights in {path} look like a different architecture ({looks_like}{file_sig.describe()}, "
         f"{len(file_shapes)} backbone tensors) than the model {name} ({model_sig.describe()}, "

@@ -115,7 +115,8 @@ def test_missing_backbone_key(
         load_pretrained(fresh_timm("convnext_atto"), path)
     message = str(info.value)
     assert "partial.safetensors" in message and "stages.1.blocks.0.norm.weight" in message
-    assert "1 model keys missing" in message and "1 unexpected" in message and "stages.1.blocks.0.extra_scale" in message
+    assert "1 model keys missing" in message and "1 unexpected" in message
+    assert "stages.1.blocks.0.extra_scale" in message
 
     model = fresh_timm("convnext_atto")
     init = model.state_dict()["stages.1.blocks.0.norm.weight"].clone()
@@ -137,3 +138,17 @@ def test_report_is_json_safe(
     assert data["source"] == str(path) and data["layout"] == "timm" and data["head"] == "reset"
     assert data["tensors_loaded"] == 126 and data["missing"] == [] and data["ema_used"] is False
     assert len(report.summary().splitlines()) >= 3
+
+
+def test_non_convnext_weights_are_rejected(tmp_path: Path, fresh_timm: Callable[..., nn.Module]) -> None:
+    """torchvision-style keys of another network (EfficientNet-like blocks) are not ConvNeXt weights."""
+    sd = {
+        "features.0.0.weight": torch.randn(32, 3, 3, 3),
+        "features.1.0.block.0.0.weight": torch.randn(32, 1, 3, 3),
+        "features.1.0.block.1.fc1.weight": torch.randn(8, 32, 1, 1),
+        "classifier.1.weight": torch.randn(1000, 1280),
+    }
+    path = tmp_path / "efficientnet.pth"
+    torch.save(sd, path)
+    with pytest.raises(UserError, match="efficientnet.pth hold no ConvNeXt blocks"):
+        load_pretrained(fresh_timm("convnext_atto"), path)

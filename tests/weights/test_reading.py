@@ -38,7 +38,9 @@ class _OpenOnUnpickle:
 @pytest.mark.parametrize("name", ["evil.pth", "evil.ckpt", "evil.bin"])
 @pytest.mark.parametrize("payload", [_TouchOnUnpickle, _OpenOnUnpickle])
 @pytest.mark.parametrize("writer", ["pickle", "torch"])
-def test_malicious_pickle_is_refused_without_running_code(tmp_path: Path, name: str, payload: type, writer: str) -> None:
+def test_malicious_pickle_is_refused_without_running_code(
+    tmp_path: Path, name: str, payload: type, writer: str
+) -> None:
     marker = tmp_path / "marker"
     evil = tmp_path / name
     obj = {"state_dict": {"w": torch.zeros(2)}, "x": payload(marker)}
