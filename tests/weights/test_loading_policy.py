@@ -152,3 +152,14 @@ def test_non_convnext_weights_are_rejected(tmp_path: Path, fresh_timm: Callable[
     torch.save(sd, path)
     with pytest.raises(UserError, match="efficientnet.pth hold no ConvNeXt blocks"):
         load_pretrained(fresh_timm("convnext_atto"), path)
+
+
+def test_torch_compiled_model(
+    tmp_path: Path, make_timm: Callable[..., nn.Module], fresh_timm: Callable[..., nn.Module],
+    same_tensors: SameTensors,
+) -> None:
+    source = make_timm("convnext_atto")
+    model = fresh_timm("convnext_atto")
+    report = load_pretrained(torch.compile(model), _save(source, tmp_path / "w.safetensors"))
+    assert report.tensors_loaded == len(model.state_dict()) and report.head == "kept"
+    same_tensors(model, source)
