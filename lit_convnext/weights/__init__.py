@@ -1,0 +1,24 @@
+"""Pretrained ConvNeXt weights: read files safely, convert any known layout to timm, load, export.
+
+Supported layouts: timm, official facebookresearch ConvNeXt / ConvNeXt-V2 (incl. FCMAE pre-training),
+torchvision, Hugging Face transformers, and this app's Lightning checkpoints (EMA or raw weights).
+"""
+
+from lit_convnext.weights.containers import extract_state_dict
+from lit_convnext.weights.conversion import convert_to_timm
+from lit_convnext.weights.export import export_timm_weights, sidecar_path
+from lit_convnext.weights.layouts import detect_layout
+from lit_convnext.weights.loading import load_pretrained
+from lit_convnext.weights.reading import read_checkpoint
+from lit_convnext.weights.report import LoadReport
+
+__all__ = [
+    "LoadReport",
+    "convert_to_timm",
+    "detect_layout",
+    "export_timm_weights",
+    "extract_state_dict",
+    "load_pretrained",
+    "read_checkpoint",
+    "sidecar_path",
+]

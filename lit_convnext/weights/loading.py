@@ -1,0 +1,158 @@
+"""Load pretrained ConvNeXt weights of any supported layout into a freshly built timm model.
+
+The model is built with the target class count, so the classifier is the one part allowed to differ:
+it is kept when its shape matches and left at its fresh init otherwise. Everything else must match,
+because silently skipping backbone tensors would fine-tune from a partly random network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lit_convnext.errors import UserError
+from lit_convnext.weights import layouts
+from lit_convnext.weights.architecture import guess_timm_name, model_name, signature
+from lit_convnext.weights.containers import extract_state_dict
+from lit_convnext.weights.conversion import convert_to_timm
+from lit_convnext.weights.reading import read_checkpoint
+from lit_convnext.weights.report import HeadStatus, LoadReport
+from lit_convnext.weights.shapes import Shape, model_shapes
+
+CLASSIFIER_KEYS: tuple[str, ...] = ("head.fc.weight", "head.fc.bias")
+FINAL_NORM_KEYS: tuple[str, ...] = ("head.norm.weight", "head.norm.bias")
+_PREVIEW = 5
+
+
+def load_pretrained(
+    model: nn.Module,
+    source: str | Path,
+    *,
+    use_ema: bool = True,
+    allow_missing: bool = False,
+) -> LoadReport:
+    """Load the weights in ``source`` into ``model`` (a timm ConvNeXt built with the target classes).
+
+    ``use_ema`` prefers EMA weights when the file has them (``model_ema``, ``state_dict_ema``, or the
+    Lightning ``state_dict`` next to ``current_model_state``); ``False`` takes the raw weights.
+    ``allow_missing`` tolerates (and reports) missing or unexpected backbone keys; a different
+    architecture is always an error.
+    """
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper shares the parameters
+    path = Path(source).expanduser()
+    extracted = extract_state_dict(read_checkpoint(path), use_ema=use_ema, source=str(path))
+    layout = layouts.detect_layout(extracted.state_dict, source=str(path))
+    ignored = list(extracted.ignored)
+    if layout == layouts.OFFICIAL_V2_FCMAE:
+        ignored += [k for k in extracted.state_dict if not k.startswith("encoder.")]
+    converted = convert_to_timm(extracted.state_dict, layout, model)
+    target = model_shapes(model)
+
+    head_keys = set(CLASSIFIER_KEYS)
+    if layout == layouts.OFFICIAL_V2_FCMAE and not any(k in converted for k in FINAL_NORM_KEYS):
+        head_keys |= set(FINAL_NORM_KEYS)  # FCMAE encoders have no final norm: it stays at init like the head
+    backbone = {k: v for k, v in converted.items() if k not in head_keys}
+    model_backbone = {k: s for k, s in target.items() if k not in head_keys}
+    _check_architecture(backbone, model_backbone, model, path, layout)
+
+    missing = [k for k in model_backbone if k not in backbone]
+    unexpected = [k for k in backbone if k not in model_backbone]
+    if (missing or unexpected) and not allow_missing:
+        raise UserError(_key_problem(path, missing, unexpected))
+
+    head, reason, head_tensors = _decide_head(converted, target, layout)
+    to_load = {k: v for k, v in backbone.items() if k in model_backbone}
+    to_load.update(head_tensors)
+    with torch.no_grad():
+        model.load_state_dict(to_load, strict=False)  # only the model's own keys, every shape checked
+
+    return LoadReport(
+        source=str(path),
+        layout=layout,
+        container=extracted.container + (f" (stripped {', '.join(extracted.stripped_prefixes)})"
+                                         if extracted.stripped_prefixes else ""),
+        tensors_loaded=len(to_load),
+        head=head,
+        head_reason=reason,
+        ema_used=extracted.ema_used,
+        ema_available=extracted.ema_available,
+        missing=missing,
+        unexpected=unexpected,
+        ignored=ignored,
+    )
+
+
+def _check_architecture(
+    backbone: Mapping[str, torch.Tensor],
+    model_backbone: Mapping[str, Shape],
+    model: nn.Module,
+    path: Path,
+    layout: str,
+) -> None:
+    """Raise ``UserError`` if the weights belong to another ConvNeXt size or version than the model."""
+    file_shapes = {k: tuple(v.shape) for k, v in backbone.items()}
+    file_sig, model_sig = signature(file_shapes), signature(model_backbone)
+    if not any(k.startswith("stages.") and k.endswith(".conv_dw.weight") for k in file_shapes):
+        raise UserError(
+            f"the weights in {path} hold no ConvNeXt blocks (read as {layout} layout; first keys "
+            f"{list(file_shapes)[:3]}); they are not ConvNeXt weights, choose a ConvNeXt checkpoint"
+        )
+    name = model_name(model, model_sig)
+    first_bad = next(  # in model order: files (e.g. safetensors) may store keys sorted by name
+        (k for k, s in model_backbone.items() if k in file_shapes and file_shapes[k] != tuple(s)), None
+    )
+    if file_sig.compatible(model_sig) and first_bad is None:
+        return
+    guess = guess_timm_name(file_sig)
+    looks_like = f"{guess}, " if guess else ""
+    if first_bad is not None:
+        file_shape, model_shape = file_shapes[first_bad], tuple(model_backbone[first_bad])
+        detail = f"first mismatch {first_bad}: file {file_shape} vs model {model_shape}"
+    else:
+        extra = [k for k in file_shapes if k not in model_backbone]
+        lacking = [k for k in model_backbone if k not in file_shapes]
+        details = [f"{len(keys)} keys only in the {where} (first {keys[0]})"
+                   for keys, where in ((extra, "file"), (lacking, "model")) if keys]
+        detail = ", ".join(details) or "different stage depths or widths"
+    raise UserError(
+        f"the weights in {path} look like a different architecture ({looks_like}{file_sig.describe()}, "
+        f"{len(file_shapes)} backbone tensors) than the model {name} ({model_sig.describe()}, "
+        f"{len(model_backbone)} backbone tensors); {detail}; choose the matching model name or other weights"
+    )
+
+
+def _decide_head(
+    converted: Mapping[str, torch.Tensor], target: Mapping[str, Shape], layout: str
+) -> tuple[HeadStatus, str, dict[str, torch.Tensor]]:
+    """Keep the file's classifier if it fits the model, else leave the model's fresh one (and say why)."""
+    if "head.fc.weight" not in target:
+        return "none", "the model has no classifier (num_classes=0); the file's head is not used", {}
+    norm_note = ""
+    if layout == layouts.OFFICIAL_V2_FCMAE and not any(k in converted for k in FINAL_NORM_KEYS):
+        norm_note = "; FCMAE pre-training checkpoint: no classifier and no final norm, both keep their fresh init"
+    if not all(k in converted for k in CLASSIFIER_KEYS if k in target):
+        return "reset", "the file has no classifier head" + norm_note, {}
+    file_w, model_w = tuple(converted["head.fc.weight"].shape), target["head.fc.weight"]
+    if file_w == model_w and all(tuple(converted[k].shape) == target[k] for k in CLASSIFIER_KEYS if k in target):
+        return "kept", f"the file's {file_w[0]}-class head fits the model" + norm_note, {
+            k: converted[k] for k in CLASSIFIER_KEYS if k in target
+        }
+    if file_w[0] != model_w[0]:
+        return "reset", f"the file has {file_w[0]} classes, the model {model_w[0]}" + norm_note, {}
+    return "reset", f"the file's head takes {file_w[-1]} features, the model's {model_w[-1]}" + norm_note, {}
+
+
+def _key_problem(path: Path, missing: list[str], unexpected: list[str]) -> str:
+    """One-line message listing missing/unexpected backbone keys."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} model keys missing from the file ({', '.join(missing[:_PREVIEW])}"
+                     f"{', ...' if len(missing) > _PREVIEW else ''})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys in the file ({', '.join(unexpected[:_PREVIEW])}"
+                     f"{', ...' if len(unexpected) > _PREVIEW else ''})")
+    return (f"weights in {path} do not match the model: {'; '.join(parts)}; "
+            "use other weights, or allow_missing=True to load the rest and leave these at init")
