@@ -7,6 +7,7 @@ one-line errors.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import sys
 from pathlib import Path
@@ -26,6 +27,9 @@ from lit_convnext.guards import FiniteLossGuard, out_of_memory_message
 from lit_convnext.model import ConvNeXtClassifier, _check_options
 from lit_convnext.resume import AtomicCheckpointIO, newest_last_checkpoint, run_version
 from lit_convnext.trainer import ConvNeXtTrainer
+
+#: Commands outside LightningCLI: ``name -> module:function`` (the function's signature is the command line).
+TOOLS = {"doctor": "lit_convnext.doctor_report:doctor", "export": "lit_convnext.export:export"}
 
 #: ``--ckpt_path`` values that Lightning resolves itself instead of reading a file.
 SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
@@ -136,7 +140,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         },
         args=args,
         run=run,
-        parser_kwargs={"epilog": "Check a data folder first: lit-convnext doctor DATA_ROOT (see doctor --help)."},
+        parser_kwargs={"epilog": "More commands: lit-convnext doctor DATA_ROOT (check a data folder before training); "
+                            "lit-convnext export CKPT OUTPUT.safetensors (the weights for plain timm)."},
     )
 
 
@@ -156,9 +161,8 @@ def _check_config(config) -> None:
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
     argv = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, list) else None
-    if argv and argv[0] == "doctor":
-        _doctor(argv[1:])
-        return
+    if argv and argv[0] in TOOLS:
+        _run_tool(argv[0], argv[1:])
     try:
         build_cli(args)
     except UserError as err:
@@ -168,17 +172,17 @@ def main(args: ArgsType = None) -> None:
               f"when unpickled): {str(err).splitlines()[0]}")
 
 
-def _doctor(argv: list[str]) -> None:
-    """``lit-convnext doctor ROOT [--json PATH] [--image_size N] [--deep true] [--workers N]``."""
+def _run_tool(name: str, argv: list[str]) -> None:
+    """Run a command that needs no Trainer (``doctor``, ``export``) from its function's typed signature."""
     from jsonargparse import auto_cli
 
-    from lit_convnext.doctor_report import doctor
-
+    module_name, function_name = TOOLS[name].split(":")
+    function = getattr(importlib.import_module(module_name), function_name)
     try:
-        status = auto_cli(doctor, args=argv, prog="lit-convnext doctor")
+        result = auto_cli(function, args=argv, prog=f"lit-convnext {name}")
     except UserError as err:
         _fail(str(err))
-    raise SystemExit(status)
+    raise SystemExit(result if isinstance(result, int) else 0)
 
 
 def _fail(message: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -233,6 +235,13 @@ class ConvNeXtClassifier(LightningModule):
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         # timm schedulers are stepped by update count; this also applies each group's layer-decay lr_scale.
         scheduler.step_update(num_updates=self.global_step)
+
+    def on_fit_start(self) -> None:
+        """Keep the pretrained-weights load report with the run, so what was loaded can be audited later."""
+        if self.load_report and self.trainer.is_global_zero and self.trainer.log_dir:
+            path = Path(self.trainer.log_dir) / "pretrained_load_report.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.load_report, indent=2) + "\n", encoding="utf-8")
 
     # ---------------------------------------------------------------------------------- checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

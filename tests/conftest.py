@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,35 @@ def image_root(tmp_path: Path) -> Path:
     make_folder(root / "train", 8)
     make_folder(root / "val", 4, seed=500)
     return root
+
+
+#: CLI options for a fast CPU run of the smallest model at 32 px.
+FAST = [
+    "--model.model_name", TINY_MODEL, "--model.pretrained", "false",
+    "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
+    "--trainer.accelerator", "cpu", "--progress_bar.refresh_rate", "0",
+]
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One real two-epoch fit, shared by the tests that only read its outputs."""
+    base = tmp_path_factory.mktemp("fitted")
+    root = base / "images"
+    make_folder(root / "train", 8)
+    make_folder(root / "val", 4, seed=500)
+    make_folder(root / "test", 2, seed=900)
+    previous = Path.cwd()
+    os.chdir(base)
+    try:
+        from lit_convnext.cli import main
+
+        main(["fit", "--data.root", str(root), "--trainer.max_epochs", "2", *FAST])
+    finally:
+        os.chdir(previous)
+    run = base / "runs" / "convnext" / "version_0"
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    return {"base": base, "root": root, "run": run, "best": best}
 
 
 @pytest.fixture(autouse=True)

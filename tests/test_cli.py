@@ -4,40 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import TINY_MODEL, make_folder
+from conftest import FAST, TINY_MODEL, make_folder
 
 from lit_convnext.cli import main
-
-FAST = [
-    "--model.model_name", TINY_MODEL, "--model.pretrained", "false",
-    "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
-    "--trainer.accelerator", "cpu", "--progress_bar.refresh_rate", "0",
-]
-
-
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One real two-epoch fit, shared by the tests that only read its outputs."""
-    base = tmp_path_factory.mktemp("fitted")
-    root = base / "images"
-    make_folder(root / "train", 8)
-    make_folder(root / "val", 4, seed=500)
-    make_folder(root / "test", 2, seed=900)
-    previous = Path.cwd()
-    os.chdir(base)
-    try:
-        main(["fit", "--data.root", str(root), "--trainer.max_epochs", "2", *FAST])
-    finally:
-        os.chdir(previous)
-    run = base / "runs" / "convnext" / "version_0"
-    best = next((run / "checkpoints").glob("best-*.ckpt"))
-    return {"base": base, "root": root, "run": run, "best": best}
 
 
 def test_fit_writes_best_and_last_checkpoints_with_class_names(fitted: dict[str, Path]) -> None:

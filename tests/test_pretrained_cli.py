@@ -1,0 +1,91 @@
+"""Weights files through the CLI: a new fine-tune from a checkpoint, export to plain timm, and refusing pickles."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import FAST, make_folder
+
+from lit_convnext.cli import main
+from lit_convnext.model import ConvNeXtClassifier
+
+
+class _WritesMarker:
+    """Unpickling this object would create ``marker``: the test proves that never happens."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _evil_file(path: Path, marker: Path) -> Path:
+    with path.open("wb") as handle:
+        pickle.dump({"state_dict": {}, "hyper_parameters": {"x": _WritesMarker(marker)}}, handle)
+    return path
+
+
+def _error_line(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".ckpt"])
+def test_a_malicious_pickle_is_never_unpickled(tmp_path: Path, image_root: Path, suffix: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    evil = _evil_file(tmp_path / f"evil{suffix}", marker)
+    line = _error_line(capsys, ["fit", "--data.root", str(image_root), *FAST, "--model.pretrained", str(evil)])
+    assert line.startswith("lit-convnext: error:") and "evil" in line
+    line = _error_line(capsys, ["predict", "--ckpt_path", str(evil), "--data.predict_dir", str(image_root)])
+    assert line.startswith("lit-convnext: error:")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n not really", b"PK\x03\x04truncated"])
+def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path: Path, image_root: Path, content: bytes,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(content)
+    line = _error_line(capsys, ["fit", "--data.root", str(image_root), *FAST, "--model.pretrained", str(bad)])
+    assert "weights.pth" in line
+
+
+def test_new_fine_tune_from_a_finished_run_resets_the_head_and_reports_it(fitted: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    classes = {"cat": (200, 200, 0), "dog": (0, 200, 200)}
+    make_folder(other / "train", 8, classes)
+    make_folder(other / "val", 2, classes)
+    main(["fit", "--data.root", str(other), *FAST, "--model.pretrained", str(fitted["best"]),
+          "--trainer.max_steps", "1", "--trainer.max_epochs", "1"])
+    run = Path.cwd() / "runs" / "convnext" / "version_0"
+    report = json.loads((run / "pretrained_load_report.json").read_text())
+    assert report["head"] == "reset" and report["tensors_loaded"] > 100
+    checkpoint = torch.load(next((run / "checkpoints").glob("last.ckpt")), weights_only=True)
+    assert checkpoint["hyper_parameters"]["class_names"] == ["cat", "dog"]
+
+
+def test_export_round_trip_gives_the_checkpoint_logits_in_plain_timm(fitted: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "export" / "digits.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(fitted["best"]), str(out)])
+    assert exit_info.value.code == 0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["class_names"] == ["blue", "green", "red"]
+
+    model = ConvNeXtClassifier.load_from_checkpoint(fitted["best"], map_location="cpu", pretrained=False).eval()
+    plain = timm.create_model(sidecar["model_name"], pretrained=True, num_classes=3,
+                              pretrained_cfg_overlay=dict(file=str(out), num_classes=3)).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(plain(images), model(images), atol=1e-5)
