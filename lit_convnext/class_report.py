@@ -77,7 +77,8 @@ class PerClassReport(Callback):
 
     def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         collection = self._metrics.get(stage)
-        if collection is None or not collection["confusion"].update_called:
+        # Under DDP every rank must reach compute() (it gathers); a rank without batches still takes part.
+        if collection is None or (trainer.world_size == 1 and not collection["confusion"].update_called):
             return
         result = {k: v.cpu() for k, v in collection.compute().items()}
         collection.reset()
@@ -86,8 +87,8 @@ class PerClassReport(Callback):
             values = {f"{stage}/{metric}/{name}": result[metric][i].float()
                       for metric in ("precision", "recall", "f1") for i, name in enumerate(names)}
             pl_module.log_dict(values, sync_dist=False)  # already synchronised by torchmetrics
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: call it on every rank
         if trainer.is_global_zero:
-            run_dir = Path(trainer.log_dir or trainer.default_root_dir)
             write_reports(run_dir, stage, names, result, self.plot)
 
 

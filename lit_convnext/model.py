@@ -238,8 +238,9 @@ class ConvNeXtClassifier(LightningModule):
 
     def on_fit_start(self) -> None:
         """Keep the pretrained-weights load report with the run, so what was loaded can be audited later."""
-        if self.load_report and self.trainer.is_global_zero and self.trainer.log_dir:
-            path = Path(self.trainer.log_dir) / "pretrained_load_report.json"
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        if self.load_report and self.trainer.is_global_zero and log_dir:
+            path = Path(log_dir) / "pretrained_load_report.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(self.load_report, indent=2) + "\n", encoding="utf-8")
 

@@ -195,9 +195,11 @@ class ImageFolderDataModule(LightningDataModule):
         return paths
 
     def _write_manifest(self) -> None:
-        if not self.splits.val_is_held_out or self.trainer is None or not self.trainer.is_global_zero:
+        if not self.splits.val_is_held_out or self.trainer is None:
             return
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is a collective under DDP
+        if not self.trainer.is_global_zero:
+            return
         write_split_manifest(run_dir / SPLIT_MANIFEST_NAME, self.root, self.splits)
         log.info("validation split (%d images) written to %s", len(self.splits.val), run_dir / SPLIT_MANIFEST_NAME)
 
