@@ -27,18 +27,19 @@ def test_fit_writes_best_and_last_checkpoints_with_class_names(fitted: dict[str,
 
 
 def test_predict_needs_only_the_checkpoint_and_a_folder(fitted: dict[str, Path], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     new_images = make_folder(tmp_path / "new" / "nested", 2, seed=77)
     out = tmp_path / "preds.csv"
     main(["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir", str(tmp_path / "new"),
           "--output", str(out), "--top_k", "2", "--data.num_workers", "0", "--progress_bar.refresh_rate", "0"])
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6
-    assert set(rows[0]) == {"path", "class_1", "probability_1", "class_2", "probability_2"}
+    assert set(rows[0]) == {"path", "class_1", "probability_1", "class_2", "probability_2", "error"}
+    assert not any(r["error"] for r in rows)
     assert {r["class_1"] for r in rows} <= {"red", "green", "blue"}
     assert all(float(r["probability_1"]) >= float(r["probability_2"]) for r in rows)
     assert {Path(r["path"]).name for r in rows} == {p.name for p in new_images.rglob("*.png")}
-    assert str(out) in capsys.readouterr().err + capsys.readouterr().out or out.is_file()
+    assert f"Wrote 6 predictions to {out}" in caplog.text  # says where it wrote
     assert not (Path.cwd() / "runs").exists()  # predict makes no run directory
 
 
@@ -64,6 +65,11 @@ def test_rerunning_the_same_command_makes_a_new_version(image_root: Path) -> Non
     main(args)
     versions = sorted(p.name for p in (Path.cwd() / "runs" / "convnext").iterdir())
     assert versions == ["version_0", "version_1"]
+
+
+def test_progress_bar_can_be_turned_off_the_lightning_way(image_root: Path) -> None:
+    main(["fit", "--data.root", str(image_root), "--trainer.fast_dev_run", "1", *FAST,
+          "--trainer.enable_progress_bar", "false"])
 
 
 def test_printed_config_runs_again_unchanged(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
