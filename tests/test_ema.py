@@ -1,0 +1,40 @@
+"""EMA of the weights: the decay warm-up, and which weights are validated and saved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST
+
+from lit_convnext.cli import main
+from lit_convnext.ema import WarmupEMADecay
+
+
+def test_decay_warms_up_from_a_tenth_and_settles_at_the_configured_decay() -> None:
+    schedule = WarmupEMADecay(decay=0.999)
+    values = [float(schedule.decay_at(n)) for n in (0, 1, 10, 100, 10_000)]
+    assert values[0] == pytest.approx(0.1)
+    assert values == sorted(values)
+    assert values[2] == pytest.approx(11 / 20)
+    assert values[-1] == pytest.approx(0.999)
+    assert WarmupEMADecay(decay=0.999, warmup=False).decay_at(0) == 0.999
+
+
+def test_average_moves_towards_the_model_by_one_minus_decay() -> None:
+    averaged, current = torch.zeros(3), torch.ones(3)
+    out = WarmupEMADecay(decay=0.9, warmup=False)(averaged, current, torch.tensor(5))
+    assert torch.allclose(out, torch.full((3,), 0.1))
+
+
+def test_fit_with_ema_saves_ema_weights_and_keeps_the_raw_ones(image_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    main(["fit", "--data.root", str(image_root), *FAST, "--trainer.max_epochs", "2",
+          "--trainer.callbacks+=lit_convnext.ema.EMA", "--trainer.callbacks.decay", "0.99",
+          "--model.lr", "0.05"])
+    assert "validation metrics and the checkpoints' state_dict are the EMA weights" in caplog.text
+    last = Path.cwd() / "runs" / "convnext" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True, map_location="cpu")
+    ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert ema.keys() == raw.keys()
+    assert not torch.equal(ema["net.head.fc.weight"], raw["net.head.fc.weight"])  # the average lags the model
