@@ -32,8 +32,9 @@ def csv_logger(name: str) -> list[str]:
 
 def run_cli(*args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # DDP_TEST_TIMEOUT lets a deadlock fail fast while debugging; the default leaves room for a slow machine.
     done = subprocess.run([sys.executable, "-m", "lit_convnext", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=int(os.environ.get("DDP_TEST_TIMEOUT", "600")))
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
 
@@ -96,3 +97,19 @@ def test_ddp_fit_validate_and_predict_count_each_image_once(tmp_path: Path) -> N
         paths = [row["path"] for row in csv.DictReader(handle)]
     assert paths == [str(p) for p in iter_images(root / "val")]  # every image once, in dataset order
     assert sorted(p.name for p in Path(".").iterdir() if "part" in p.name) == []
+
+
+def test_ddp_fit_writes_the_split_manifest_and_load_report_once(tmp_path: Path) -> None:
+    """Rank-0-only writers must still let every rank take part in collectives (trainer.log_dir broadcasts)."""
+    import timm
+    from safetensors.torch import save_file
+
+    root = make_folder(tmp_path / "flat", 6)  # class folders only: the validation split is drawn and written
+    weights = tmp_path / "atto.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model(TINY_MODEL, num_classes=1000).state_dict().items()},
+              str(weights))
+    run_cli("fit", "--model.model_name", TINY_MODEL, "--model.pretrained", str(weights), "--data.root", str(root),
+            "--trainer.max_epochs", "1", *COMMON, *DDP, *csv_logger("flat"))
+    run_dir = Path("runs/flat/version_0")
+    assert (run_dir / "split_manifest.csv").is_file()
+    assert '"head": "reset"' in (run_dir / "pretrained_load_report.json").read_text()
