@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.backbone import check_model_name
+from lit_convnext.checkpointing import ResumableModelCheckpoint
 from lit_convnext.class_report import PerClassReport
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data_wait import DataWaitMonitor
@@ -46,7 +47,7 @@ class ConvNeXtCLI(LightningCLI):
         # The folder decides the classes: num_classes is never typed by the user.
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc1",

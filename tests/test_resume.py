@@ -39,14 +39,17 @@ def fit_and_record(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict:
         "lr": [group["lr"] for group in trainer.optimizers[0].param_groups],
         "best_k": sorted(Path(p).name for p in checkpoint.best_k_models),
         "best_score": float(checkpoint.best_model_score),
+        "best_path": Path(checkpoint.best_model_path).name,
         "best_exists": Path(checkpoint.best_model_path).is_file(),
+        "files": sorted(p.name for p in Path(checkpoint.dirpath).iterdir()),
         "best_k_exist": all(Path(p).is_file() for p in checkpoint.best_k_models),
     }
 
 
-def test_fit_resumes_the_newest_run_after_sigkill(image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def kill_after_first_last_ckpt(args: list[str]) -> int:
+    """Run ``lit_convnext fit`` in a subprocess, SIGKILL it once last.ckpt exists; return that checkpoint's step."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "lit_convnext", *fit_args(image_root)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "lit_convnext", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last = Path("runs/convnext/version_0/checkpoints/last.ckpt")
     deadline = time.monotonic() + 300
@@ -57,7 +60,11 @@ def test_fit_resumes_the_newest_run_after_sigkill(image_root: Path, tmp_path: Pa
     assert last.exists(), proc.stderr.read().decode()[-2000:]
     killed_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert killed_at % 3 != 0 and killed_at < 6  # a mid-epoch checkpoint of an unfinished run
+    return killed_at
 
+
+def test_fit_resumes_the_newest_run_after_sigkill(image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kill_after_first_last_ckpt(fit_args(image_root))
     resumed = fit_and_record([*fit_args(image_root), "--ckpt_path", "last"], monkeypatch)
     assert sorted(p.name for p in Path("runs/convnext").iterdir()) == ["version_0"]  # logged into the same run
 
@@ -69,9 +76,41 @@ def test_fit_resumes_the_newest_run_after_sigkill(image_root: Path, tmp_path: Pa
     assert resumed["global_step"] == reference["global_step"] == 6
     assert resumed["epoch"] == reference["epoch"]
     assert resumed["lr"] == pytest.approx(reference["lr"], rel=1e-9)
-    assert resumed["best_score"] == reference["best_score"] and resumed["best_exists"] and resumed["best_k_exist"]
-    # Known gap: the resumed run keeps 1 top-k file where the uninterrupted one keeps 2 (ModelCheckpoint's
-    # step-triggered save deferred to validation is not part of its saved state); see the branch report.
+    # The same best-k bookkeeping: the monitored val/acc1 of the last validation is part of the checkpoint.
+    for key in ("best_k", "best_score", "best_path", "files"):
+        assert resumed[key] == reference[key], key
+    assert len(reference["best_k"]) == 2 and resumed["best_exists"] and resumed["best_k_exist"]
+
+
+def test_ema_resumes_after_sigkill_like_an_uninterrupted_run(image_root: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    args = [*fit_args(image_root), "--trainer.callbacks+=lit_convnext.ema.EMA", "--trainer.callbacks.decay", "0.9"]
+    kill_after_first_last_ckpt(args)
+    fit_and_record([*args, "--ckpt_path", "last"], monkeypatch)
+    resumed = torch.load("runs/convnext/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    monkeypatch.chdir(reference_dir)
+    fit_and_record(args, monkeypatch)
+    reference = torch.load("runs/convnext/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+
+    assert resumed["global_step"] == reference["global_step"] == 6
+    assert int(resumed["averaging_state"]["n_averaged"]) == int(reference["averaging_state"]["n_averaged"]) == 6
+    ema_state = next(v for k, v in resumed["callbacks"].items() if k.startswith("EMA"))
+    assert ema_state == next(v for k, v in reference["callbacks"].items() if k.startswith("EMA")) == {"latest_update_step": 6}
+    ema, raw = reference["state_dict"], reference["current_model_state"]
+    assert not torch.equal(ema["net.head.fc.weight"], raw["net.head.fc.weight"])  # the average lags the model
+
+    def differing(key: str) -> list[str]:
+        return [name for name, value in reference[key].items()
+                if value.is_floating_point() and not torch.allclose(resumed[key][name], value, atol=1e-6)]
+
+    if differing("current_model_state"):
+        # Not EMA's doing: the raw weights already differ because a mid-epoch resume replays neither the
+        # epoch's shuffle order nor the augmentation / drop-path RNG (Lightning warns the loader is not resumable).
+        pytest.xfail("mid-epoch resume does not replay the data order and RNG: raw weights differ")
+    assert not differing("state_dict")  # same raw trajectory -> the restored average must match too
 
 
 def test_ckpt_path_last_without_a_previous_run_says_so(capsys, image_root: Path) -> None:
