@@ -1,4 +1,4 @@
-"""A checkpoint written by a real Lightning run with EMA weight averaging loads safely, EMA or raw."""
+"""A checkpoint written by a real Lightning run with the app's EMA callback loads safely, EMA or raw."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ import timm
 import torch
 from torch import nn
 
-from lit_convnext.weights import load_pretrained, read_checkpoint
-
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-EMAWeightAveraging = getattr(pytest.importorskip("lightning.pytorch.callbacks"), "EMAWeightAveraging", None)
-if EMAWeightAveraging is None:
-    pytest.skip("lightning without EMAWeightAveraging (added in 2.6)", allow_module_level=True)
+from lit_convnext.ema import EMA
+from lit_convnext.weights import load_pretrained, read_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec")  # lightning-internal deprecation
 
@@ -47,7 +44,7 @@ def test_real_lightning_checkpoint_with_ema(tmp_path: Path) -> None:
     saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
     trainer = L.Trainer(
         max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[EMAWeightAveraging(decay=0.5), saver], default_root_dir=tmp_path,
+        callbacks=[EMA(decay=0.5, warmup=False), saver], default_root_dir=tmp_path,
     )
     trainer.fit(_TinyClassifier(), torch.utils.data.DataLoader(data, batch_size=2))
     path = tmp_path / "epoch=0-step=2.ckpt"
