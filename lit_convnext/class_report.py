@@ -2,9 +2,11 @@
 
 A callback (``--class_report.*``): it reads the logits the model's ``validation_step``/``test_step`` return,
 accumulates torchmetrics' per-class metrics (synchronised across devices), logs ``{stage}/recall/<class>`` etc.,
-and writes into the run directory (``trainer.log_dir``), overwritten each epoch:
-``{stage}_per_class.csv`` (class, precision, recall, f1, support), ``{stage}_confusion_matrix.csv``
-(rows: true class, columns: predicted class) and ``{stage}_confusion_matrix.png`` (heat map).
+and writes into the run directory (``trainer.log_dir``) ``{stage}_per_class.csv`` (class, precision,
+recall, f1, support) and ``{stage}_confusion_matrix.csv`` (rows: true class, columns: predicted class),
+overwritten each epoch, and ``{stage}_confusion_matrix.png`` (heat map). During ``fit`` the PNG is drawn
+once, from the last validation, when training ends: matplotlib needs 0.25 s for 10 classes and 2 s for
+100 on one core, time the accelerator would otherwise sit idle every epoch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassConfusionMatrix,
@@ -31,7 +34,7 @@ class PerClassReport(Callback):
     Args:
         enabled: Compute, log and save the per-class report.
         log_per_class: Also log every class's precision/recall/F1 as scalars (one curve per class and metric).
-        plot: Save the confusion matrix as a PNG heat map (needs matplotlib).
+        plot: Save the confusion matrix as a PNG heat map (needs matplotlib); during ``fit``, once at the end.
     """
 
     def __init__(self, enabled: bool = True, log_per_class: bool = True, plot: bool = True) -> None:
@@ -39,6 +42,7 @@ class PerClassReport(Callback):
         self.log_per_class = log_per_class
         self.plot = plot
         self._metrics: dict[str, MetricCollection] = {}
+        self._unplotted: tuple[Path, list[str], torch.Tensor] | None = None  # last validation during fit
 
     def _collection(self, stage: str, pl_module: pl.LightningModule) -> MetricCollection | None:
         names = getattr(pl_module, "class_names", None)
@@ -88,8 +92,18 @@ class PerClassReport(Callback):
                       for metric in ("precision", "recall", "f1") for i, name in enumerate(names)}
             pl_module.log_dict(values, sync_dist=False)  # already synchronised by torchmetrics
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: call it on every rank
-        if trainer.is_global_zero:
-            write_reports(run_dir, stage, names, result, self.plot)
+        if not trainer.is_global_zero:
+            return
+        in_fit = trainer.state.fn == TrainerFn.FITTING
+        write_reports(run_dir, stage, names, result, plot=self.plot and not in_fit)
+        if self.plot and in_fit:
+            self._unplotted = (run_dir, names, result["confusion"].long())
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._unplotted is not None:
+            run_dir, names, confusion = self._unplotted
+            plot_confusion(confusion, names, run_dir / "val_confusion_matrix.png", title="val confusion matrix")
+            self._unplotted = None
 
 
 def write_reports(run_dir: Path, stage: str, names: list[str], result: dict[str, torch.Tensor], plot: bool) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL, make_folder
 
+from lit_convnext import class_report
 from lit_convnext.cli import main
 from lit_convnext.errors import UserError
 from lit_convnext.imbalance import balanced_sampler, classification_loss, resolve_class_weights
@@ -72,14 +73,18 @@ def test_weights_and_sampler_recover_minority_recall() -> None:
     assert weighted > plain + 0.3 and sampled > plain + 0.3
 
 
-def test_fit_with_auto_weights_balanced_sampler_and_per_class_report(tmp_path: Path) -> None:
+def test_fit_with_auto_weights_balanced_sampler_and_per_class_report(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    plots = []
+    original_plot = class_report.plot_confusion
+    monkeypatch.setattr(class_report, "plot_confusion", lambda *args, **kw: plots.append(args) or original_plot(*args, **kw))
     root = tmp_path / "data"
     make_folder(root / "train", 12, {"red": (220, 30, 30), "blue": (30, 40, 220)})
     make_folder(root / "train", 4, {"green": (30, 200, 40)}, seed=77)
     make_folder(root / "val", 3, seed=500)
     main(["fit", "--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--data.root", str(root),
           "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
-          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu",
+          "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu",
           "--progress_bar.refresh_rate", "0", "--model.class_weights", "auto", "--data.sampler", "balanced",
           "--model.mixup_alpha", "0.8"])
     run_dir = next(Path("runs/convnext").iterdir())
@@ -90,6 +95,8 @@ def test_fit_with_auto_weights_balanced_sampler_and_per_class_report(tmp_path: P
         matrix = list(csv.reader(handle))
     assert matrix[0][1:] == ["blue", "green", "red"] and sum(int(v) for r in matrix[1:] for v in r[1:]) == 9
     assert (run_dir / "val_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    # The heat map is drawn once, when fit ends (not every epoch), from the last validation's matrix.
+    assert len(plots) == 1 and plots[0][0].sum().item() == 9
     checkpoint = torch.load(next(run_dir.rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["class_counts"] == [12, 4, 12]  # linked from the data, not typed
     assert "class_weight" not in checkpoint["state_dict"]
