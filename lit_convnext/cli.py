@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib
 import pickle
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -82,6 +83,8 @@ class ConvNeXtCLI(LightningCLI):
             raise UserError(f"`{self.subcommand}` needs a trained model: pass --ckpt_path CHECKPOINT.ckpt")
         if self.subcommand != "fit":
             self.save_config_callback = None  # only training runs get a run directory with config.yaml
+            # Nothing to save; and a restored ModelCheckpoint only warns that its dirpath changed.
+            config.trainer.enable_checkpointing = False
         if self.subcommand == "predict":
             config.trainer.logger = False  # predict logs no metrics; it writes the output file only
         precision = str(config.trainer.get("precision"))
@@ -110,8 +113,11 @@ class ConvNeXtCLI(LightningCLI):
             self.trainer.callbacks.append(FiniteLossGuard())
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        if config.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
+        # Lightning refuses these callbacks when their feature is switched off: drop our defaults instead.
+        if config.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         return super()._instantiate_trainer(config, callbacks)
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -169,6 +175,9 @@ def _check_config(config) -> None:
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
     argv = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, list) else None
+    # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
     if argv and argv[0] in TOOLS:
         _run_tool(argv[0], argv[1:])
     try:

@@ -53,10 +53,19 @@ def test_predict_writes_json_lines(fitted: dict[str, Path], tmp_path: Path) -> N
     assert {c["class"] for c in records[0]["top_k"]} == {"red", "green", "blue"}
 
 
-def test_validate_and_test_use_the_checkpoint(fitted: dict[str, Path]) -> None:
-    for command in ("validate", "test"):
+def test_validate_and_test_use_the_checkpoint(fitted: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                             recwarn: pytest.WarningsRecorder) -> None:
+    for command, stage, images in (("validate", "val", 12), ("test", "test", 6)):
         main([command, "--ckpt_path", str(fitted["best"]), "--data.root", str(fitted["root"]),
               "--data.num_workers", "0", "--progress_bar.refresh_rate", "0"])
+        assert f"{stage}/acc1" in capsys.readouterr().out
+        run_dir = max(Path("runs/convnext").iterdir(), key=lambda p: p.stat().st_mtime)
+        matrix = (run_dir / f"{stage}_confusion_matrix.csv").read_text().splitlines()
+        assert sum(int(v) for row in matrix[1:] for v in row.split(",")[1:]) == images
+        assert (run_dir / f"{stage}_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"  # drawn right away
+        assert not list(run_dir.rglob("*.ckpt"))
+    noise = [str(w.message) for w in recwarn if "dirpath has changed" in str(w.message) or "LeafSpec" in str(w.message)]
+    assert not noise
 
 
 def test_rerunning_the_same_command_makes_a_new_version(image_root: Path) -> None:
@@ -67,9 +76,12 @@ def test_rerunning_the_same_command_makes_a_new_version(image_root: Path) -> Non
     assert versions == ["version_0", "version_1"]
 
 
-def test_progress_bar_can_be_turned_off_the_lightning_way(image_root: Path) -> None:
-    main(["fit", "--data.root", str(image_root), "--trainer.fast_dev_run", "1", *FAST,
-          "--trainer.enable_progress_bar", "false"])
+def test_progress_bar_and_checkpointing_can_be_turned_off_the_lightning_way(image_root: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    main(["fit", "--data.root", str(image_root), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
+          *FAST, "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false"])
+    assert "Epoch 0" not in capsys.readouterr().out  # no progress bar
+    assert (Path("runs/convnext/version_0/config.yaml")).is_file() and not list(Path("runs").rglob("*.ckpt"))
 
 
 def test_printed_config_runs_again_unchanged(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
