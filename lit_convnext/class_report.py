@@ -51,10 +51,10 @@ class PerClassReport(Callback):
         if stage not in self._metrics:
             n = len(names)
             self._metrics[stage] = MetricCollection({
-                "precision": MulticlassPrecision(n, average=None, zero_division=0),
-                "recall": MulticlassRecall(n, average=None, zero_division=0),
-                "f1": MulticlassF1Score(n, average=None, zero_division=0),
-                "confusion": MulticlassConfusionMatrix(n),
+                "precision": MulticlassPrecision(n, average=None, zero_division=0, validate_args=False),
+                "recall": MulticlassRecall(n, average=None, zero_division=0, validate_args=False),
+                "f1": MulticlassF1Score(n, average=None, zero_division=0, validate_args=False),
+                "confusion": MulticlassConfusionMatrix(n, validate_args=False),
             })
         return self._metrics[stage].to(pl_module.device)
 

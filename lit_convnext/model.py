@@ -142,12 +142,16 @@ class ConvNeXtClassifier(LightningModule):
         if not self.class_names:
             return
         n = len(self.class_names)
+        # acc1/acc5: share of all images whose class is in the top 1/5 (timm's and the papers' top-1/top-5;
+        # torchmetrics' default would be the mean per-class recall). f1: macro, every class counts alike.
+        # validate_args=False: inputs are our logits and folder targets, and the checks (torch.unique) would
+        # make every training step wait for the GPU.
         metrics: dict[str, Any] = {
-            "acc1": MulticlassAccuracy(num_classes=n, top_k=1),
-            "f1": MulticlassF1Score(num_classes=n, average="macro"),
+            "acc1": MulticlassAccuracy(num_classes=n, top_k=1, average="micro", validate_args=False),
+            "f1": MulticlassF1Score(num_classes=n, average="macro", validate_args=False),
         }
         if n >= 5:
-            metrics["acc5"] = MulticlassAccuracy(num_classes=n, top_k=5)
+            metrics["acc5"] = MulticlassAccuracy(num_classes=n, top_k=5, average="micro", validate_args=False)
         collection = MetricCollection(metrics)
         # Keys get a suffix: ``train`` would clash with ``nn.Module.train``.
         self.metrics = torch.nn.ModuleDict(

@@ -140,3 +140,21 @@ def test_lr_schedule_warms_up_then_follows_a_cosine_over_the_real_steps(image_ro
     for step, lr in enumerate(cosine):
         expected = 1e-4 + 0.5 * (peak - 1e-4) * (1 + math.cos(math.pi * step / 9))
         assert lr == pytest.approx(expected, rel=1e-6)
+
+
+def test_acc1_and_acc5_are_shares_of_all_images_and_f1_is_macro() -> None:
+    """Top-1/top-5 as timm and the papers report them, not torchmetrics' default mean per-class recall."""
+    model = classifier(class_names=[f"c{i}" for i in range(6)])
+    metrics = model.metrics["val_metrics"]
+    targets = torch.tensor([0, 0, 0, 0, 0, 0, 0, 1])  # imbalanced: seven images of c0, one of c1
+    logits = torch.zeros(8, 6)
+    logits[:7, 0] = 1.0  # every c0 image right
+    logits[7, 5] = 1.0  # the c1 image wrong at top-1 ...
+    logits[7, 1] = 0.5  # ... but in the top 5
+    logits[7, 0] = -1.0  # (c0 ranks last for it)
+    metrics.update(logits, targets)
+    result = metrics.compute()
+    assert result["val/acc1"].item() == pytest.approx(7 / 8)  # the mean per-class recall would be 0.5
+    assert result["val/acc5"].item() == pytest.approx(1.0)
+    # Macro F1 over the classes that occur: c0 (1.0), c1 (missed: 0) and c5 (predicted once, wrongly: 0).
+    assert result["val/f1"].item() == pytest.approx(1 / 3)
