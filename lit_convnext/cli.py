@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -29,6 +29,7 @@ from lit_convnext.data_wait import DataWaitMonitor
 from lit_convnext.errors import UserError
 from lit_convnext.guards import FiniteLossGuard, out_of_memory_message
 from lit_convnext.model import ConvNeXtClassifier, _check_options
+from lit_convnext.progress import ThrottledRichProgressBar
 from lit_convnext.resume import AtomicCheckpointIO, newest_last_checkpoint, run_version
 from lit_convnext.trainer import ConvNeXtTrainer
 
@@ -60,7 +61,7 @@ class ConvNeXtCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
-        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(ThrottledRichProgressBar, "progress_bar")
         parser.add_lightning_class_args(PerClassReport, "class_report")
         parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
 

@@ -1,0 +1,60 @@
+"""The progress bar: Lightning's Rich bar, with the shown metrics read at most once per interval.
+
+Reading a logged metric for display copies it from the accelerator, which waits for the step's
+kernels to finish. Lightning's Rich bar does that after every training batch, so the GPU idles
+while the host renders the bar, runs the callbacks and starts the next step. Here the batch counter
+still moves every step; the metrics (the loss) are read every ``metrics_interval`` seconds, and at
+every epoch and validation end as before.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
+
+
+class ThrottledRichProgressBar(RichProgressBar):
+    """Rich progress bar whose training metrics are refreshed at most every ``metrics_interval`` seconds.
+
+    Args:
+        refresh_rate: Screen updates per second; ``0`` turns the bar off (e.g. for batch jobs).
+        leave: Keep each finished epoch's bar on screen.
+        theme: Colours and number format.
+        console_kwargs: Arguments for Rich's ``Console``.
+        metrics_interval: Seconds between reads of the displayed training metrics (each read makes the
+            host wait for the accelerator); ``0`` reads them after every batch like Lightning's bar.
+    """
+
+    def __init__(
+        self,
+        refresh_rate: int = 100,
+        leave: bool = False,
+        theme: RichProgressBarTheme = RichProgressBarTheme(),
+        console_kwargs: dict[str, Any] | None = None,
+        metrics_interval: float = 1.0,
+    ) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=leave, theme=theme, console_kwargs=console_kwargs)
+        if metrics_interval < 0:
+            raise ValueError(f"metrics_interval must be >= 0 seconds, got {metrics_interval}")
+        self.metrics_interval = metrics_interval
+        self._in_train_batch = False
+        self._metrics_read_at = float("-inf")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._in_train_batch = True
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._in_train_batch = False
+
+    def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        now = time.monotonic()
+        if self._in_train_batch and now - self._metrics_read_at < self.metrics_interval:
+            return
+        self._metrics_read_at = now
+        super()._update_metrics(trainer, pl_module)

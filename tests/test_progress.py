@@ -1,0 +1,43 @@
+"""The progress bar reads the displayed training metrics (a GPU sync) at most once per interval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import FAST
+
+from lit_convnext.cli import main
+from lit_convnext.progress import ThrottledRichProgressBar
+
+READ_METRICS = ThrottledRichProgressBar.get_metrics
+
+
+def _metric_reads(image_root: Path, monkeypatch: pytest.MonkeyPatch, interval: str) -> list[bool]:
+    """Whether each read of the bar's metrics happened inside a training batch, for a 6-step epoch."""
+    reads: list[bool] = []
+
+    def counting(self, trainer, pl_module):
+        reads.append(self._in_train_batch)
+        return READ_METRICS(self, trainer, pl_module)
+
+    monkeypatch.setattr(ThrottledRichProgressBar, "get_metrics", counting)
+    main(["fit", "--data.root", str(image_root), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6",
+          "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
+          *FAST, "--data.batch_size", "2", "--progress_bar.refresh_rate", "1",
+          "--progress_bar.metrics_interval", interval])
+    return reads
+
+
+def test_training_metrics_are_read_once_per_interval_not_every_batch(image_root: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    every_batch = _metric_reads(image_root, monkeypatch, "0")
+    throttled = _metric_reads(image_root, monkeypatch, "3600")
+    assert every_batch.count(True) == 6
+    assert throttled.count(True) == 1  # the first batch only
+    assert throttled.count(False) == every_batch.count(False) > 0  # epoch and validation ends still update
+
+
+def test_negative_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="metrics_interval"):
+        ThrottledRichProgressBar(metrics_interval=-1)
