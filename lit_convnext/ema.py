@@ -17,23 +17,29 @@ from lightning.pytorch.utilities import rank_zero_info
 
 
 class WarmupEMADecay:
-    """``avg_fn`` for ``torch.optim.swa_utils.AveragedModel``: EMA with a warm-up of the decay."""
+    """``multi_avg_fn`` for ``torch.optim.swa_utils.AveragedModel``: EMA with a warm-up of the decay.
+
+    One fused ``torch._foreach_lerp_`` per device and dtype (a per-tensor ``avg_fn`` launches several
+    kernels per tensor: 109 ms vs 9 ms per update for convnext_tiny on two CPU cores). The update count
+    is read on the host; ``AveragedModel`` has just read it there itself, so that adds no GPU wait.
+    """
 
     def __init__(self, decay: float, warmup: bool = True) -> None:
         self.decay = decay
         self.warmup = warmup
 
-    def decay_at(self, num_averaged: torch.Tensor | int) -> torch.Tensor | float:
+    def decay_at(self, num_averaged: torch.Tensor | int) -> float:
         if not self.warmup:
             return self.decay
-        n = torch.as_tensor(num_averaged, dtype=torch.float64)
-        return torch.clamp((1 + n) / (10 + n), max=self.decay)
+        n = int(num_averaged)
+        return min(self.decay, (1 + n) / (10 + n))
 
-    def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        decay = self.decay_at(num_averaged)
-        if isinstance(decay, torch.Tensor):
-            decay = decay.to(averaged.device, averaged.dtype)
-        return averaged + (current - averaged) * (1 - decay)
+    def __call__(self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # integer buffers (counters): take the model's value
+            torch._foreach_copy_(averaged, current)
+            return
+        # averaged += (current - averaged) * (1 - decay)
+        torch._foreach_lerp_(averaged, current, 1.0 - self.decay_at(num_averaged))
 
 
 class EMA(WeightAveraging):
@@ -49,7 +55,7 @@ class EMA(WeightAveraging):
     def __init__(self, decay: float = 0.9998, warmup: bool = True, device: str | None = None) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        super().__init__(device=device, use_buffers=True, avg_fn=WarmupEMADecay(decay, warmup))
+        super().__init__(device=device, use_buffers=True, multi_avg_fn=WarmupEMADecay(decay, warmup))
         self.decay = decay
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -22,10 +22,16 @@ def test_decay_warms_up_from_a_tenth_and_settles_at_the_configured_decay() -> No
     assert WarmupEMADecay(decay=0.999, warmup=False).decay_at(0) == 0.999
 
 
-def test_average_moves_towards_the_model_by_one_minus_decay() -> None:
-    averaged, current = torch.zeros(3), torch.ones(3)
-    out = WarmupEMADecay(decay=0.9, warmup=False)(averaged, current, torch.tensor(5))
-    assert torch.allclose(out, torch.full((3,), 0.1))
+@pytest.mark.parametrize("warmup", [False, True])
+def test_average_moves_towards_the_model_by_one_minus_decay(warmup: bool) -> None:
+    averaged, current = [torch.zeros(3), torch.zeros(2, 2)], [torch.ones(3), torch.full((2, 2), 2.0)]
+    WarmupEMADecay(decay=0.9, warmup=warmup)(averaged, current, torch.tensor(5))
+    share = 1 - (6 / 15 if warmup else 0.9)  # warm-up decay after 5 updates: (1 + 5) / (10 + 5)
+    torch.testing.assert_close(averaged[0], torch.full((3,), share))
+    torch.testing.assert_close(averaged[1], torch.full((2, 2), 2 * share))
+    counters = [torch.tensor(3)]
+    WarmupEMADecay(decay=0.9)(counters, [torch.tensor(7)], torch.tensor(5))
+    assert counters[0].item() == 7
 
 
 def test_fit_with_ema_saves_ema_weights_and_keeps_the_raw_ones(image_root: Path, caplog: pytest.LogCaptureFixture) -> None:
