@@ -1,12 +1,17 @@
 """GPU throughput: training and inference images/s of the app and of a plain PyTorch loop.
 
 For each model, precision (bf16-mixed, 32-true), memory format (channels_last on/off) and
-torch.compile (on/off): synthetic on-device tensors (the model's ceiling), then the generated JPEG
-folder (the loader's share) for the first precision with channels_last. Prints GPU name, versions,
-batch size and model FLOPs utilisation (FLOPs from ``torch.utils.flop_counter``; training counts
-forward + backward as 3x forward; peak from a table of dense bf16/fp32 figures or ``--peak-tflops``).
+torch.compile (on/off): synthetic batches already on the device (the model's and the framework's
+ceiling: no loading, no copy), then the generated JPEG folder (whether the input pipeline keeps up)
+for the first precision with channels_last. The app is what ``lit-convnext fit`` builds: its
+Trainer with the default callbacks (checkpointing, progress bar, LR monitor, per-class report,
+data-wait monitor, loss guard) and TensorBoard logger; inference is its ``predict_step`` under
+Lightning's ``predict`` (no output file). Both sides are timed alike: one CUDA sync after the
+warm-up steps and one at the end. Prints GPU name, versions, batch size and model FLOPs utilisation
+(FLOPs from ``torch.utils.flop_counter``; training counts forward + backward as 3x forward; peak
+from a table of dense bf16/fp32 figures or ``--peak-tflops``).
 
-    python benchmarks/gpu.py                                              # CUDA, convnext_tiny, 224 px
+    python benchmarks/gpu.py                                              # CUDA, convnext_tiny, 224 px, batch 256
     python benchmarks/gpu.py --models convnext_atto,convnext_nano,convnext_tiny,convnext_small
     python benchmarks/gpu.py --device cpu --model convnext_atto --image-size 64 --steps 3   # smoke test
 """
@@ -28,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 from photos import make_photo_folder
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from lit_convnext.cli import build_cli
 from lit_convnext.cli import main as app_main
 from lit_convnext.data.datasets import LabeledImages
 from lit_convnext.data.folders import read_folder_splits
@@ -49,18 +55,20 @@ PEAK_TFLOPS = {"H200": (989.0, 67.0), "H100 SXM": (989.0, 67.0), "H100 PCIe": (7
 CLASSES = [f"class{i}" for i in range(10)]
 
 
-class Synthetic(Dataset):
-    """Fixed random images (generated once), so loading costs nothing."""
+class DeviceBatches:
+    """The same batch, already on the device, ``length`` times: nothing to load or copy."""
 
-    def __init__(self, image_size: int, length: int) -> None:
-        self.images = torch.randn(64, 3, image_size, image_size)
+    def __init__(self, batch_size: int, image_size: int, length: int, device: torch.device) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device)
+        self.targets = torch.randint(0, len(CLASSES), (batch_size,), generator=generator).to(device)
         self.length = length
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int):
-        return self.images[i % 64], i % len(CLASSES)
+    def __iter__(self):
+        return ((self.images, self.targets) for _ in range(self.length))
 
 
 def forward_flops(model_name: str, image_size: int, device: torch.device) -> float:
@@ -96,9 +104,7 @@ def plain(args, model_name, task, source, precision, channels_last, compile_, ro
     net = module.net.to(device)
     run = torch.compile(net) if compile_ else net
     if source == "synthetic":
-        batch = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-        targets = torch.randint(0, len(CLASSES), (args.batch_size,), device=device)
-        batches = iter(lambda: (batch, targets), None)
+        batches = iter(DeviceBatches(args.batch_size, args.image_size, args.warmup + args.steps, device))
     else:
         batches = _forever(folder_loader(args, module.preprocessing, task, root, device))
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
@@ -145,37 +151,33 @@ def folder_loader(args, preprocessing, task, root: Path, device) -> DataLoader:
 
 
 def app(args, model_name, task, source, precision, channels_last, compile_, root) -> float:
-    """The app: ConvNeXtClassifier under Lightning (synthetic), or `lit-convnext fit/predict` (folder)."""
+    """The app as ``lit-convnext fit`` builds it; the folder training run goes through the command itself."""
     steps = args.warmup + args.steps
-    accelerator = "gpu" if args.device == "cuda" else "cpu"
-    timer = timing.StepTimer()
-    if source == "folder" and task == "train":
-        with tempfile.TemporaryDirectory() as work, contextlib.chdir(work):
-            app_main(["fit", "--model.model_name", model_name, "--model.pretrained", "false",
-                      "--model.channels_last", str(channels_last).lower(), "--model.compile", str(compile_).lower(),
-                      "--data.root", str(root), "--data.image_size", str(args.image_size),
-                      "--data.batch_size", str(args.batch_size), "--data.num_workers", str(args.workers),
-                      "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1000",
-                      "--trainer.accelerator", accelerator, "--trainer.precision", precision,
-                      "--progress_bar.refresh_rate", "0", "--trainer.callbacks+=timing.StepTimer"])
-        return timing.steady_rate(timing.LAST_RUN, args.batch_size, args.warmup)
-    model = ConvNeXtClassifier(model_name, pretrained=False, class_names=CLASSES, image_size=args.image_size,
-                               batch_size=args.batch_size, channels_last=channels_last, compile=compile_)
-    if source == "synthetic":
-        loader = DataLoader(Synthetic(args.image_size, steps * args.batch_size), batch_size=args.batch_size,
-                            pin_memory=args.device == "cuda")
-    else:
-        loader = folder_loader(args, model.preprocessing, task, root, torch.device(args.device))
-    trainer = Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=steps, max_epochs=1000,
-                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, callbacks=[timer], limit_val_batches=0, limit_predict_batches=steps)
-    if task == "train":
-        trainer.fit(model, loader)
-        return timing.steady_rate(timing.LAST_RUN, args.batch_size, args.warmup)
-    starts: list[float] = []
-    timer.on_predict_batch_start = lambda *a, **k: (sync(torch.device(args.device)), starts.append(time.perf_counter()))
-    trainer.predict(model, loader, return_predictions=False)
-    return args.batch_size * (len(starts) - 1 - args.warmup) / (starts[-1] - starts[args.warmup])
+    timing.WARMUP = args.warmup
+    options = ["--model.model_name", model_name, "--model.pretrained", "false",
+               "--model.channels_last", str(channels_last).lower(), "--model.compile", str(compile_).lower(),
+               "--data.root", str(root), "--data.image_size", str(args.image_size),
+               "--data.batch_size", str(args.batch_size), "--data.num_workers", str(args.workers),
+               "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1000",
+               "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu", "--trainer.precision", precision,
+               "--trainer.callbacks+=timing.WindowTimer"]
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as work, contextlib.chdir(work):
+        if source == "folder" and task == "train":
+            app_main(["fit", *options])
+            return timing.window_rate(args.batch_size)
+        cli = build_cli([*options, "--trainer.limit_val_batches", "1"], run=False)
+        if source == "synthetic":
+            loader = DeviceBatches(args.batch_size, args.image_size, steps, device)
+        else:
+            loader = folder_loader(args, cli.model.preprocessing, task, root, device)
+        if task == "train":
+            cli.trainer.fit(cli.model, train_dataloaders=loader,
+                            val_dataloaders=DeviceBatches(args.batch_size, args.image_size, 1, device))
+        else:
+            cli.trainer.limit_predict_batches = steps
+            Trainer.predict(cli.trainer, cli.model, loader, return_predictions=False)  # without writing a file
+    return timing.window_rate(args.batch_size)
 
 
 def main() -> None:
@@ -183,7 +185,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", "--model", default="convnext_tiny")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=None, help="default 128 on CUDA, 8 on CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 256 on CUDA, 8 on CPU")
     parser.add_argument("--warmup", type=int, default=None, help="default 10 on CUDA (compile), 1 on CPU")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--precisions", default=None, help="default bf16-mixed,32-true on CUDA, 32-true on CPU")
@@ -196,7 +198,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # the in-process CLI runs get their arguments explicitly
     cuda = args.device == "cuda"
-    args.batch_size = args.batch_size or (128 if cuda else 8)
+    args.batch_size = args.batch_size or (256 if cuda else 8)
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     args.workers = args.workers if args.workers is not None else min(16, len(_cores()))
     precisions = (args.precisions or ("bf16-mixed,32-true" if cuda else "32-true")).split(",")

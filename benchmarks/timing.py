@@ -10,20 +10,72 @@ import lightning.pytorch as pl
 #: Step start times of the latest run of :class:`StepTimer` (read by the benchmark after ``fit``).
 LAST_RUN: list[float] = []
 
+#: Set by a benchmark before a run: steps (or predict batches) :class:`WindowTimer` leaves out first.
+WARMUP = 0
+
+#: ``(batches, seconds)`` of the latest run of :class:`WindowTimer`.
+WINDOW: list[float] = []
+
 
 class StepTimer(pl.Callback):
     """Records ``time.perf_counter()`` at every training batch start into :data:`LAST_RUN`."""
 
-    def __init__(self, sync_cuda: bool = False) -> None:
-        self.sync_cuda = sync_cuda
+    def __init__(self) -> None:
         LAST_RUN.clear()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.sync_cuda:
-            import torch
-
-            torch.cuda.synchronize()
         LAST_RUN.append(time.perf_counter())
+
+
+class WindowTimer(pl.Callback):
+    """Wall-clock of all steps (or predict batches) after the first :data:`WARMUP`, with one CUDA sync at each end.
+
+    For asynchronous devices: per-step host timestamps say little when the host runs ahead, and a sync
+    every step would itself slow the run; two syncs per run measure what a plain loop timed the same way does.
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._batches = 0
+        WINDOW.clear()
+
+    def _begin(self, trainer: pl.Trainer, batch_idx: int) -> None:
+        if self._start is None and batch_idx >= WARMUP:
+            _sync(trainer)
+            self._start = time.perf_counter()
+        if self._start is not None:
+            self._batches += 1
+
+    def _finish(self, trainer: pl.Trainer) -> None:
+        if self._start is not None and not WINDOW:
+            _sync(trainer)
+            WINDOW.extend([self._batches, time.perf_counter() - self._start])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._begin(trainer, trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= trainer.max_steps:
+            self._finish(trainer)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._begin(trainer, batch_idx)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._finish(trainer)
+
+
+def window_rate(batch_size: int) -> float:
+    """Images/s of the latest :class:`WindowTimer` run."""
+    batches, seconds = WINDOW
+    return batch_size * batches / seconds
+
+
+def _sync(trainer: pl.Trainer) -> None:
+    import torch
+
+    if trainer.strategy.root_device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def steady_rate(starts: list[float], batch_size: int, warmup: int) -> float:
@@ -41,3 +93,11 @@ def steady_rate(starts: list[float], batch_size: int, warmup: int) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """First and third quartile (the interquartile range shows how far single runs scatter)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3

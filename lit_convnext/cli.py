@@ -110,7 +110,7 @@ class ConvNeXtCLI(LightningCLI):
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own CheckpointIO plugin
             strategy.checkpoint_io = AtomicCheckpointIO()
-        if self.subcommand == "fit":
+        if self.subcommand in ("fit", None):  # None: build_cli(run=False), the caller runs the Trainer
             self.trainer.callbacks.append(FiniteLossGuard())
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
