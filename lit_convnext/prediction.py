@@ -1,5 +1,9 @@
 """Stream predictions to CSV or JSON Lines, one row per image, as batches finish.
 
+Rows are written one batch behind: a batch's top-k starts its copy to the host, then the previous
+batch's rows are formatted, so on a GPU formatting (about 2 ms per 256 images) overlaps the next
+batch's compute instead of leaving the accelerator idle.
+
 Under several processes (DDP) each rank streams its rows to a part file tagged with the images'
 dataset indices; after a barrier rank 0 merges the parts into the one output file, in dataset order.
 """
@@ -12,7 +16,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -34,6 +38,7 @@ class PredictionWriter(BasePredictionWriter):
         self._handle: IO[str] | None = None
         self._parts: list[Path] = []
         self._columns = top_k
+        self._pending: _PendingRows | None = None
 
     @property
     def is_jsonl(self) -> bool:
@@ -73,13 +78,31 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        # Start copying this batch's top-k to the host, then write the previous batch's rows: on a GPU
+        # the host formats rows while the accelerator computes, instead of waiting for every batch.
+        probabilities, classes = prediction["probabilities"].topk(self._k(pl_module), dim=-1)
+        pending = _PendingRows(
+            prediction["indices"].to("cpu", non_blocking=True),
+            probabilities.to("cpu", non_blocking=True),
+            classes.to("cpu", non_blocking=True),
+            prediction.get("errors"),
+            _copies_done(probabilities.device),
+        )
+        self._write_pending(trainer, pl_module)
+        self._pending = pending
+
+    def _write_pending(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
         assert self._handle is not None
+        if pending.copied is not None:
+            pending.copied.synchronize()
         names = pl_module.class_names
         dataset = trainer.predict_dataloaders.dataset
-        probabilities, classes = prediction["probabilities"].topk(self._k(pl_module), dim=-1)
-        indices = prediction["indices"].tolist()
-        errors = prediction.get("errors") or [""] * len(indices)  # unreadable files get an error, no classes
-        for index, probs, ids, error in zip(indices, probabilities.tolist(), classes.tolist(), errors):
+        indices = pending.indices.tolist()
+        errors = pending.errors or [""] * len(indices)  # unreadable files get an error, no classes
+        for index, probs, ids, error in zip(indices, pending.probabilities.tolist(), pending.classes.tolist(), errors):
             classes_k = [] if error else [names[c] for c in ids]
             line = self._format(str(dataset.paths[index]), classes_k, [] if error else probs, error)
             self._handle.write(f"{index}\t{json.dumps(line)}\n" if self._parts else line)
@@ -101,6 +124,7 @@ class PredictionWriter(BasePredictionWriter):
         return buffer.getvalue()
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_pending(trainer, pl_module)
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -126,6 +150,25 @@ class PredictionWriter(BasePredictionWriter):
                 handle.close()
         for part in self._parts:
             part.unlink()
+
+
+class _PendingRows(NamedTuple):
+    """One batch's top-k on its way to the host (``copied`` is the CUDA event to wait for, if any)."""
+
+    indices: torch.Tensor
+    probabilities: torch.Tensor
+    classes: torch.Tensor
+    errors: list[str] | None
+    copied: torch.cuda.Event | None
+
+
+def _copies_done(device: torch.device) -> torch.cuda.Event | None:
+    """An event recorded after the non-blocking device-to-host copies just queued (``None`` off CUDA)."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
 
 
 def _indexed_rows(handle: IO[str]) -> Iterator[tuple[int, str]]:
