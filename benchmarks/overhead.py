@@ -2,13 +2,17 @@
 
 Both train the same timm ConvNeXt on the same generated JPEG folder with the same transforms,
 DataLoader settings, optimizer (timm AdamW + layer decay + cosine schedule), label-smoothed loss,
-batch size, precision and memory format. Runs alternate (app, plain, app, ...) so background load
-hits both alike; each run's steady-state images/s is measured after ``--warmup`` steps, and the
-medians are compared. The app runs through ``lit_convnext.cli.main`` in-process with its default
-callbacks (checkpointing, progress bar, LR monitor, data-wait monitor, TensorBoard logger).
+batch size, precision and memory format. The app runs through ``lit_convnext.cli.main`` in-process
+with its default callbacks (checkpointing, progress bar, LR monitor, data-wait monitor, TensorBoard
+logger) and its validation at each epoch end (excluded from the step timing, like warm-up).
 
-    python benchmarks/overhead.py                    # convnext_atto, 64 px, batch 32: a few minutes
-    python benchmarks/overhead.py --runs 5 --steps 40
+Each run's steady-state images/s comes from the median step interval after ``--warmup`` steps.
+On a small shared machine single runs drift by +-10%, so the runs come in pairs (app then plain,
+then plain then app, ... so neither always goes first) and the figure is the median of the pairs'
+ratios, printed with its interquartile range; a slow spell hits both halves of a pair alike.
+
+    python benchmarks/overhead.py                    # convnext_atto, 64 px, batch 32: about 5 minutes
+    python benchmarks/overhead.py --runs 15 --steps 30
 """
 
 from __future__ import annotations
@@ -106,8 +110,8 @@ def main() -> None:
     parser.add_argument("--photo-size", default="160x120", help="generated JPEG size")
     parser.add_argument("--images", type=int, default=640, help="training images (plus 20%% validation)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10, help="measured steps per run")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each (alternating)")
+    parser.add_argument("--steps", type=int, default=30, help="measured steps per run")
+    parser.add_argument("--runs", type=int, default=11, help="pairs of runs (app and plain, order alternating)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32-true", help="32-true or bf16-mixed")
     parser.add_argument("--channels-last", action="store_true")
@@ -118,15 +122,23 @@ def main() -> None:
 
     app, plain = [], []
     for run in range(args.runs):
-        app.append(run_app(args, root))
-        plain.append(run_plain(args, root))
-        print(f"run {run + 1}: app {app[-1]:.1f} img/s, plain {plain[-1]:.1f} img/s", flush=True)
+        if run % 2 == 0:
+            app.append(run_app(args, root))
+            plain.append(run_plain(args, root))
+        else:
+            plain.append(run_plain(args, root))
+            app.append(run_app(args, root))
+        print(f"pair {run + 1}: app {app[-1]:.1f} img/s, plain {plain[-1]:.1f} img/s, "
+              f"ratio {app[-1] / plain[-1]:.3f}", flush=True)
+    ratios = sorted(a / p for a, p in zip(app, plain))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{args.model} {args.image_size}px batch {args.batch_size}, {args.workers} workers, {args.precision}, "
           f"{'channels_last' if args.channels_last else 'contiguous'}, {args.device}; torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load avg {load:.1f}")
-    print(f"median images/s: app {timing.median(app):.1f}, plain {timing.median(plain):.1f}, "
-          f"ratio app/plain {timing.median(app) / timing.median(plain):.3f}")
+    low, high = timing.quartiles(ratios)
+    print(f"median images/s: app {timing.median(app):.1f}, plain {timing.median(plain):.1f}")
+    print(f"ratio app/plain: median of {len(ratios)} pairs {timing.median(ratios):.3f} "
+          f"(interquartile range {low:.3f}-{high:.3f})")
 
 
 if __name__ == "__main__":
