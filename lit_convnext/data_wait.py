@@ -13,6 +13,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lit_convnext.errors import UserError
+
 
 class DataWaitMonitor(pl.Callback):
     """Measure time between training batches vs time inside them; warn once if the loader is the bottleneck.
@@ -24,7 +26,7 @@ class DataWaitMonitor(pl.Callback):
 
     def __init__(self, threshold: float = 0.3, min_steps: int = 20) -> None:
         if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+            raise UserError(f"--data_wait.threshold must be a share between 0 and 1 (e.g. 0.3), got {threshold}")
         self.threshold = threshold
         self.min_steps = min_steps
         self.wait = 0.0

@@ -15,6 +15,8 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_convnext.errors import UserError
+
 
 class WarmupEMADecay:
     """``multi_avg_fn`` for ``torch.optim.swa_utils.AveragedModel``: EMA with a warm-up of the decay.
@@ -54,7 +56,7 @@ class EMA(WeightAveraging):
 
     def __init__(self, decay: float = 0.9998, warmup: bool = True, device: str | None = None) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+            raise UserError(f"the EMA decay must be between 0 and 1 (e.g. 0.9998), got {decay}")
         super().__init__(device=device, use_buffers=True, multi_avg_fn=WarmupEMADecay(decay, warmup))
         self.decay = decay
 

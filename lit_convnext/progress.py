@@ -16,6 +16,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 
+from lit_convnext.errors import UserError
+
 
 class ThrottledRichProgressBar(RichProgressBar):
     """Rich progress bar whose training metrics are refreshed at most every ``metrics_interval`` seconds.
@@ -39,7 +41,7 @@ class ThrottledRichProgressBar(RichProgressBar):
     ) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=leave, theme=theme, console_kwargs=console_kwargs)
         if metrics_interval < 0:
-            raise ValueError(f"metrics_interval must be >= 0 seconds, got {metrics_interval}")
+            raise UserError(f"--progress_bar.metrics_interval must be 0 or more seconds, got {metrics_interval}")
         self.metrics_interval = metrics_interval
         self._in_train_batch = False
         self._metrics_read_at = float("-inf")

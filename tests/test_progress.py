@@ -38,6 +38,10 @@ def test_training_metrics_are_read_once_per_interval_not_every_batch(image_root:
     assert throttled.count(False) == every_batch.count(False) > 0  # epoch and validation ends still update
 
 
-def test_negative_interval_is_refused() -> None:
-    with pytest.raises(ValueError, match="metrics_interval"):
-        ThrottledRichProgressBar(metrics_interval=-1)
+def test_bad_callback_options_are_one_line_errors(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for option, value in (("--progress_bar.metrics_interval", "-1"), ("--data_wait.threshold", "1.5")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--data.root", str(image_root), *FAST, option, value])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"lit-convnext: error: {option}") and value in err[0]
