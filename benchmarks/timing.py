@@ -1,4 +1,4 @@
-"""Step timing shared by the benchmarks: wall-clock at the start of each training step, no device sync."""
+"""Step timing shared by the benchmarks: per-step host timestamps (CPU), or one timed window with a CUDA sync at each end."""
 
 from __future__ import annotations
 
@@ -41,14 +41,14 @@ class WindowTimer(pl.Callback):
 
     def _begin(self, trainer: pl.Trainer, batch_idx: int) -> None:
         if self._start is None and batch_idx >= WARMUP:
-            _sync(trainer)
+            sync(trainer.strategy.root_device)
             self._start = time.perf_counter()
         if self._start is not None:
             self._batches += 1
 
     def _finish(self, trainer: pl.Trainer) -> None:
         if self._start is not None and not WINDOW:
-            _sync(trainer)
+            sync(trainer.strategy.root_device)
             WINDOW.extend([self._batches, time.perf_counter() - self._start])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -71,10 +71,11 @@ def window_rate(batch_size: int) -> float:
     return batch_size * batches / seconds
 
 
-def _sync(trainer: pl.Trainer) -> None:
+def sync(device) -> None:
+    """Wait for the device's queued work (a no-op off CUDA)."""
     import torch
 
-    if trainer.strategy.root_device.type == "cuda":
+    if device.type == "cuda":
         torch.cuda.synchronize()
 
 
