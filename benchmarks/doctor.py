@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lit_convnext.data.doctor import scan
+from lit_convnext.data.scan import scan
 
 
 def generate(root: Path, count: int, size: int) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -22,30 +23,58 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.backbone import check_model_name
-from lit_convnext.checkpointing import ResumableModelCheckpoint
-from lit_convnext.class_report import PerClassReport
+from lit_convnext.callbacks import (
+    AtomicCheckpointIO,
+    DataWaitMonitor,
+    FiniteLossGuard,
+    PerClassReport,
+    ResumableModelCheckpoint,
+    ThrottledRichProgressBar,
+)
+from lit_convnext.callbacks.checkpointing import newest_last_checkpoint, run_version
+from lit_convnext.commands import COMMANDS
 from lit_convnext.data import ImageFolderDataModule
-from lit_convnext.data_wait import DataWaitMonitor
-from lit_convnext.errors import UserError
-from lit_convnext.guards import FiniteLossGuard, out_of_memory_message
-from lit_convnext.model import ConvNeXtClassifier, _check_options
-from lit_convnext.progress import ThrottledRichProgressBar
-from lit_convnext.resume import AtomicCheckpointIO, newest_last_checkpoint, run_version
+from lit_convnext.errors import UserError, out_of_memory_message
+from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
-
-#: Commands outside LightningCLI: ``name -> module:function`` (the function's signature is the command line).
-TOOLS = {"doctor": "lit_convnext.doctor_report:doctor", "export": "lit_convnext.export:export"}
 
 #: ``--ckpt_path`` values that Lightning resolves itself instead of reading a file.
 SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Reports a bad option as one line naming it (jsonargparse prints the usage and a nested explanation)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        raise UserError(option_error(message))
+
+
+_BOUNDS = {"Gt": ">", "Ge": ">=", "Lt": "<", "Le": "<=", "MultipleOf": "a multiple of"}
+
+
+def option_error(message: str) -> str:
+    """``--model.lr 0: must be > 0`` from jsonargparse's and pydantic's multi-line message."""
+    key = re.search(r'Parser key "([^"]+)"', message)
+    nested = re.search(r"--([\w.]+) (\S+): must be (.+?)(?= - |\n|$)", message)  # a nested parser's own line
+    if key and nested:  # e.g. a callback's init argument inside --trainer.callbacks
+        return f"--{key.group(1)}.{nested.group(1)} {nested.group(2)}: must be {nested.group(3).strip()}"
+    value = re.search(r"input_value=('[^']*'|\S+?)[,\]]", message) or re.search(r"Given value: (.+)", message)
+    shown = f" {value.group(1).strip(chr(39))}" if value else ""
+    bounds = re.findall(r"\b(Gt|Ge|Lt|Le|MultipleOf)\(\w+=([^)]+)\)", message)  # listed for Optional options
+    reason = re.search(r"Input should be ([^\[\n]+)", message)
+    if key and bounds:
+        rule = " and ".join(f"{_BOUNDS[name]} {bound}" for name, bound in bounds)
+        optional = " (or null)" if "NoneType" in message else ""
+        return f"--{key.group(1)}{shown}: must be {rule}{optional}"
+    if key and reason:
+        return f"--{key.group(1)}{shown}: must be {reason.group(1).strip()}"
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 class ConvNeXtCLI(LightningCLI):
     """LightningCLI with lit-convnext's links, defaults and checks."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.image_size", "model.image_size")
-        parser.link_arguments("data.batch_size", "model.batch_size")
         # The folder decides the classes: num_classes is never typed by the user.
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
@@ -69,7 +98,8 @@ class ConvNeXtCLI(LightningCLI):
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
             return
         config = self.config[self.subcommand]
-        _check_config(config)  # before the data folder is scanned (class_names link) or weights are read
+        if config.get("model") is not None:  # before the data folder is scanned (class_names link) or weights are read
+            check_model_name(config.model.model_name)
         ckpt_path = config.get("ckpt_path")
         if self.subcommand == "fit" and str(ckpt_path) == "last":
             ckpt_path = config.ckpt_path = str(self._resume_into_last_run(config))
@@ -146,6 +176,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         ConvNeXtClassifier,
         ImageFolderDataModule,
         trainer_class=ConvNeXtTrainer,
+        parser_class=OneLineErrorParser,
         seed_everything_default=42,
         trainer_defaults={
             "logger": {
@@ -160,18 +191,6 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
     )
 
 
-def _check_config(config) -> None:
-    """Reject impossible options with one line before anything is read or built."""
-    model, data = config.get("model"), config.get("data")
-    if data is not None and data.get("batch_size") is not None and data.batch_size < 1:
-        raise UserError(f"--data.batch_size must be at least 1, got {data.batch_size}")
-    if model is None:
-        return
-    check_model_name(model.model_name)
-    _check_options(lr=model.lr, layer_decay=model.layer_decay, image_size=model.image_size,
-                   batch_size=model.batch_size, drop_path_rate=model.drop_path_rate,
-                   mixup_on=model.mixup_alpha > 0 or model.cutmix_alpha > 0)
-
 
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
@@ -179,8 +198,8 @@ def main(args: ArgsType = None) -> None:
     # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
-    if argv and argv[0] in TOOLS:
-        _run_tool(argv[0], argv[1:])
+    if argv and argv[0] in COMMANDS:
+        _run_command(argv[0], argv[1:])
     try:
         build_cli(args)
     except UserError as err:
@@ -190,11 +209,11 @@ def main(args: ArgsType = None) -> None:
               f"when unpickled): {str(err).splitlines()[0]}")
 
 
-def _run_tool(name: str, argv: list[str]) -> None:
+def _run_command(name: str, argv: list[str]) -> None:
     """Run a command that needs no Trainer (``doctor``, ``export``) from its function's typed signature."""
     from jsonargparse import auto_cli
 
-    module_name, function_name = TOOLS[name].split(":")
+    module_name, function_name = COMMANDS[name].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     try:
         result = auto_cli(function, args=argv, prog=f"lit-convnext {name}")

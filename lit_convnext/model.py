@@ -1,6 +1,5 @@
 """The LightningModule: a timm ConvNeXt fine-tuned with the official recipe's training step."""
 
-from __future__ import annotations
 
 import json
 from pathlib import Path
@@ -17,8 +16,17 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_convnext.backbone import build_convnext
 from lit_convnext.errors import UserError
-from lit_convnext.imbalance import classification_loss, resolve_class_weights
+from lit_convnext.losses import classification_loss, resolve_class_weights
 from lit_convnext.optim import EffectiveBatch, build_optimizer, build_scheduler, warmup_steps_for
+from lit_convnext.ranges import (
+    ImageSize,
+    LayerDecay,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Rate,
+)
 
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -35,8 +43,8 @@ class ConvNeXtClassifier(LightningModule):
         pretrained: ``true`` for timm's hub weights of that tag, ``false`` for random init, or a path to a
             weights file.
         class_names: Class names in label order. Set from the data folder (never by hand).
-        image_size: Input resolution; ``None`` keeps the weights' pretrained size. Set from ``--data.image_size``.
-        batch_size: Per-device batch size, set from ``--data.batch_size``; used for lr scaling.
+        image_size: Input resolution for training, evaluation and predict (a multiple of 32); ``None`` keeps the
+            weights' pretrained size. Stored in the checkpoint with the rest of the preprocessing.
         drop_path_rate: Stochastic-depth rate at the last block; it rises linearly from 0 at the first block.
         layer_scale_init_value: Initial layer-scale gamma; ``None`` keeps the architecture's default
             (1e-6 for V1, none for V2). Pretrained gammas replace the init when weights are loaded.
@@ -73,23 +81,22 @@ class ConvNeXtClassifier(LightningModule):
         model_name: str = "convnext_tiny.fb_in22k_ft_in1k",
         pretrained: bool | str = True,
         class_names: list[str] | None = None,
-        image_size: int | None = None,
-        batch_size: int = 32,
-        drop_path_rate: float = 0.1,
-        layer_scale_init_value: float | None = None,
-        head_init_scale: float = 0.001,
-        lr: float = 4e-4,
-        lr_reference_batch_size: int = 256,
-        min_lr: float = 1e-6,
-        warmup_epochs: float = 1.0,
-        weight_decay: float = 0.05,
-        layer_decay: float | None = 0.9,
-        betas: tuple[float, float] = (0.9, 0.999),
-        label_smoothing: float = 0.1,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        mixup_prob: float = 1.0,
-        mixup_switch_prob: float = 0.5,
+        image_size: ImageSize | None = None,
+        drop_path_rate: Rate = 0.1,
+        layer_scale_init_value: PositiveFloat | None = None,
+        head_init_scale: PositiveFloat = 0.001,
+        lr: PositiveFloat = 4e-4,
+        lr_reference_batch_size: PositiveInt = 256,
+        min_lr: NonNegativeFloat = 1e-6,
+        warmup_epochs: NonNegativeFloat = 1.0,
+        weight_decay: NonNegativeFloat = 0.05,
+        layer_decay: LayerDecay | None = 0.9,
+        betas: tuple[Probability, Probability] = (0.9, 0.999),
+        label_smoothing: Rate = 0.1,
+        mixup_alpha: NonNegativeFloat = 0.0,
+        cutmix_alpha: NonNegativeFloat = 0.0,
+        mixup_prob: Probability = 1.0,
+        mixup_switch_prob: Probability = 0.5,
         pretrained_use_ema: bool = True,
         allow_missing_keys: bool = False,
         preprocessing: dict[str, Any] | None = None,
@@ -99,8 +106,6 @@ class ConvNeXtClassifier(LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        _check_options(lr=lr, layer_decay=layer_decay, image_size=image_size, batch_size=batch_size,
-                       drop_path_rate=drop_path_rate, mixup_on=mixup_alpha > 0 or cutmix_alpha > 0)
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else None
         self.net, load_report = build_convnext(
@@ -114,6 +119,9 @@ class ConvNeXtClassifier(LightningModule):
             allow_missing_keys=allow_missing_keys,
         )
         self.load_report = load_report
+        #: Fitted after training and kept in checkpoints (``checkpoint["calibration"]``): ``temperature`` scales the
+        #: logits before softmax; evaluation, predict and exports apply it through :meth:`probabilities`.
+        self.calibration: dict[str, Any] = {}
         self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
         self.hparams["preprocessing"] = self.preprocessing
         self.mixup = self._build_mixup() if self.class_names else None
@@ -217,15 +225,22 @@ class ConvNeXtClassifier(LightningModule):
     def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         images, indices = batch[0], batch[1]
         errors = list(batch[2]) if len(batch) > 2 else [""] * len(indices)  # unreadable files (see UnlabeledImages)
-        return {"probabilities": self(images).float().softmax(dim=-1), "indices": indices, "errors": errors}
+        return {"probabilities": self.probabilities(self(images)), "indices": indices, "errors": errors}
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities as validate, test and predict report them (calibrated when a temperature was fitted)."""
+        return (logits.float() / float(self.calibration.get("temperature", 1.0))).softmax(dim=-1)
 
     # --------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         hp, trainer = self.hparams, self.trainer
-        batch = EffectiveBatch(hp.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+        total_steps = int(trainer.estimated_stepping_batches)
+        per_device = self._per_device_batch()
+        if self.mixup is not None and per_device % 2:
+            raise UserError(f"Mixup/CutMix pair images within a batch: use an even --data.batch_size, got {per_device}")
+        batch = EffectiveBatch(per_device, trainer.world_size, trainer.accumulate_grad_batches)
         lr = batch.scaled_lr(hp.lr, hp.lr_reference_batch_size)
         optimizer = build_optimizer(self.net, lr, hp.weight_decay, hp.layer_decay, tuple(hp.betas))
-        total_steps = int(trainer.estimated_stepping_batches)
         warmup = warmup_steps_for(hp.warmup_epochs, total_steps, trainer.max_epochs,
                                   trainer.num_training_batches / trainer.accumulate_grad_batches)
         scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
@@ -235,6 +250,16 @@ class ConvNeXtClassifier(LightningModule):
             f"{warmup} warm-up steps of {total_steps}."
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _per_device_batch(self) -> int:
+        """The training loader's batch size: the data owns it; the lr scaling and the Mixup check read it here."""
+        if self.trainer.train_dataloader is None:  # estimated_stepping_batches skips loading for unbounded runs
+            self.trainer.fit_loop.setup_data()
+        loader = self.trainer.train_dataloader
+        size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+        if size is None:
+            raise UserError("cannot tell the training batch size (a loader without batch_size): the lr is scaled by it")
+        return int(size)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         # timm schedulers are stepped by update count; this also applies each group's layer-decay lr_scale.
@@ -249,8 +274,12 @@ class ConvNeXtClassifier(LightningModule):
             path.write_text(json.dumps(self.load_report, indent=2) + "\n", encoding="utf-8")
 
     # ---------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["calibration"] = dict(self.calibration)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Adopt the checkpoint's classes (predict), or refuse a checkpoint trained on other classes."""
+        """Adopt the checkpoint's calibration and classes (predict), or refuse a checkpoint trained on other classes."""
+        self.calibration = dict(checkpoint.get("calibration") or {})
         saved = list(checkpoint.get("hyper_parameters", {}).get("class_names") or [])
         if not saved:
             return
@@ -280,19 +309,6 @@ def resolve_preprocessing(net: torch.nn.Module, image_size: int | None, stored: 
         config["input_size"] = [config["input_size"][0], image_size, image_size]
     return config
 
-
-def _check_options(*, lr: float, layer_decay: float | None, image_size: int | None, batch_size: int,
-                   drop_path_rate: float, mixup_on: bool) -> None:
-    if lr <= 0:
-        raise UserError(f"--model.lr must be positive, got {lr}")
-    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-        raise UserError(f"--model.layer_decay must be in (0, 1] (or null to turn it off), got {layer_decay}")
-    if image_size is not None and (image_size < 32 or image_size % 32):
-        raise UserError(f"image size {image_size} does not fit ConvNeXt (total stride 32): use a multiple of 32, e.g. 224")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise UserError(f"--model.drop_path_rate must be in [0, 1), got {drop_path_rate}")
-    if mixup_on and batch_size % 2:
-        raise UserError(f"Mixup/CutMix pair images within a batch: use an even --data.batch_size, got {batch_size}")
 
 
 def _short(names: list[str], limit: int = 6) -> str:

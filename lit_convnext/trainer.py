@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_convnext.prediction import PredictionWriter
+from lit_convnext.callbacks.prediction_writer import PredictionWriter
 
 
 class ConvNeXtTrainer(Trainer):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import write_image
+from tests.helpers import write_image
 
 #: Files that cannot be decoded, relative to the class folder, with a word their reason contains.
 BAD = {

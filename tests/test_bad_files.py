@@ -8,15 +8,15 @@ import logging
 from pathlib import Path
 
 import pytest
-from bad_corpus import BAD, build_corpus
-from conftest import TINY_MODEL
+from tests.bad_corpus import BAD, build_corpus
+from tests.helpers import TINY_MODEL
 
 from lit_convnext.cli import main
 
 
 def _fit_args(root: Path, *extra: str) -> list[str]:
     return ["fit", "--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--data.root", str(root),
-            "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
+            "--model.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
             "--trainer.accelerator", "cpu", "--progress_bar.refresh_rate", "0", *extra]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FAST, TINY_MODEL, make_folder
+from tests.helpers import FAST, TINY_MODEL, make_folder, one_line_error
 
 from lit_convnext.cli import main
 
@@ -96,44 +96,37 @@ def test_printed_config_runs_again_unchanged(image_root: Path, capsys: pytest.Ca
     main(["fit", "--config", "printed.yaml"])
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and "Traceback" not in "\n".join(err)
-    return err[-1]
 
 
-def test_missing_root_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    line = _one_line_error(capsys, ["fit", "--data.root", str(tmp_path / "missing"), *FAST])
+def test_missing_root_is_aone_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(capsys, ["fit", "--data.root", str(tmp_path / "missing"), *FAST])
     assert line.startswith("lit-convnext: error:") and "missing" in line
 
 
-def test_empty_class_folder_is_a_one_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_class_folder_is_aone_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (image_root / "train" / "purple").mkdir()
-    line = _one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST])
+    line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST])
     assert "purple" in line and "no images" in line
 
 
-def test_class_only_in_val_is_a_one_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_class_only_in_val_is_aone_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_folder(image_root / "val", 1, {"purple": (128, 0, 128)})
-    line = _one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST])
+    line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST])
     assert "purple" in line
 
 
-def test_missing_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    line = _one_line_error(capsys, ["predict", "--ckpt_path", str(tmp_path / "nope.ckpt"),
+def test_missing_checkpoint_is_aone_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(capsys, ["predict", "--ckpt_path", str(tmp_path / "nope.ckpt"),
                                     "--data.predict_dir", str(tmp_path)])
     assert "nope.ckpt" in line and "does not exist" in line
 
 
-def test_predict_folder_without_images_is_a_one_line_error(fitted: dict[str, Path], tmp_path: Path,
+def test_predict_folder_without_images_is_aone_line_error(fitted: dict[str, Path], tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no pictures here")
-    line = _one_line_error(capsys, ["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir", str(empty),
+    line = one_line_error(capsys, ["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir", str(empty),
                                     "--data.num_workers", "0"])
     assert str(empty) in line and "no images" in line
 
@@ -143,6 +136,6 @@ def test_checkpoint_with_other_classes_is_refused(fitted: dict[str, Path], tmp_p
     other = tmp_path / "other"
     make_folder(other / "train", 2, {"cat": (1, 1, 1), "dog": (2, 2, 2), "eel": (3, 3, 3)})
     make_folder(other / "val", 1, {"cat": (1, 1, 1), "dog": (2, 2, 2), "eel": (3, 3, 3)})
-    line = _one_line_error(capsys, ["validate", "--ckpt_path", str(fitted["best"]), "--data.root", str(other),
+    line = one_line_error(capsys, ["validate", "--ckpt_path", str(fitted["best"]), "--data.root", str(other),
                                     "--data.num_workers", "0"])
     assert "red" in line and "cat" in line

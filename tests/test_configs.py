@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 from lightning.pytorch.callbacks import WeightAveraging
 
 from lit_convnext.cli import build_cli

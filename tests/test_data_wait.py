@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_convnext.cli import main
-from lit_convnext.data_wait import DataWaitMonitor
+from lit_convnext.callbacks.data_wait import DataWaitMonitor
 
 
 class _Images(Dataset):

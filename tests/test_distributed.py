@@ -15,13 +15,13 @@ import pytest
 
 from lit_convnext.cli import main
 from lit_convnext.data.folders import iter_images
-from lit_convnext.distributed import eval_sampler
+from lit_convnext.data.samplers import eval_sampler
 from lit_convnext.optim import EffectiveBatch
-from tests.conftest import TINY_MODEL, make_folder
+from tests.helpers import TINY_MODEL, make_folder
 
 REPO = Path(__file__).resolve().parents[1]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
-COMMON = ["--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
+COMMON = ["--model.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
           "--progress_bar.refresh_rate", "0"]
 
 

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from bad_corpus import BAD, build_corpus
-from conftest import make_folder
+from tests.bad_corpus import BAD, build_corpus
+from tests.helpers import make_folder
 
 from lit_convnext.cli import main
-from lit_convnext.data.doctor import check_file, scan
+from lit_convnext.data.scan import check_file, scan
 from lit_convnext.data.images import load_rgb
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST
+from tests.helpers import FAST
 
 from lit_convnext.cli import main
-from lit_convnext.ema import WarmupEMADecay
+from lit_convnext.callbacks.ema import WarmupEMADecay
 
 
 def test_decay_warms_up_from_a_tenth_and_settles_at_the_configured_decay() -> None:
@@ -36,7 +36,7 @@ def test_average_moves_towards_the_model_by_one_minus_decay(warmup: bool) -> Non
 
 def test_fit_with_ema_saves_ema_weights_and_keeps_the_raw_ones(image_root: Path, caplog: pytest.LogCaptureFixture) -> None:
     main(["fit", "--data.root", str(image_root), *FAST, "--trainer.max_epochs", "2",
-          "--trainer.callbacks+=lit_convnext.ema.EMA", "--trainer.callbacks.decay", "0.99",
+          "--trainer.callbacks+=lit_convnext.callbacks.ema.EMA", "--trainer.callbacks.decay", "0.99",
           "--model.lr", "0.05"])
     assert "validation metrics and the checkpoints' state_dict are the EMA weights" in caplog.text
     last = Path.cwd() / "runs" / "convnext" / "version_0" / "checkpoints" / "last.ckpt"

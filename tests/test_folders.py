@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_folder, write_image
+from tests.helpers import make_folder, write_image
 
 from lit_convnext.data.folders import natural_key, read_folder_splits, write_split_manifest
 from lit_convnext.errors import UserError

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import make_folder
+from tests.helpers import make_folder
 from safetensors.torch import save_file
 
 REPO_ID = "timm/convnext_atto.d2_in1k"

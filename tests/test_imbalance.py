@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, make_folder
+from tests.helpers import TINY_MODEL, make_folder
 
-from lit_convnext import class_report
+from lit_convnext.callbacks import class_report
 from lit_convnext.cli import main
 from lit_convnext.errors import UserError
-from lit_convnext.imbalance import balanced_sampler, classification_loss, resolve_class_weights
+from lit_convnext.data.samplers import balanced_sampler
+from lit_convnext.losses import classification_loss, resolve_class_weights
 
 
 def test_auto_weights_are_inverse_frequency_with_mean_one() -> None:
@@ -83,7 +84,7 @@ def test_fit_with_auto_weights_balanced_sampler_and_per_class_report(tmp_path: P
     make_folder(root / "train", 4, {"green": (30, 200, 40)}, seed=77)
     make_folder(root / "val", 3, seed=500)
     main(["fit", "--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--data.root", str(root),
-          "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
+          "--model.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
           "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu",
           "--progress_bar.refresh_rate", "0", "--model.class_weights", "auto", "--data.sampler", "balanced",
           "--model.mixup_alpha", "0.8"])

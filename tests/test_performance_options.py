@@ -10,7 +10,7 @@ import torch
 
 from lit_convnext import model as model_module
 from lit_convnext.model import ConvNeXtClassifier
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 
 CLASSES = ["a", "b", "c"]
 

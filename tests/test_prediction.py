@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import torch
 
-from lit_convnext.prediction import PredictionWriter
+from lit_convnext.callbacks.prediction_writer import PredictionWriter
 
 
 def test_rows_are_written_one_batch_behind_and_flushed_at_the_end(tmp_path: Path) -> None:

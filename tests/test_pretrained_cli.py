@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import FAST, make_folder
+from tests.helpers import FAST, make_folder, one_line_error
 
 from lit_convnext.cli import main
 from lit_convnext.model import ConvNeXtClassifier
@@ -31,13 +31,6 @@ def _evil_file(path: Path, marker: Path) -> Path:
     return path
 
 
-def _error_line(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".ckpt"])
@@ -45,9 +38,9 @@ def test_a_malicious_pickle_is_never_unpickled(tmp_path: Path, image_root: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned"
     evil = _evil_file(tmp_path / f"evil{suffix}", marker)
-    line = _error_line(capsys, ["fit", "--data.root", str(image_root), *FAST, "--model.pretrained", str(evil)])
+    line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST, "--model.pretrained", str(evil)])
     assert line.startswith("lit-convnext: error:") and "evil" in line
-    line = _error_line(capsys, ["predict", "--ckpt_path", str(evil), "--data.predict_dir", str(image_root)])
+    line = one_line_error(capsys, ["predict", "--ckpt_path", str(evil), "--data.predict_dir", str(image_root)])
     assert line.startswith("lit-convnext: error:")
     assert not marker.exists()
 
@@ -57,7 +50,7 @@ def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path: Path, ima
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "weights.pth"
     bad.write_bytes(content)
-    line = _error_line(capsys, ["fit", "--data.root", str(image_root), *FAST, "--model.pretrained", str(bad)])
+    line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST, "--model.pretrained", str(bad)])
     assert "weights.pth" in line
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FAST
+from tests.helpers import FAST
 
 from lit_convnext.cli import main
-from lit_convnext.progress import ThrottledRichProgressBar
+from lit_convnext.callbacks.progress import ThrottledRichProgressBar
 
 READ_METRICS = ThrottledRichProgressBar.get_metrics
 

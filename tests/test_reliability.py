@@ -10,41 +10,34 @@ import torch
 
 from lit_convnext.cli import main
 from lit_convnext.model import ConvNeXtClassifier
-from lit_convnext.resume import AtomicCheckpointIO
-from tests.conftest import TINY_MODEL
+from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
+from tests.helpers import TINY_MODEL, fit_args, one_line_error
 
 
-def fit_args(root: Path, *extra: str) -> list[str]:
-    return ["fit", "--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--data.root", str(root),
-            "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
-            "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--progress_bar.refresh_rate", "0",
-            *extra]
 
 
-def one_line_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-convnext: error:")]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.mark.parametrize(
     ("option", "value", "expected"),
     [
-        ("--model.lr", "0", "--model.lr must be positive"),
-        ("--model.lr", "-1e-3", "--model.lr must be positive"),
-        ("--data.batch_size", "0", "--data.batch_size must be at least 1"),
-        ("--data.image_size", "100", "image size 100 does not fit ConvNeXt"),
-        ("--model.layer_decay", "1.5", "--model.layer_decay must be in (0, 1]"),
-        ("--model.layer_decay", "0", "--model.layer_decay must be in (0, 1]"),
+        ("--model.lr", "0", "--model.lr 0: must be greater than 0"),
+        ("--model.lr", "-1e-3", "--model.lr -1e-3: must be greater than 0"),
+        ("--data.batch_size", "0", "--data.batch_size 0: must be greater than or equal to 1"),
+        ("--model.image_size", "100", "--model.image_size 100: must be >= 32 and a multiple of 32"),
+        ("--model.layer_decay", "1.5", "--model.layer_decay 1.5: must be > 0 and <= 1 (or null)"),
+        ("--model.layer_decay", "0", "--model.layer_decay 0: must be > 0 and <= 1 (or null)"),
+        ("--model.drop_path_rate", "1", "--model.drop_path_rate 1: must be less than 1"),
+        ("--data.val_fraction", "1.2", "--data.val_fraction 1.2: must be less than 1"),
+        ("--trainer.callbacks+=lit_convnext.callbacks.EMA --trainer.callbacks.decay", "1.5",
+         "--trainer.callbacks.decay 1.5: must be less than 1"),
         ("--model.model_name", "convnext_tiyn", "did you mean convnext_tiny"),
     ],
 )
 def test_bad_option_is_rejected_before_the_folder_is_read(capsys, tmp_path, option, value, expected) -> None:
     # The folder does not exist: an error about the option (not the folder) proves nothing was scanned.
-    line = one_line_error(capsys, fit_args(tmp_path / "missing", f"{option}={value}"))
+    *before, last = option.split()
+    line = one_line_error(capsys, fit_args(tmp_path / "missing", *before, f"{last}={value}"))
     assert expected in line
     assert "missing" not in line
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lit_convnext.cli import ConvNeXtCLI, main
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def fit_args(root: Path) -> list[str]:
     # 24 training images / batch 8 = 3 optimizer steps per epoch, 6 in all; last.ckpt every 2 steps (first at 4).
     return ["fit", "--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--data.root", str(root),
-            "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
+            "--model.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
             "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--progress_bar.refresh_rate", "0",
             "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "2"]
 
@@ -84,7 +84,7 @@ def test_fit_resumes_the_newest_run_after_sigkill(image_root: Path, tmp_path: Pa
 
 def test_ema_resumes_after_sigkill_like_an_uninterrupted_run(image_root: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    args = [*fit_args(image_root), "--trainer.callbacks+=lit_convnext.ema.EMA", "--trainer.callbacks.decay", "0.9"]
+    args = [*fit_args(image_root), "--trainer.callbacks+=lit_convnext.callbacks.ema.EMA", "--trainer.callbacks.decay", "0.9"]
     kill_after_first_last_ckpt(args)
     fit_and_record([*args, "--ckpt_path", "last"], monkeypatch)
     resumed = torch.load("runs/convnext/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)

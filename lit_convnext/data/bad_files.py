@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from lit_convnext.data.doctor import inspect_files
+from lit_convnext.data.scan import inspect_files
 from lit_convnext.data.folders import Sample
 from lit_convnext.errors import UserError
 

@@ -5,15 +5,14 @@ the weights and stores it in the checkpoint; this module reads it from the attac
 ``setup`` so training, validation, test and predict transform images identically.
 """
 
-from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
@@ -27,22 +26,19 @@ from lit_convnext.data.transforms import (
     eval_decode_size,
     train_decode_size,
 )
-from lit_convnext.distributed import eval_sampler
 from lit_convnext.errors import UserError
-from lit_convnext.imbalance import balanced_sampler
+from lit_convnext.ranges import NonNegativeInt, OpenFraction, PositiveInt
+from lit_convnext.data.samplers import balanced_sampler, eval_sampler
 
 log = logging.getLogger(__name__)
 
 SPLIT_MANIFEST_NAME = "split_manifest.csv"
 
 
-def default_num_workers() -> int:
-    """One loader worker per available CPU core, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+def default_num_workers(devices_per_node: int = 1) -> int:
+    """Loader workers per process: the node's cores shared among its processes, one left for each main process
+    (Lightning's ``suggested_max_num_workers``), at most 8, since 8 ranks on 16 cores must not start 64 workers."""
+    return min(8, suggested_max_num_workers(max(1, devices_per_node)))
 
 
 class ImageFolderDataModule(LightningDataModule):
@@ -56,9 +52,9 @@ class ImageFolderDataModule(LightningDataModule):
         val_fraction: Share of each class held out for validation when ``root`` has no ``val/``.
         split_seed: Seed of that split; the split is also written to ``split_manifest.csv`` in the run directory.
         split_manifest: A ``split_manifest.csv`` from an earlier run, to reproduce its split exactly.
-        image_size: Training and evaluation resolution; ``None`` uses the weights' pretrained size.
         batch_size: Images per device per step.
-        num_workers: Loader processes; ``None`` means one per CPU core (at most 8).
+        num_workers: Loader processes per device; ``None`` shares the node's cores among its devices, one
+            left for each training process (at most 8).
         pin_memory: Page-locked batches for faster host-to-GPU copies; ``None`` means on when CUDA is used.
         persistent_workers: Keep loader workers alive between epochs instead of restarting them.
         augmentation: Training augmentation (timm's random resized crop, flips, RandAugment, erasing).
@@ -76,12 +72,11 @@ class ImageFolderDataModule(LightningDataModule):
         self,
         root: Path | None = None,
         predict_dir: Path | None = None,
-        val_fraction: float = 0.2,
+        val_fraction: OpenFraction = 0.2,
         split_seed: int = 42,
         split_manifest: Path | None = None,
-        image_size: int | None = None,
-        batch_size: int = 32,
-        num_workers: int | None = None,
+        batch_size: PositiveInt = 32,
+        num_workers: NonNegativeInt | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         augmentation: TrainAugmentation = TrainAugmentation(),
@@ -91,16 +86,13 @@ class ImageFolderDataModule(LightningDataModule):
         reduced_decode: bool = True,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise UserError(f"--data.batch_size must be at least 1, got {batch_size}")
         self.root = Path(root).expanduser() if root is not None else None
         self.predict_dir = Path(predict_dir).expanduser() if predict_dir is not None else None
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.split_manifest = Path(split_manifest) if split_manifest is not None else None
-        self.image_size = image_size
         self.batch_size = batch_size
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self._num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.augmentation = augmentation
@@ -112,6 +104,13 @@ class ImageFolderDataModule(LightningDataModule):
         self.preprocessing: dict[str, Any] | None = None
         self._splits: FolderSplits | None = None
         self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def num_workers(self) -> int:
+        """Loader processes for this process (see ``num_workers`` in the class docstring)."""
+        if self._num_workers is not None:
+            return self._num_workers
+        return default_num_workers(self.trainer.num_devices if self.trainer is not None else 1)
 
     @property
     def splits(self) -> FolderSplits:

@@ -1,11 +1,13 @@
-"""Pretrained ConvNeXt weights: read files safely, convert any known layout to timm, load, export.
+"""Pretrained ConvNeXt weights, in reading order: read a file safely (``reading``, ``containers``), recognise and
+convert its layout to timm (``layouts``, ``convert``, ``shapes``), load it with checks (``loading``, ``architecture``,
+``report``), and export (``export``).
 
 Supported layouts: timm, official facebookresearch ConvNeXt / ConvNeXt-V2 (incl. FCMAE pre-training),
 torchvision, Hugging Face transformers, and this app's Lightning checkpoints (EMA or raw weights).
 """
 
 from lit_convnext.weights.containers import extract_state_dict
-from lit_convnext.weights.conversion import convert_to_timm
+from lit_convnext.weights.convert import convert_to_timm
 from lit_convnext.weights.export import export_timm_weights, sidecar_path
 from lit_convnext.weights.layouts import detect_layout
 from lit_convnext.weights.loading import load_pretrained

@@ -17,7 +17,7 @@ from lit_convnext.errors import UserError
 from lit_convnext.weights import layouts
 from lit_convnext.weights.architecture import guess_timm_name, model_name, signature
 from lit_convnext.weights.containers import extract_state_dict
-from lit_convnext.weights.conversion import convert_to_timm
+from lit_convnext.weights.convert import convert_to_timm
 from lit_convnext.weights.reading import read_checkpoint
 from lit_convnext.weights.report import HeadStatus, LoadReport
 from lit_convnext.weights.shapes import Shape, model_shapes
@@ -48,8 +48,8 @@ def load_pretrained(
     ignored = list(extracted.ignored)
     if layout == layouts.OFFICIAL_V2_FCMAE:
         ignored += [k for k in extracted.state_dict if not k.startswith("encoder.")]
-    converted = convert_to_timm(extracted.state_dict, layout, model)
     target = model_shapes(model)
+    converted = convert_to_timm(extracted.state_dict, layout, target)
 
     head_keys = set(CLASSIFIER_KEYS)
     if layout == layouts.OFFICIAL_V2_FCMAE and not any(k in converted for k in FINAL_NORM_KEYS):

@@ -12,7 +12,7 @@ from torch import nn
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_convnext.ema import EMA
+from lit_convnext.callbacks.ema import EMA
 from lit_convnext.weights import load_pretrained, read_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec")  # lightning-internal deprecation

@@ -5,7 +5,6 @@ costs nothing measurable per step. On a GPU the host runs ahead of the device an
 step when the GPU is the bottleneck, so a large share of time *between* steps means the loader is.
 """
 
-from __future__ import annotations
 
 import time
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_convnext.errors import UserError
+from lit_convnext.ranges import OpenFraction, PositiveInt
 
 
 class DataWaitMonitor(pl.Callback):
@@ -24,9 +23,7 @@ class DataWaitMonitor(pl.Callback):
         min_steps: Training steps measured (per epoch, after the first batch) before judging.
     """
 
-    def __init__(self, threshold: float = 0.3, min_steps: int = 20) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise UserError(f"--data_wait.threshold must be a share between 0 and 1 (e.g. 0.3), got {threshold}")
+    def __init__(self, threshold: OpenFraction = 0.3, min_steps: PositiveInt = 20) -> None:
         self.threshold = threshold
         self.min_steps = min_steps
         self.wait = 0.0

@@ -8,14 +8,13 @@ While this callback is on, validation runs on the EMA weights and every checkpoi
 holds the EMA weights (Lightning keeps the raw weights under ``current_model_state``).
 """
 
-from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_convnext.errors import UserError
+from lit_convnext.ranges import OpenFraction
 
 
 class WarmupEMADecay:
@@ -54,9 +53,7 @@ class EMA(WeightAveraging):
         device: Where the average lives (``"cpu"`` saves GPU memory); ``None`` keeps it with the model.
     """
 
-    def __init__(self, decay: float = 0.9998, warmup: bool = True, device: str | None = None) -> None:
-        if not 0.0 < decay < 1.0:
-            raise UserError(f"the EMA decay must be between 0 and 1 (e.g. 0.9998), got {decay}")
+    def __init__(self, decay: OpenFraction = 0.9998, warmup: bool = True, device: str | None = None) -> None:
         super().__init__(device=device, use_buffers=True, multi_avg_fn=WarmupEMADecay(decay, warmup))
         self.decay = decay
 

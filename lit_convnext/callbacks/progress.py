@@ -7,7 +7,6 @@ still moves every step; the metrics (the loss) are read every ``metrics_interval
 every epoch and validation end as before.
 """
 
-from __future__ import annotations
 
 import time
 from typing import Any
@@ -16,7 +15,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 
-from lit_convnext.errors import UserError
+from lit_convnext.ranges import NonNegativeFloat, NonNegativeInt
 
 
 class ThrottledRichProgressBar(RichProgressBar):
@@ -33,15 +32,13 @@ class ThrottledRichProgressBar(RichProgressBar):
 
     def __init__(
         self,
-        refresh_rate: int = 100,
+        refresh_rate: NonNegativeInt = 100,
         leave: bool = False,
         theme: RichProgressBarTheme = RichProgressBarTheme(),
         console_kwargs: dict[str, Any] | None = None,
-        metrics_interval: float = 1.0,
+        metrics_interval: NonNegativeFloat = 1.0,
     ) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=leave, theme=theme, console_kwargs=console_kwargs)
-        if metrics_interval < 0:
-            raise UserError(f"--progress_bar.metrics_interval must be 0 or more seconds, got {metrics_interval}")
         self.metrics_interval = metrics_interval
         self._in_train_batch = False
         self._metrics_read_at = float("-inf")

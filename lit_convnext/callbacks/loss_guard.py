@@ -1,4 +1,4 @@
-"""Fail loudly and usefully: non-finite losses, and out-of-memory errors turned into advice.
+"""Stop at the first non-finite training loss, before it reaches the weights.
 
 A NaN/inf loss is caught before ``backward`` so no NaN reaches the weights and no checkpoint holds
 NaN weights; the run stops with a one-line ``UserError`` naming the step and the usual causes.
@@ -30,19 +30,3 @@ class FiniteLossGuard(Callback):
             f"(lower --model.lr or lengthen --model.warmup_epochs) or float16 overflow (use --trainer.precision "
             f"bf16-mixed instead of {trainer.precision})"
         )
-
-
-def out_of_memory_message(subcommand: str, batch_size: int, accumulation: int) -> str:
-    """Advice for a CUDA OOM at ``batch_size``: halve it, and for ``fit`` keep the effective batch by accumulating."""
-    smaller = max(1, batch_size // 2)
-    if subcommand != "fit":
-        return f"CUDA ran out of memory at --data.batch_size {batch_size}: try --data.batch_size {smaller}"
-    if batch_size == 1:
-        return ("CUDA ran out of memory at --data.batch_size 1: use a smaller --model.model_name or "
-                "--data.image_size, or --trainer.precision bf16-mixed")
-    return (
-        f"CUDA ran out of memory at --data.batch_size {batch_size}: halve it and double the gradient accumulation "
-        f"to keep the same effective batch and learning rate, e.g. --data.batch_size {smaller} "
-        f"--trainer.accumulate_grad_batches {accumulation * batch_size // smaller}"
-        " (or use --trainer.precision bf16-mixed)"
-    )

@@ -1,4 +1,4 @@
-"""Class imbalance: per-class loss weights and a class-balanced training sampler.
+"""The training loss: cross-entropy with per-class weights for imbalanced folders.
 
 Weights (``--model.class_weights``):
 
@@ -12,11 +12,7 @@ The weights compose with label smoothing and with Mixup/CutMix through PyTorch's
 ``-sum_c w_c * y_c * log p_c``, i.e. each class share of the mixed target is weighted by that class's weight,
 averaged over the batch. (For hard targets PyTorch divides by the summed weights of the batch's targets
 instead; the gradient direction is the same.) Validation and test losses stay unweighted so runs compare.
-
-The balanced sampler (``--data.sampler balanced``) draws training images with replacement with probability
-``1 / n_class`` each, so every class is equally likely per draw; an epoch keeps the dataset's length. Under DDP,
-Lightning wraps it in its ``DistributedSamplerWrapper`` (``use_distributed_sampler``, on by default): every rank
-builds the same seeded sampler and takes a disjoint share of its draws.
+The class-balanced sampler (``--data.sampler balanced``) lives in ``data/samplers.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import WeightedRandomSampler
 
 from lit_convnext.errors import UserError
 
@@ -65,11 +60,3 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, weight: tor
     if targets.is_floating_point():  # soft targets carry their own smoothing (timm's Mixup applies it)
         return F.cross_entropy(logits, targets, weight=weight)
     return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
-
-
-def balanced_sampler(targets: Sequence[int], seed: int) -> WeightedRandomSampler:
-    """Draw ``len(targets)`` indices with replacement, every class equally likely (seeded, same on every rank)."""
-    counts = torch.bincount(torch.as_tensor(targets))
-    weights = 1.0 / counts[torch.as_tensor(targets)].double()
-    generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(weights, num_samples=len(targets), replacement=True, generator=generator)

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lit_convnext.data.doctor import DoctorReport, scan
+from lit_convnext.data.scan import DoctorReport, scan
 from lit_convnext.errors import UserError
 
 #: Rows shown per table; the JSON report always has everything.

@@ -1,0 +1,11 @@
+"""Commands outside LightningCLI's subcommands, one module each; a command's typed signature is its command line.
+
+Each is run by ``cli.main`` through jsonargparse's ``auto_cli`` and imported only when asked for, so
+``lit-convnext doctor`` does not pay for torch and Lightning it does not use.
+"""
+
+#: ``lit-convnext NAME ...`` -> ``module:function``.
+COMMANDS: dict[str, str] = {
+    "doctor": "lit_convnext.commands.doctor:doctor",
+    "export": "lit_convnext.commands.export:export",
+}
