@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
@@ -131,6 +130,10 @@ class ConvNeXtClassifier(LightningModule):
         self._build_metrics()
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if compile:
+            # In place (nn.Module.compile): state_dict keys stay plain, and deep copies (EMA) run eagerly on
+            # their own weights.
+            self.net.compile(**COMPILE_OPTIONS)
 
     # ----------------------------------------------------------------------------------------- set-up
     def _build_mixup(self) -> Mixup | None:
@@ -171,27 +174,7 @@ class ConvNeXtClassifier(LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.get("channels_last"):
             images = images.contiguous(memory_format=torch.channels_last)
-        return self._network()(images)
-
-    def _network(self) -> Any:
-        """``self.net``, or its ``torch.compile`` wrapper when ``compile`` is on.
-
-        The wrapper is kept outside the registered sub-modules (so ``state_dict`` keys have no
-        ``_orig_mod.`` prefix) and rebuilt when ``self.net`` is replaced, e.g. in a deep copy.
-        """
-        if not self.hparams.get("compile"):
-            return self.net
-        cached = self.__dict__.get("_compiled_net")
-        if cached is None or cached[0] is not self.net:
-            cached = (self.net, torch.compile(self.net, **COMPILE_OPTIONS))
-            self.__dict__["_compiled_net"] = cached
-        return cached[1]
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Copies (EMA's AveragedModel, pickling for spawned workers) compile their own network on first use.
-        state = super().__getstate__()
-        state.pop("_compiled_net", None)
-        return state
+        return self.net(images)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch

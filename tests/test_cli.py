@@ -98,30 +98,30 @@ def test_printed_config_runs_again_unchanged(image_root: Path, capsys: pytest.Ca
 
 
 
-def test_missing_root_is_aone_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_root_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = one_line_error(capsys, ["fit", "--data.root", str(tmp_path / "missing"), *FAST])
     assert line.startswith("lit-convnext: error:") and "missing" in line
 
 
-def test_empty_class_folder_is_aone_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_class_folder_is_a_one_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (image_root / "train" / "purple").mkdir()
     line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST])
     assert "purple" in line and "no images" in line
 
 
-def test_class_only_in_val_is_aone_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_class_only_in_val_is_a_one_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_folder(image_root / "val", 1, {"purple": (128, 0, 128)})
     line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST])
     assert "purple" in line
 
 
-def test_missing_checkpoint_is_aone_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = one_line_error(capsys, ["predict", "--ckpt_path", str(tmp_path / "nope.ckpt"),
                                     "--data.predict_dir", str(tmp_path)])
     assert "nope.ckpt" in line and "does not exist" in line
 
 
-def test_predict_folder_without_images_is_aone_line_error(fitted: dict[str, Path], tmp_path: Path,
+def test_predict_folder_without_images_is_a_one_line_error(fitted: dict[str, Path], tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -139,3 +139,37 @@ def test_checkpoint_with_other_classes_is_refused(fitted: dict[str, Path], tmp_p
     line = one_line_error(capsys, ["validate", "--ckpt_path", str(fitted["best"]), "--data.root", str(other),
                                     "--data.num_workers", "0"])
     assert "red" in line and "cat" in line
+
+
+def test_bf16_falls_back_to_16_mixed_on_a_gpu_without_bfloat16(image_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    from lit_convnext.cli import ConvNeXtCLI
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    seen: list[str] = []
+
+    def stop(self: ConvNeXtCLI) -> None:  # the precision is decided before anything is built
+        seen.append(self.config.fit.trainer.precision)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(ConvNeXtCLI, "instantiate_classes", stop)
+    with pytest.warns(UserWarning, match="does not support bfloat16: using 16-mixed instead of bf16-mixed"):
+        with pytest.raises(SystemExit):
+            main(["fit", "--data.root", str(image_root), *FAST, "--trainer.precision", "bf16-mixed"])
+    assert seen == ["16-mixed"]
+
+
+def test_mixup_with_an_odd_batch_is_a_one_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST, "--trainer.max_epochs", "1",
+                                   "--model.mixup_alpha", "0.8", "--data.batch_size", "3"])
+    assert "use an even --data.batch_size, got 3" in line
+
+
+def test_an_error_inside_a_loader_worker_reaches_the_user_as_one_line(image_root: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    broken = image_root / "train" / "red" / "img3.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # a truncated PNG that the (skipped) file check would catch
+    line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST, "--trainer.max_epochs", "1",
+                                   "--data.num_workers", "1", "--data.check_files", "false"])
+    assert str(broken) in line and "Traceback" not in line

@@ -150,3 +150,30 @@ def test_acc1_and_acc5_are_shares_of_all_images_and_f1_is_macro() -> None:
     assert result["val/acc5"].item() == pytest.approx(1.0)
     # Macro F1 over the classes that occur: c0 (1.0), c1 (missed: 0) and c5 (predicted once, wrongly: 0).
     assert result["val/f1"].item() == pytest.approx(1 / 3)
+
+
+def test_python_user_gets_the_image_size_given_to_the_model(image_root: Path) -> None:
+    """The model owns preprocessing: the DataModule's tensors follow the model's image size."""
+    data = ImageFolderDataModule(image_root, batch_size=4, num_workers=0)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    trainer.strategy.connect(classifier(image_size=64))
+    data.trainer = trainer
+    data.setup("validate")
+    images, _ = next(iter(data.val_dataloader()))
+    assert tuple(images.shape[-2:]) == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("warmup_epochs", "total", "max_epochs", "per_epoch", "expected"),
+    [
+        (1.0, 120, 4, 30.0, 30),             # sized loader, bounded epochs: total / epochs
+        (0.5, 120, -1, 30.0, 15),            # max_epochs=-1 (bounded by max_steps): the loader's batches per epoch
+        (2.0, 50, None, float("inf"), 100),  # an iterable without a length: the whole run counts as one epoch
+        (0.0, 50, 5, 10.0, 0),
+    ],
+)
+def test_warmup_epochs_become_optimizer_steps(warmup_epochs, total, max_epochs, per_epoch, expected) -> None:
+    from lit_convnext.optim import warmup_steps_for
+
+    assert warmup_steps_for(warmup_epochs, total, max_epochs, per_epoch) == expected

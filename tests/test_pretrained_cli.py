@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 from tests.helpers import FAST, make_folder, one_line_error
 
 from lit_convnext.cli import main
@@ -82,3 +83,22 @@ def test_export_round_trip_gives_the_checkpoint_logits_in_plain_timm(fitted: dic
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(plain(images), model(images), atol=1e-5)
+
+
+def test_export_takes_the_ema_weights_or_with_use_ema_false_the_raw_ones(image_root: Path, tmp_path: Path) -> None:
+    main(["fit", "--data.root", str(image_root), *FAST, "--trainer.max_epochs", "1",
+          "--trainer.callbacks+=lit_convnext.callbacks.EMA", "--trainer.callbacks.decay", "0.5",
+          "--trainer.callbacks.warmup", "false"])
+    last = next(Path("runs").glob("convnext/version_*/checkpoints/last.ckpt"))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ema = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    raw = {k[4:]: v for k, v in ckpt["current_model_state"].items() if k.startswith("net.")}
+    assert not torch.equal(ema["stem.0.weight"], raw["stem.0.weight"])
+    for flags, expected in (([], ema), (["--use_ema", "false"], raw)):
+        out = tmp_path / f"export{len(flags)}.safetensors"
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", str(last), str(out), *flags])
+        assert exit_info.value.code == 0
+        exported = load_file(out)
+        assert exported.keys() == expected.keys()
+        assert all(torch.equal(exported[k], expected[k]) for k in expected)

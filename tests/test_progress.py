@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 from tests.helpers import FAST
 
+from lightning.pytorch.callbacks import ProgressBar
+
 from lit_convnext.cli import main
 from lit_convnext.callbacks.progress import ThrottledRichProgressBar
 
-READ_METRICS = ThrottledRichProgressBar.get_metrics
+READ_METRICS = ProgressBar.get_metrics  # the real read of the logged values (what syncs with the GPU)
 
 
 def _metric_reads(image_root: Path, monkeypatch: pytest.MonkeyPatch, interval: str) -> list[bool]:
@@ -21,7 +23,7 @@ def _metric_reads(image_root: Path, monkeypatch: pytest.MonkeyPatch, interval: s
         reads.append(self._in_train_batch)
         return READ_METRICS(self, trainer, pl_module)
 
-    monkeypatch.setattr(ThrottledRichProgressBar, "get_metrics", counting)
+    monkeypatch.setattr(ProgressBar, "get_metrics", counting)
     main(["fit", "--data.root", str(image_root), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6",
           "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
           *FAST, "--data.batch_size", "2", "--progress_bar.refresh_rate", "1",

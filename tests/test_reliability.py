@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_convnext.cli import main
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
-from tests.helpers import TINY_MODEL, fit_args, one_line_error
+from tests.helpers import fit_args, one_line_error
 
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 
 import numpy as np
 import torch
@@ -38,23 +37,3 @@ def test_zero_bit_posterize_gives_black_instead_of_raising() -> None:
     op.aug_fn = patched.aug_fn
     out = op(Image.new("RGB", (8, 8), (200, 100, 50)))
     assert np.asarray(out).max() == 0
-
-
-def test_official_rand_augment_policy_runs_over_many_images() -> None:
-    """rand-m9-mstd0.5-inc1 asks for 0-bit posterize on roughly 0.15% of images; none may crash."""
-    random.seed(0)
-    torch.manual_seed(0)
-    transform = build_train_transform(PREPROCESSING, TrainAugmentation())
-    rand_augment = next(t for t in transform.transforms if type(t).__name__ == "RandAugment")
-    zero_bit_calls = []
-    for op in rand_augment.ops:
-        if op.name == "PosterizeIncreasing":
-            def counting(img, bits, _inner=op.aug_fn, **kw):
-                zero_bit_calls.append(bits <= 0)
-                return _inner(img, bits, **kw)
-            op.aug_fn = counting
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)) for _ in range(16)]
-    for i in range(5000):
-        assert transform(images[i % 16]).shape == (3, 32, 32)
-    assert any(zero_bit_calls), "the policy never reached 0-bit posterize: the test proves nothing"

@@ -26,6 +26,10 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+from torchmetrics.wrappers import ClasswiseWrapper
+
+#: Per-class metrics of the report, logged as ``{stage}/{metric}/{class name}``.
+PER_CLASS = {"precision": MulticlassPrecision, "recall": MulticlassRecall, "f1": MulticlassF1Score}
 
 
 class PerClassReport(Callback):
@@ -50,12 +54,14 @@ class PerClassReport(Callback):
             return None
         if stage not in self._metrics:
             n = len(names)
-            self._metrics[stage] = MetricCollection({
-                "precision": MulticlassPrecision(n, average=None, zero_division=0, validate_args=False),
-                "recall": MulticlassRecall(n, average=None, zero_division=0, validate_args=False),
-                "f1": MulticlassF1Score(n, average=None, zero_division=0, validate_args=False),
-                "confusion": MulticlassConfusionMatrix(n, validate_args=False),
-            })
+            # ClasswiseWrapper names each class's value by the class name: {stage}/recall/<class>.
+            metrics: dict[str, Any] = {
+                metric: ClasswiseWrapper(cls(n, average=None, zero_division=0, validate_args=False),
+                                         labels=list(names), prefix=f"{stage}/{metric}/")
+                for metric, cls in PER_CLASS.items()
+            }
+            metrics["confusion"] = MulticlassConfusionMatrix(n, validate_args=False)
+            self._metrics[stage] = MetricCollection(metrics, compute_groups=False)
         return self._metrics[stage].to(pl_module.device)
 
     def _update(self, stage: str, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
@@ -87,17 +93,17 @@ class PerClassReport(Callback):
         result = {k: v.cpu() for k, v in collection.compute().items()}
         collection.reset()
         names = list(pl_module.class_names)
+        confusion = result.pop("confusion").long()
         if self.log_per_class:
-            values = {f"{stage}/{metric}/{name}": result[metric][i].float()
-                      for metric in ("precision", "recall", "f1") for i, name in enumerate(names)}
-            pl_module.log_dict(values, sync_dist=False)  # already synchronised by torchmetrics
+            pl_module.log_dict({k: v.float() for k, v in result.items()}, sync_dist=False)  # already synchronised
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: call it on every rank
         if not trainer.is_global_zero:
             return
         in_fit = trainer.state.fn == TrainerFn.FITTING
-        write_reports(run_dir, stage, names, result, plot=self.plot and not in_fit)
+        per_class = {metric: [float(result[f"{stage}/{metric}/{name}"]) for name in names] for metric in PER_CLASS}
+        write_reports(run_dir, stage, names, per_class, confusion, plot=self.plot and not in_fit)
         if self.plot and in_fit:
-            self._unplotted = (run_dir, names, result["confusion"].long())
+            self._unplotted = (run_dir, names, confusion)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._unplotted is not None:
@@ -106,16 +112,15 @@ class PerClassReport(Callback):
             self._unplotted = None
 
 
-def write_reports(run_dir: Path, stage: str, names: list[str], result: dict[str, torch.Tensor], plot: bool) -> None:
+def write_reports(run_dir: Path, stage: str, names: list[str], per_class: dict[str, list[float]],
+                  confusion: torch.Tensor, plot: bool) -> None:
     """Write the per-class CSV, confusion-matrix CSV and (optionally) PNG for one stage."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    confusion = result["confusion"].long()
     with (run_dir / f"{stage}_per_class.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
+        writer.writerow(["class", *PER_CLASS, "support"])
         for i, name in enumerate(names):
-            writer.writerow([name, *(f"{result[m][i].item():.4f}" for m in ("precision", "recall", "f1")),
-                             int(confusion[i].sum())])
+            writer.writerow([name, *(f"{per_class[m][i]:.4f}" for m in PER_CLASS), int(confusion[i].sum())])
     with (run_dir / f"{stage}_confusion_matrix.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true \\ predicted", *names])
@@ -126,7 +131,7 @@ def write_reports(run_dir: Path, stage: str, names: list[str], result: dict[str,
 
 
 def plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, title: str) -> None:
-    """A heat map of ``confusion`` (counts in the cells when there are few classes), class names on both axes."""
+    """torchmetrics' confusion-matrix plot (counts in the cells up to 30 classes), sized to the class count."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -136,18 +141,7 @@ def plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, title:
     side = min(4 + 0.35 * n, 40)
     figure = Figure(figsize=(side, side), layout="constrained")
     axes = figure.add_subplot()
-    image = axes.imshow(confusion.numpy(), cmap="Blues")
-    figure.colorbar(image, ax=axes, shrink=0.8)
-    axes.set_xticks(range(n), labels=names, rotation=90, fontsize=max(4, 10 - n // 10))
-    axes.set_yticks(range(n), labels=names, fontsize=max(4, 10 - n // 10))
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
+    MulticlassConfusionMatrix(n).plot(val=confusion, ax=axes, add_text=n <= 30, labels=list(names), cmap="Blues")
+    axes.tick_params(labelsize=max(4, 10 - n // 10))
     axes.set_title(title)
-    if n <= 30:
-        peak = int(confusion.max()) or 1
-        for i in range(n):
-            for j in range(n):
-                value = int(confusion[i, j])
-                axes.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                          color="white" if value > peak / 2 else "black")
     figure.savefig(path, dpi=100)

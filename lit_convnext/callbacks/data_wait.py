@@ -73,6 +73,3 @@ class DataWaitMonitor(pl.Callback):
         tips.append("lighten the augmentation (--data.augmentation.rand_augment null)")
         return (f"Training steps waited for data {self.wait_share:.0%} of the time over the last "
                 f"{self.steps} steps: the data loader is the bottleneck. Try: " + "; ".join(tips) + ".")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}

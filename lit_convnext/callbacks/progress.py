@@ -42,6 +42,7 @@ class ThrottledRichProgressBar(RichProgressBar):
         self.metrics_interval = metrics_interval
         self._in_train_batch = False
         self._metrics_read_at = float("-inf")
+        self._shown: dict[str, Any] | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -51,9 +52,11 @@ class ThrottledRichProgressBar(RichProgressBar):
         finally:
             self._in_train_batch = False
 
-    def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """The metrics to show; inside a training batch, the last ones read until ``metrics_interval`` has passed."""
         now = time.monotonic()
-        if self._in_train_batch and now - self._metrics_read_at < self.metrics_interval:
-            return
+        if self._in_train_batch and self._shown is not None and now - self._metrics_read_at < self.metrics_interval:
+            return self._shown
         self._metrics_read_at = now
-        super()._update_metrics(trainer, pl_module)
+        self._shown = super().get_metrics(trainer, pl_module)
+        return self._shown

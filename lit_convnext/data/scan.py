@@ -18,7 +18,7 @@ import os
 import statistics
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -387,8 +387,3 @@ def _judge(report: DoctorReport, train_split: str) -> None:
         warns.append(f"{report.multi_frame} animated or multi-page image(s): only the first frame is used")
     if report.ignored_files:
         warns.append(f"{len(report.ignored_files)} non-image file(s) in class folders are ignored")
-
-
-def iter_bad(checks: Iterable[FileCheck]) -> Iterator[FileCheck]:
-    """The checks whose file cannot be used."""
-    return (c for c in checks if c.error)

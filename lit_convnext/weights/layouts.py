@@ -20,9 +20,6 @@ HF_V2 = "hf-transformers-convnextv2"
 
 ALL_LAYOUTS: tuple[str, ...] = (TIMM, OFFICIAL_V1, OFFICIAL_V2, OFFICIAL_V2_FCMAE, TORCHVISION, HF_V1, HF_V2)
 
-#: Keys of an FCMAE pre-training checkpoint that belong to the decoder, not to the encoder we keep.
-FCMAE_DECODER_PREFIXES: tuple[str, ...] = ("decoder.", "mask_token", "proj.", "pred.")
-
 
 def detect_layout(keys: Iterable[str], *, source: str = "") -> str:
     """Return one of ``ALL_LAYOUTS`` for these state-dict keys, or raise ``UserError`` if none fits."""

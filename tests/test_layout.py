@@ -1,0 +1,42 @@
+"""The package's public surface survives the reorganisation, and the private Lightning members we rely on exist."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.pytorch.cli import LightningCLI
+
+from lit_convnext._legacy import MOVED
+from lit_convnext.cli import build_cli
+from tests.helpers import FAST
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("old, new", sorted(MOVED.items()))
+def test_old_module_paths_import_as_the_new_modules(old: str, new: str) -> None:
+    assert importlib.import_module(old) is importlib.import_module(new)
+
+
+def test_a_config_saved_with_the_old_ema_class_path_still_runs(image_root: Path, tmp_path: Path) -> None:
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "lit_convnext.ema.EMA", "init_args": {"decay": 0.9}}]}}))
+    cli = build_cli(["--config", str(saved), "--data.root", str(image_root), *FAST, "--trainer.max_epochs", "1"],
+                    run=False)
+    from lit_convnext.callbacks import EMA
+
+    assert [type(c) for c in cli.trainer.callbacks if isinstance(c, EMA)] == [EMA]
+
+
+def test_private_lightning_members_the_cli_overrides_still_exist() -> None:
+    """Fails loudly when a Lightning upgrade renames what the CLI hooks into (pyproject bounds Lightning)."""
+    assert list(inspect.signature(LightningCLI._run_subcommand).parameters) == ["self", "subcommand"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    lightning = next(d for d in project["project"]["dependencies"] if d.startswith("lightning"))
+    assert "<" in lightning, "pin an upper bound on Lightning while private members are overridden"
