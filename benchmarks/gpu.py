@@ -63,6 +63,7 @@ class DeviceBatches:
         self.images = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device)
         self.targets = torch.randint(0, len(CLASSES), (batch_size,), generator=generator).to(device)
         self.length = length
+        self.batch_size = batch_size  # read by the app for its lr scaling, like a DataLoader's
 
     def __len__(self) -> int:
         return self.length
@@ -151,7 +152,7 @@ def app(args, model_name, task, source, precision, channels_last, compile_, root
     timing.WARMUP = args.warmup
     options = ["--model.model_name", model_name, "--model.pretrained", "false",
                "--model.channels_last", str(channels_last).lower(), "--model.compile", str(compile_).lower(),
-               "--data.root", str(root), "--data.image_size", str(args.image_size),
+               "--data.root", str(root), "--model.image_size", str(args.image_size),
                "--data.batch_size", str(args.batch_size), "--data.num_workers", str(args.workers),
                "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1000",
                "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu", "--trainer.precision", precision,

@@ -48,7 +48,7 @@ def run_app(args, root: Path) -> float:
         app_main([
             "fit", "--model.model_name", args.model, "--model.pretrained", "false",
             "--model.channels_last", str(args.channels_last).lower(),
-            "--data.root", str(root), "--data.image_size", str(args.image_size),
+            "--data.root", str(root), "--model.image_size", str(args.image_size),
             "--data.batch_size", str(args.batch_size), "--data.num_workers", str(args.workers),
             "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1000", "--trainer.accelerator", args.device,
             "--trainer.precision", args.precision, "--trainer.callbacks+=timing.StepTimer",
@@ -62,7 +62,7 @@ def run_plain(args, root: Path) -> float:
     # The same network and preprocessing the app builds (ConvNeXtClassifier only creates them here).
     splits = read_folder_splits(root, 0.2, 42, None)
     module = ConvNeXtClassifier(args.model, pretrained=False, class_names=splits.class_names,
-                                image_size=args.image_size, batch_size=args.batch_size)
+                                image_size=args.image_size)
     net, preprocessing = module.net.to(device), module.preprocessing
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from timm.models import clean_state_dict
 
 from lit_convnext.errors import UserError
 
-#: Key prefixes removed when they cover most keys; ``net.`` is this app's LightningModule attribute.
-WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.", "net.", "model.")
+#: Attribute prefixes removed when they cover most keys (``net.`` is this app's LightningModule attribute);
+#: the DDP and torch.compile wrappers (``module.``, ``_orig_mod.``) are timm's ``clean_state_dict``'s job.
+WRAPPER_PREFIXES: tuple[str, ...] = ("net.", "model.")
+_TIMM_CLEANED: tuple[str, ...] = ("module.", "_orig_mod.")
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,8 @@ def strip_wrappers(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, to
     A prefix that covers more than half of the keys is the network's attribute name; keys outside it
     (e.g. a loss module's class weights in a Lightning checkpoint) do not belong to the network.
     """
-    sd = dict(state_dict)
-    stripped: list[str] = []
+    stripped = sorted({p for k in state_dict for p in _TIMM_CLEANED if k.startswith(p) or f".{p}" in k})
+    sd = clean_state_dict(dict(state_dict))
     dropped: list[str] = []
     changed = True
     while changed and sd:
@@ -86,7 +89,7 @@ def strip_wrappers(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, to
                 sd = inside
                 stripped.append(prefix)
                 changed = True
-    return sd, stripped, dropped
+    return clean_state_dict(sd), stripped, dropped  # again: a compiled network inside the attribute
 
 
 def _choose_entry(obj: Mapping[str, Any], use_ema: bool) -> tuple[str | None, bool, bool]:
