@@ -83,3 +83,14 @@ def test_train_without_val_draws_val_from_train(tmp_path: Path) -> None:
     make_folder(tmp_path / "train", 5, {"a": (1, 1, 1), "b": (2, 2, 2)})
     splits = read_folder_splits(tmp_path, val_fraction=0.2)
     assert len(splits.val) == 2 and len(splits.train) == 8
+
+
+@pytest.mark.parametrize(("devices", "expected"), [(1, 8), (2, 7), (8, 1), (32, 1)])
+def test_default_workers_share_the_node_cores_among_its_devices(devices: int, expected: int,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from lit_convnext.data.datamodule import default_num_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_num_workers(devices) == expected  # 8 ranks on 16 cores: 8 workers in all, not 64
