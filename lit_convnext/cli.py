@@ -58,17 +58,49 @@ def option_error(message: str) -> str:
     nested = re.search(r"--([\w.]+) (\S+): must be (.+?)(?= - |\n|$)", message)  # a nested parser's own line
     if key and nested:  # e.g. a callback's init argument inside --trainer.callbacks
         return f"--{key.group(1)}.{nested.group(1)} {nested.group(2)}: must be {nested.group(3).strip()}"
-    value = re.search(r"input_value=('[^']*'|\S+?)[,\]]", message) or re.search(r"Given value: (.+)", message)
+    value = re.search(r"input_value=('[^']*'|[^,\]]+)[,\]]", message) or re.search(r"Given value: (.+)", message)
     shown = f" {value.group(1).strip(chr(39))}" if value else ""
-    bounds = re.findall(r"\b(Gt|Ge|Lt|Le|MultipleOf)\(\w+=([^)]+)\)", message)  # listed for Optional options
+    subtypes = re.search(r"Subtypes: \[(.*)\]\n", message)
     reason = re.search(r"Input should be ([^\[\n]+)", message)
-    if key and bounds:
-        rule = " and ".join(f"{_BOUNDS[name]} {bound}" for name, bound in bounds)
-        optional = " (or null)" if "NoneType" in message else ""
-        return f"--{key.group(1)}{shown}: must be {rule}{optional}"
+    if key and subtypes:  # an Optional or Union option: say every accepted form
+        return f"--{key.group(1)}{shown}: must be " + ", or ".join(_describe(t) for t in _split_top(subtypes.group(1)))
+    expected = re.search(r"Expected a (.+?)\. Got value: (.+)", message)
+    if key and expected:
+        return f"--{key.group(1)} {expected.group(2).strip()}: must be {_describe(expected.group(1))}"
     if key and reason:
         return f"--{key.group(1)}{shown}: must be {reason.group(1).strip()}"
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _describe(annotation: str) -> str:
+    """Words for one type as jsonargparse prints it: ``Annotated[float, Gt(gt=0)]`` -> ``a number > 0``."""
+    annotation = annotation.replace("typing.", "").strip()
+    if "NoneType" in annotation:
+        return "null"
+    if annotation.startswith("Literal["):
+        return "one of " + ", ".join(v.strip(" '") for v in _split_top(annotation[8:-1]))
+    if annotation.startswith("dict["):
+        key_type, value_type = _split_top(annotation[5:-1])
+        return f"a mapping name -> {_describe(value_type)}"
+    bounds = re.findall(r"\b(Gt|Ge|Lt|Le|MultipleOf)\(\w+=([^)]+)\)", annotation)
+    kind = "an integer" if "int" in annotation.split(",")[0] else "a number"
+    if bounds:
+        return f"{kind} " + " and ".join(f"{_BOUNDS[name]} {bound}" for name, bound in bounds)
+    return annotation.removeprefix("<class '").removesuffix("'>")
+
+
+def _split_top(text: str) -> list[str]:
+    """Split at commas outside brackets."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[(" and 1 or 0
+        depth -= char in "])" and 1 or 0
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*parts, current.strip()] if current.strip() else parts
 
 
 class ConvNeXtCLI(LightningCLI):

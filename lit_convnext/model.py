@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lit_convnext.backbone import build_convnext
 from lit_convnext.errors import UserError
-from lit_convnext.losses import classification_loss, resolve_class_weights
+from lit_convnext.losses import ClassWeights, classification_loss, resolve_class_weights
 from lit_convnext.optim import EffectiveBatch, build_optimizer, build_scheduler, warmup_steps_for
 from lit_convnext.ranges import (
     ImageSize,
@@ -99,7 +99,7 @@ class ConvNeXtClassifier(LightningModule):
         pretrained_use_ema: bool = True,
         allow_missing_keys: bool = False,
         preprocessing: dict[str, Any] | None = None,
-        class_weights: str | dict[str, float] | None = "none",
+        class_weights: ClassWeights = "none",
         class_counts: list[int] | None = None,
         channels_last: bool = False,
         compile: bool = False,

@@ -8,7 +8,7 @@ torchvision, Hugging Face transformers, and this app's Lightning checkpoints (EM
 
 from lit_convnext.weights.containers import extract_state_dict
 from lit_convnext.weights.convert import convert_to_timm
-from lit_convnext.weights.export import export_timm_weights, sidecar_path
+from lit_convnext.weights.saving import export_timm_weights, sidecar_path
 from lit_convnext.weights.layouts import detect_layout
 from lit_convnext.weights.loading import load_pretrained
 from lit_convnext.weights.reading import read_checkpoint
