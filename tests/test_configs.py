@@ -17,7 +17,8 @@ OVERLAYS = sorted((CONFIGS / "models").glob("*.yaml"))
 
 
 def test_every_config_file_is_covered() -> None:
-    covered = {BASE, CONFIGS / "quickstart.yaml", CONFIGS / "gpu.yaml", CONFIGS / "ema.yaml", *OVERLAYS}
+    covered = {BASE, CONFIGS / "quickstart.yaml", CONFIGS / "gpu.yaml", CONFIGS / "ema.yaml", *OVERLAYS,
+               *(CONFIGS / "official").glob("*.yaml")}  # the official overlays: tests/test_recipes.py
     assert set(CONFIGS.rglob("*.yaml")) == covered
 
 
