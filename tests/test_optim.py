@@ -141,3 +141,22 @@ def test_weight_decay_exclusions_are_the_same_in_every_grouping() -> None:
 def test_no_layer_decay_means_one_scale_whatever_the_grouping() -> None:
     optimizer = build_optimizer(build("convnext_atto"), lr=1.0, weight_decay=0.05, layer_decay=None, grouping="group")
     assert {g.get("lr_scale", 1.0) for g in optimizer.param_groups} == {1.0}
+
+
+def test_the_model_option_reaches_the_optimizer_of_a_fit(image_root, caplog) -> None:
+    from lightning.pytorch import Trainer
+
+    from lit_convnext.data import ImageFolderDataModule
+    from lit_convnext.model import ConvNeXtClassifier
+    from tests.helpers import TINY_MODEL
+
+    model = ConvNeXtClassifier(model_name=TINY_MODEL, pretrained=False, class_names=["blue", "green", "red"],
+                               image_size=32, layer_decay=0.5, layer_decay_grouping="single")
+    trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, ImageFolderDataModule(image_root, batch_size=8, num_workers=0))
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    scale_of = {names[id(p)]: g["lr_scale"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    # convnext_atto: 2-2-6-2 = 12 blocks; "single" puts the stem with block 0 in layer 1 -> 0.5 ** 12.
+    assert scale_of["stem.0.weight"] == scale_of["stages.0.blocks.0.conv_dw.weight"] == pytest.approx(0.5 ** 12)
+    assert "layer decay 0.5 (single grouping)" in caplog.text

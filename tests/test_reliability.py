@@ -30,7 +30,7 @@ from tests.helpers import TINY_MODEL, fit_args, one_line_error
         ("--model.drop_path_rate", "1", "--model.drop_path_rate 1: must be less than 1"),
         ("--data.val_fraction", "1.2", "--data.val_fraction 1.2: must be less than 1"),
         ("--trainer.callbacks+=lit_convnext.callbacks.EMA --trainer.callbacks.decay", "1.5",
-         "--trainer.callbacks.decay 1.5: must be less than 1"),
+         "--trainer.callbacks.decay 1.5: must be > 0 and < 1 (or null)"),
         ("--model.model_name", "convnext_tiyn", "did you mean convnext_tiny"),
     ],
 )
