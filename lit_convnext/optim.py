@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -98,6 +99,12 @@ def official_layer_decay_groups(
     from the ``timm`` grouping.
     """
     depths = [len(stage.blocks) for stage in net.stages]
+    if grouping == "group" and depths[2:3] != [27]:
+        rank_zero_warn(
+            f"layer_decay_grouping 'group' is the official 12-layer scheme for a 27-block third stage; this model's "
+            f"depths are {depths}, so some of the 12 layers stay empty (as in the official code). 'single' gives "
+            "every block its own layer."
+        )
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in net.named_parameters():
         if not param.requires_grad:

@@ -113,6 +113,7 @@ def test_single_differs_from_timm_only_at_the_stem() -> None:
 
 @pytest.mark.parametrize("model_name", ["convnext_atto", "convnext_xxlarge", "convnextv2_huge"])
 @pytest.mark.parametrize("grouping", ["single", "group"])
+@pytest.mark.filterwarnings("ignore:layer_decay_grouping 'group'")
 def test_groupings_work_for_every_depth_with_scales_rising_towards_the_head(model_name: str, grouping: str) -> None:
     net = build(model_name)
     scales = lr_scales(net, 0.8, grouping)
@@ -136,6 +137,14 @@ def test_weight_decay_exclusions_are_the_same_in_every_grouping() -> None:
     # Biases, norm weights and GRN's gamma/beta: every 1-D tensor, as the official code (and no matrix or kernel).
     assert undecayed["single"] == {n for n, p in net.named_parameters() if p.ndim == 1}
     assert "stages.0.blocks.0.mlp.grn.weight" in undecayed["single"]
+
+
+def test_group_on_other_depths_warns_and_keeps_the_official_assignment() -> None:
+    with pytest.warns(UserWarning, match=r"depths are \[3, 3, 9, 3\]"):
+        scales = lr_scales(build("convnext_tiny"), 0.8, "group")
+    # The official function on a 9-block third stage: blocks 6-8 in layer 5, the last stage in layer 12.
+    assert scales["stages.2.blocks.8.conv_dw.weight"] == pytest.approx(0.8 ** 8)
+    assert scales["stages.3.blocks.0.conv_dw.weight"] == pytest.approx(0.8 ** 1)
 
 
 def test_no_layer_decay_means_one_scale_whatever_the_grouping() -> None:
