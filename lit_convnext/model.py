@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from lit_convnext.backbone import build_convnext
 from lit_convnext.errors import UserError
 from lit_convnext.losses import ClassWeights, classification_loss, resolve_class_weights
-from lit_convnext.optim import EffectiveBatch, build_optimizer, build_scheduler, warmup_steps_for
+from lit_convnext.optim import EffectiveBatch, LayerDecayGrouping, build_optimizer, build_scheduler, warmup_steps_for
 from lit_convnext.ranges import (
     ImageSize,
     LayerDecay,
@@ -54,8 +54,11 @@ class ConvNeXtClassifier(LightningModule):
         min_lr: Learning rate at the end of the cosine decay.
         warmup_epochs: Linear warm-up length, in epochs (fractions allowed).
         weight_decay: AdamW weight decay (not applied to biases, norms, layer-scale and GRN parameters).
-        layer_decay: Layer-wise lr decay per block (the head gets ``lr``, each earlier block ``layer_decay`` times
+        layer_decay: Layer-wise lr decay per layer (the head gets ``lr``, each earlier layer ``layer_decay`` times
             the next); ``None`` turns it off.
+        layer_decay_grouping: What a layer is: ``timm`` (one per block, the stem alone), ``single`` (official
+            ConvNeXt-V2 per-block, the stem with the first block) or ``group`` (official V1 / V2 12 groups, made for
+            3-3-27-3 depths). See ``lit_convnext.optim.LayerDecayGrouping``.
         betas: AdamW betas.
         label_smoothing: Label smoothing of the cross-entropy (also applied under Mixup/CutMix).
         mixup_alpha: Mixup beta-distribution alpha; 0 turns Mixup off.
@@ -90,6 +93,7 @@ class ConvNeXtClassifier(LightningModule):
         warmup_epochs: NonNegativeFloat = 1.0,
         weight_decay: NonNegativeFloat = 0.05,
         layer_decay: LayerDecay | None = 0.9,
+        layer_decay_grouping: LayerDecayGrouping = "timm",
         betas: tuple[Probability, Probability] = (0.9, 0.999),
         label_smoothing: Rate = 0.1,
         mixup_alpha: NonNegativeFloat = 0.0,
@@ -223,13 +227,15 @@ class ConvNeXtClassifier(LightningModule):
             raise UserError(f"Mixup/CutMix pair images within a batch: use an even --data.batch_size, got {per_device}")
         batch = EffectiveBatch(per_device, trainer.world_size, trainer.accumulate_grad_batches)
         lr = batch.scaled_lr(hp.lr, hp.lr_reference_batch_size)
-        optimizer = build_optimizer(self.net, lr, hp.weight_decay, hp.layer_decay, tuple(hp.betas))
+        optimizer = build_optimizer(self.net, lr, hp.weight_decay, hp.layer_decay, tuple(hp.betas),
+                                    hp.get("layer_decay_grouping", "timm"))
         warmup = warmup_steps_for(hp.warmup_epochs, total_steps, trainer.max_epochs,
                                   trainer.num_training_batches / trainer.accumulate_grad_batches)
         scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
         rank_zero_info(
             f"Effective batch {batch.describe()}: lr {lr:.3g} (= {hp.lr:g} x {batch.size}/{hp.lr_reference_batch_size}), "
-            f"{len(optimizer.param_groups)} parameter groups, layer decay {hp.layer_decay}, "
+            f"{len(optimizer.param_groups)} parameter groups, layer decay {hp.layer_decay} "
+            f"({hp.get('layer_decay_grouping', 'timm')} grouping), "
             f"{warmup} warm-up steps of {total_steps}."
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -2,7 +2,8 @@
 
 * AdamW with weight decay on weight matrices and conv kernels only: biases, norm weights,
   layer-scale gammas and GRN parameters are 1-D and get none (timm's ``param_groups_*``);
-* layer-wise lr decay from timm's ConvNeXt ``group_matcher``: one group per block, every size;
+* layer-wise lr decay in one of three groupings (``LayerDecayGrouping``): timm's per-block one, or the
+  official ConvNeXt-V2 ``single`` and ConvNeXt V1 / V2 ``group`` assignments, read from timm's parameter names;
 * the lr is given for a reference batch and scaled linearly with the effective batch;
 * linear warm-up then cosine decay, stepped per optimizer step (timm's ``CosineLRScheduler``).
 """
@@ -10,9 +11,13 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -38,14 +43,97 @@ class EffectiveBatch:
         return f"{self.size} ({self.per_device} per device x {self.devices} device(s) x {self.accumulation} accumulation)"
 
 
+#: How layer-wise lr decay numbers the layers of a ConvNeXt (the head and final norm are always the last layer):
+#:
+#: * ``timm``: timm's ``group_matcher``: the stem alone, then one layer per block (each downsample with the
+#:   block after it);
+#: * ``single``: ConvNeXt-V2 ``--layer_decay_type single``: one layer per block, the stem and each downsample
+#:   in the layer of the block after them;
+#: * ``group``: ConvNeXt V1 ``get_num_layer_for_convnext`` (V2 ``--layer_decay_type group``): 12 layers made
+#:   for depths 3-3-27-3: the stem alone, stages 1 and 2 one layer each, stage 3 in threes, stage 4 in layer 12.
+#:
+#: Layer ``i`` of ``n`` gets ``layer_decay ** (n + 1 - i)`` (timm: ``layer_decay ** (n - i)`` counting from 0).
+LayerDecayGrouping = Literal["timm", "single", "group"]
+
+_STAGE_PARAM = re.compile(r"^stages\.(\d+)\.(?:blocks\.(\d+)|downsample)\.")
+
+
+def official_layer_id(name: str, depths: Sequence[int], grouping: LayerDecayGrouping) -> tuple[int, int]:
+    """``(layer, num_layers)`` of a timm ConvNeXt parameter under the official ``single`` or ``group`` numbering.
+
+    timm's names map onto the official ones: ``stem`` is the official ``downsample_layers.0``,
+    ``stages.S.downsample`` is ``downsample_layers.S`` and ``stages.S.blocks.B`` is ``stages.S.B``; anything
+    else (``norm_pre``, ``head.norm``, ``head.fc``) is the official final norm or head.
+    """
+    num_layers = sum(depths) if grouping == "single" else 12
+    stage, block = _official_position(name)
+    if stage is None:
+        return num_layers + 1, num_layers
+    if grouping == "single":
+        # A downsample (or the stem) shares the layer of the first block of the stage it opens.
+        return sum(depths[:stage]) + (block or 0) + 1, num_layers
+    if block is None:  # stem and downsamples
+        return {0: 0, 1: 2, 2: 3}.get(stage, 12), num_layers
+    if stage < 2:
+        return stage + 1, num_layers
+    # The official code hard-codes 12 layers for a 27-block third stage; it is reproduced as is for other depths.
+    return (3 + block // 3 if stage == 2 else 12), num_layers
+
+
+def _official_position(name: str) -> tuple[int | None, int | None]:
+    """``(stage, block)`` of a parameter: block ``None`` for the stem and downsamples, stage ``None`` for the head."""
+    if name.startswith("stem."):
+        return 0, None
+    match = _STAGE_PARAM.match(name)
+    if match is None:
+        return None, None
+    return int(match.group(1)), (int(match.group(2)) if match.group(2) is not None else None)
+
+
+def official_layer_decay_groups(
+    net: nn.Module, weight_decay: float, layer_decay: float, grouping: LayerDecayGrouping
+) -> list[dict]:
+    """Parameter groups with the official layer-decay ``lr_scale`` (read by timm's schedulers).
+
+    Weight decay is excluded exactly as in timm's groups (1-D tensors and biases), so only the lr scales differ
+    from the ``timm`` grouping.
+    """
+    depths = [len(stage.blocks) for stage in net.stages]
+    if grouping == "group" and depths[2:3] != [27]:
+        rank_zero_warn(
+            f"layer_decay_grouping 'group' is the official 12-layer scheme for a 27-block third stage; this model's "
+            f"depths are {depths}, so some of the 12 layers stay empty (as in the official code). 'single' gives "
+            "every block its own layer."
+        )
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer, num_layers = official_layer_id(name, depths, grouping)
+        decayed = not (param.ndim <= 1 or name.endswith(".bias"))
+        group = groups.setdefault((layer, decayed), {
+            "params": [],
+            "weight_decay": weight_decay if decayed else 0.0,
+            "lr_scale": layer_decay ** (num_layers + 1 - layer),
+        })
+        group["params"].append(param)
+    return list(groups.values())
+
+
 def build_optimizer(
     net: nn.Module,
     lr: float,
     weight_decay: float,
     layer_decay: float | None,
     betas: tuple[float, float] = (0.9, 0.999),
+    grouping: LayerDecayGrouping = "timm",
 ) -> torch.optim.Optimizer:
-    """AdamW over timm's parameter groups; each group's ``lr_scale`` is its layer-decay factor."""
+    """AdamW over parameter groups whose ``lr_scale`` is their layer-decay factor (see ``LayerDecayGrouping``)."""
+    if layer_decay is not None and grouping != "timm":
+        return create_optimizer_v2(
+            official_layer_decay_groups(net, weight_decay, layer_decay, grouping),
+            opt="adamw", lr=lr, weight_decay=weight_decay, betas=betas, eps=1e-8,
+        )
     return create_optimizer_v2(
         net,
         opt="adamw",
