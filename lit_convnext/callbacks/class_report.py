@@ -12,6 +12,7 @@ once, from the last validation, when training ends: matplotlib needs 0.25 s for 
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,9 @@ def plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, title:
     side = min(4 + 0.35 * n, 40)
     figure = Figure(figsize=(side, side), layout="constrained")
     axes = figure.add_subplot()
-    MulticlassConfusionMatrix(n).plot(val=confusion, ax=axes, add_text=n <= 30, labels=list(names), cmap="Blues")
+    with warnings.catch_warnings():  # torchmetrics hands matplotlib the tensor itself; numpy 2 warns about its copy
+        warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy keyword")
+        MulticlassConfusionMatrix(n).plot(val=confusion, ax=axes, add_text=n <= 30, labels=list(names), cmap="Blues")
     axes.tick_params(labelsize=max(4, 10 - n // 10))
     axes.set_title(title)
     figure.savefig(path, dpi=100)
