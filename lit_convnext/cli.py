@@ -197,7 +197,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         args=args,
         run=run,
         parser_kwargs={"epilog": "More commands: lit-convnext doctor DATA_ROOT (check a data folder before training); "
-                            "lit-convnext export CKPT OUTPUT.safetensors (the weights for plain timm)."},
+                            "lit-convnext export CKPT OUTPUT.safetensors|OUTPUT.onnx (the weights for plain timm, or an ONNX "
+                            "model); lit-convnext serve --ckpt_path CKPT (an HTTP endpoint)."},
     )
 
 
