@@ -104,6 +104,8 @@ def test_export_format_comes_from_the_suffix(fitted: dict[str, Path], tmp_path: 
                                              capsys: pytest.CaptureFixture[str]) -> None:
     line = one_line_error(capsys, ["export", str(fitted["best"]), str(tmp_path / "model.pt")])
     assert "model.pt" in line and ".safetensors" in line and ".onnx" in line
+    line = one_line_error(capsys, ["export", str(fitted["best"]), str(tmp_path / "w.safetensors"), "--fp16", "true"])
+    assert "--fp16 applies to ONNX exports only" in line
 
 
 def test_predict_with_onnx_writes_the_same_rows_as_the_checkpoint(calibrated: dict[str, Path], fitted: dict[str, Path],

@@ -24,6 +24,7 @@ from PIL import Image
 
 import lit_convnext
 from lit_convnext.inference.client import post_image
+from tests.helpers import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_S = 240  # generous: the machine may be busy; a healthy start is ~30 s
@@ -72,6 +73,11 @@ def _png(size: tuple[int, int], mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, size).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_a_missing_model_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(capsys, ["serve", "--ckpt_path", str(tmp_path / "missing.ckpt")])
+    assert "missing.ckpt does not exist" in line
 
 
 def test_health_and_a_good_image(server: dict) -> None:

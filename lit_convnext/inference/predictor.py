@@ -51,7 +51,8 @@ class Predictor:
         self.class_names: list[str] = list(model.class_names)
         self.preprocessing: dict[str, Any] = dict(model.preprocessing)
         self.transform = build_eval_transform(self.preprocessing)
-        self._decode_size = eval_decode_size(self.preprocessing)  # large JPEGs decoded reduced, as in `predict`
+        #: Short side large JPEGs are decoded at (reduced DCT decoding), as `predict` does.
+        self.decode_size = eval_decode_size(self.preprocessing)
 
     def predict(self, items: Item | Iterable[Item], top_k: int = 5, batch_size: int = 32) -> list[Prediction]:
         """Classify ``items`` and return one :class:`Prediction` per image, in input order.
@@ -77,7 +78,7 @@ class Predictor:
         for i, source in enumerate(sources):
             names.append(str(source) if not isinstance(source, Image.Image) else f"<image {offset + i}>")
             try:
-                image = to_rgb(source) if isinstance(source, Image.Image) else load_rgb(source, self._decode_size)
+                image = to_rgb(source) if isinstance(source, Image.Image) else load_rgb(source, self.decode_size)
                 tensors.append(self.transform(image))
                 errors.append(None)
             except DECODE_ERRORS as err:

@@ -138,7 +138,7 @@ class ClassifierAPI(ls.LitAPI):
     def decode_request(self, request: Request) -> Image.Image:
         upload = request[FIELD]
         data = upload.file.read() if hasattr(upload, "file") else bytes(upload)
-        return open_upload(data, self.max_pixels, self.predictor._decode_size)
+        return open_upload(data, self.max_pixels, self.predictor.decode_size)
 
     def batch(self, inputs: list[Image.Image]) -> list[Image.Image]:
         return list(inputs)
