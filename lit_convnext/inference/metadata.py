@@ -44,7 +44,8 @@ class ModelCard:
             "calibration": json.dumps(self.calibration),
             "lit_convnext_version": version,
             "input_name": INPUT_NAME,
-            "output": f"{OUTPUT_NAME}: logits already divided by temperature_applied; softmax gives probabilities",
+            "output": f"{OUTPUT_NAME}: logits already divided by temperature_applied; "
+                      f"{'sigmoid' if self.task == 'multilabel' else 'softmax'} gives the probabilities",
         }
 
     @classmethod
