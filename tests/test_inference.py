@@ -146,7 +146,9 @@ def test_predictor_takes_paths_images_and_folders_in_order(calibrated: dict[str,
         assert results[0].error and "cannot read image" in results[0].error and results[0].top == []
         assert all(r.error is None and len(r.top) == 2 for r in results[1:])
         assert results[1].top == results[4].top  # the same file gives the same answer wherever it sits in a batch
-        assert sum(p for _, p in predictor.predict(red, top_k=10)[0].top) == pytest.approx(1.0, abs=1e-5)
+        (alone,) = predictor.predict(red, top_k=10)
+        assert len(alone) == 3 and alone[0] == alone.top[0] and alone.label == alone.top[0][0]
+        assert sum(p for _, p in alone) == pytest.approx(1.0, abs=1e-5)  # all classes: calibrated softmax sums to 1
 
 
 def test_checkpoint_and_onnx_predictors_agree(calibrated: dict[str, Path], fitted: dict[str, Path]) -> None:

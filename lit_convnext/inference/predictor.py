@@ -36,6 +36,16 @@ class Prediction:
     #: ``None`` when the item was classified; otherwise why not (e.g. an unreadable file).
     error: str | None = None
 
+    # A prediction reads as its list of (class, probability) pairs: ``for name, p in prediction``, ``prediction[0]``.
+    def __iter__(self) -> Iterator[tuple[str, float]]:
+        return iter(self.top)
+
+    def __len__(self) -> int:
+        return len(self.top)
+
+    def __getitem__(self, index: int) -> tuple[str, float]:
+        return self.top[index]
+
     @property
     def label(self) -> str | None:
         """The most probable class (``None`` for an error entry)."""
