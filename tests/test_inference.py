@@ -87,7 +87,8 @@ def test_export_refuses_to_write_a_model_that_fails_its_check(fitted: dict[str, 
     assert list(out.parent.iterdir()) == []  # neither the model nor the partial file it was checked as
 
 
-def test_fp16_export_is_half_the_size_and_checked(calibrated: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_fp16_export_is_half_the_size_and_checked(calibrated: dict[str, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = calibrated["base"] / "model16.onnx"
     export(calibrated["ckpt"], out, fp16=True)
     assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
@@ -127,7 +128,8 @@ def test_predict_with_onnx_writes_the_same_rows_as_the_checkpoint(calibrated: di
 
 def test_an_onnx_model_cannot_be_validated(calibrated: dict[str, Path], fitted: dict[str, Path],
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    line = one_line_error(capsys, ["validate", "--ckpt_path", str(calibrated["onnx"]), "--data.root", str(fitted["root"])])
+    line = one_line_error(capsys, ["validate", "--ckpt_path", str(calibrated["onnx"]),
+                                   "--data.root", str(fitted["root"])])
     assert "only `predict`" in line
 
 

@@ -44,8 +44,10 @@ def serve(
         raise UserError(f'serving needs {err.name}: pip install "lit-convnext[serve]"') from err
     from lit_convnext.inference.predictor import load_predictor
 
-    load_predictor(ckpt_path)  # fail here with one line, not inside a worker, when the model cannot be loaded
+    # Loaded here first so a bad model fails with one line, not inside a worker process.
+    decode_size = load_predictor(ckpt_path).decode_size
     server = build_server(Path(ckpt_path), top_k=top_k, max_batch_size=max_batch_size, batch_timeout=batch_timeout,
                           workers_per_device=workers_per_device, accelerator=accelerator,
-                          max_bytes=int(max_upload_mb * 1e6), max_pixels=int(max_megapixels * 1e6), timeout=timeout)
+                          max_bytes=int(max_upload_mb * 1e6), max_pixels=int(max_megapixels * 1e6), timeout=timeout,
+                          decode_size=decode_size)
     server.run(host=host, port=port, generate_client_file=False)

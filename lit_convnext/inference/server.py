@@ -54,11 +54,13 @@ class UploadCheck:
         path: The prediction route.
         max_bytes: Largest request body accepted.
         max_pixels: Largest image (width x height) accepted.
+        decode_size: Short side large JPEGs are decoded at while checking (the model's, see ``Predictor``).
     """
 
     def __init__(self, app: ASGIApp, path: str = "/predict", max_bytes: int = 20_000_000,
-                 max_pixels: int = 40_000_000) -> None:
+                 max_pixels: int = 40_000_000, decode_size: int | None = None) -> None:
         self.app, self.path, self.max_bytes, self.max_pixels = app, path, max_bytes, max_pixels
+        self.decode_size = decode_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
@@ -80,7 +82,7 @@ class UploadCheck:
             upload = form.get(FIELD)
             if not isinstance(upload, UploadFile):
                 raise HTTPException(400, f"send the image as a multipart/form-data file field named {FIELD!r}")
-            open_upload(await upload.read(), self.max_pixels)
+            open_upload(await upload.read(), self.max_pixels, self.decode_size)
             await form.close()
         except HTTPException as err:
             await _error(err.status_code, str(err.detail), scope, receive, send)
@@ -158,11 +160,13 @@ class ClassifierAPI(ls.LitAPI):
 
 def build_server(model_path: Path, *, top_k: int = 5, max_batch_size: int = 8, batch_timeout: float = 0.01,
                  workers_per_device: int = 1, accelerator: str = "auto", max_bytes: int = 20_000_000,
-                 max_pixels: int = 40_000_000, timeout: float = 30.0) -> ls.LitServer:
+                 max_pixels: int = 40_000_000, timeout: float = 30.0,
+                 decode_size: int | None = None) -> ls.LitServer:
     """The LitServer for ``model_path`` with the upload check in front of ``/predict``."""
     api = ClassifierAPI(model_path, top_k=top_k, max_pixels=max_pixels, max_batch_size=max_batch_size,
                         batch_timeout=batch_timeout)
     return ls.LitServer(
         api, accelerator=accelerator, workers_per_device=workers_per_device, timeout=timeout,
-        middlewares=[(UploadCheck, {"path": api.api_path, "max_bytes": max_bytes, "max_pixels": max_pixels})],
+        middlewares=[(UploadCheck, {"path": api.api_path, "max_bytes": max_bytes, "max_pixels": max_pixels,
+                                    "decode_size": decode_size})],
     )
