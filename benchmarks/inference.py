@@ -11,7 +11,6 @@ images/s over a timed window of about ``--seconds`` after one warm-up call.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import tempfile
