@@ -126,6 +126,16 @@ class ConvNeXtCLI(LightningCLI):
         parser.add_lightning_class_args(PerClassReport, "class_report")
         parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
 
+    def _parse_ckpt_path(self) -> None:
+        # An exported ONNX model (predict) is no torch checkpoint: its classes and preprocessing are read by
+        # OnnxClassifier from the file's metadata instead of being parsed into the model's options.
+        subcommand = self.config.get("subcommand")
+        if subcommand and str(self.config[subcommand].get("ckpt_path") or "").endswith(".onnx"):
+            if subcommand != "predict":
+                raise UserError(f"`{subcommand}` needs a .ckpt checkpoint; an exported .onnx model can only `predict`")
+            return
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
             return
@@ -219,7 +229,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         args=args,
         run=run,
         parser_kwargs={"epilog": "More commands: lit-convnext doctor DATA_ROOT (check a data folder before training); "
-                            "lit-convnext export CKPT OUTPUT.safetensors (the weights for plain timm)."},
+                            "lit-convnext export CKPT OUTPUT.safetensors|OUTPUT.onnx (the weights for plain timm, or an ONNX "
+                            "model); lit-convnext serve --ckpt_path CKPT (an HTTP endpoint)."},
     )
 
 

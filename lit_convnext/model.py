@@ -41,7 +41,10 @@ class ConvNeXtClassifier(LightningModule):
             (``convnext_tiny.fb_in22k_ft_in1k``).
         pretrained: ``true`` for timm's hub weights of that tag, ``false`` for random init, or a path to a
             weights file.
-        class_names: Class names in label order. Set from the data folder (never by hand).
+        class_names: Class names in label order. Set from the data folder by the CLI; in Python either this
+            or ``num_classes``.
+        num_classes: Number of classes when no names are given (names become ``"0"``, ``"1"``, ...), as in
+            ``timm.create_model``; with ``class_names`` it must equal their count.
         image_size: Input resolution for training, evaluation and predict (a multiple of 32); ``None`` keeps the
             weights' pretrained size. Stored in the checkpoint with the rest of the preprocessing.
         drop_path_rate: Stochastic-depth rate at the last block; it rises linearly from 0 at the first block.
@@ -83,6 +86,7 @@ class ConvNeXtClassifier(LightningModule):
         model_name: str = "convnext_tiny.fb_in22k_ft_in1k",
         pretrained: bool | str = True,
         class_names: list[str] | None = None,
+        num_classes: PositiveInt | None = None,
         image_size: ImageSize | None = None,
         drop_path_rate: Rate = 0.1,
         layer_scale_init_value: PositiveFloat | None = None,
@@ -110,7 +114,9 @@ class ConvNeXtClassifier(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.class_names = list(class_names) if class_names else None
+        self.class_names = _class_names(class_names, num_classes)
+        if self.class_names and not class_names:  # stored, so checkpoints and exports carry the names
+            self.hparams["class_names"] = self.class_names
         self.net, load_report = build_convnext(
             model_name,
             num_classes=len(self.class_names) if self.class_names else 0,
@@ -298,6 +304,16 @@ def resolve_preprocessing(net: torch.nn.Module, image_size: int | None, stored: 
         config["input_size"] = [config["input_size"][0], image_size, image_size]
     return config
 
+
+
+def _class_names(class_names: list[str] | None, num_classes: int | None) -> list[str] | None:
+    """One owner of the class count: the names when given (``num_classes`` must agree), else ``"0".."N-1"``."""
+    if class_names:
+        if num_classes is not None and num_classes != len(class_names):
+            raise UserError(f"num_classes={num_classes} but {len(class_names)} class names were given "
+                            f"({_short(list(class_names))}): pass one of them, or make them agree")
+        return list(class_names)
+    return [str(i) for i in range(num_classes)] if num_classes else None
 
 
 def _short(names: list[str], limit: int = 6) -> str:

@@ -26,12 +26,18 @@ class ConvNeXtTrainer(Trainer):
         output: Path = Path("predictions.csv"),
         top_k: int = 5,
     ) -> Any:
-        """Label images with a trained checkpoint.
+        """Label images with a trained checkpoint, or with an exported ONNX model (``ckpt_path`` ending in ``.onnx``,
+        run by ONNX Runtime with the preprocessing stored in it).
 
         Args:
             output: File to write, one row per image: CSV, or JSON Lines when the name ends in ``.jsonl``.
             top_k: How many classes (with probabilities) to write per image.
         """
+        if ckpt_path is not None and Path(ckpt_path).suffix == ".onnx":
+            from lit_convnext.inference.onnx_model import OnnxClassifier
+
+            # The exported model replaces the module; the same loader and writer produce the same rows.
+            model, ckpt_path = OnnxClassifier(Path(ckpt_path), str(self.strategy.root_device)), None
         writer = PredictionWriter(Path(output), top_k=top_k)
         self.callbacks.append(writer)
         try:
