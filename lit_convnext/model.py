@@ -283,10 +283,10 @@ class ConvNeXtClassifier(LightningModule):
         self.threshold_curve.reset()
         tuned = list(self.calibration.get("thresholds") or [0.5] * len(self.class_names))
         for c, (p, r, t) in enumerate(zip(precision, recall, thresholds)):
-            if t.numel() == 0 or not r.nan_to_num().any():  # no positives of this class in validation
-                continue
+            t = t.reshape(-1)  # one distinct score gives a 0-d tensor
             f1 = (2 * p * r / (p + r)).nan_to_num()[: t.numel()]  # the last point (recall 0) has no threshold
-            tuned[c] = float(t[int(f1.argmax())])
+            if f1.numel() and f1.max() > 0:  # else no positives in validation: keep the threshold
+                tuned[c] = float(t[int(f1.argmax())])
         self.calibration["thresholds"] = tuned
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
