@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "digits"
 OUT = HERE / "multilabel_digits"
 #: Images to compose per split (each split draws only from the same split of the digits).
-COUNTS = {"train": 1200, "val": 300}
+COUNTS = {"train": 800, "val": 200}
 
 
 def compose(scans: dict[str, list[Path]], rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
