@@ -37,22 +37,24 @@ def compose(scans: dict[str, list[Path]], rng: np.random.Generator) -> tuple[np.
     return canvas, digits
 
 
-def main() -> None:
+def main(out: Path = OUT, counts: dict[str, int] = COUNTS) -> Path:
+    """Write the images and ``labels.csv`` under ``out``; returns the label file."""
     rng = np.random.default_rng(0)
-    (OUT / "images").mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
-    for split, count in COUNTS.items():
+    for split, count in counts.items():
         scans = {d.name: sorted(d.glob("*.png")) for d in sorted((SOURCE / split).iterdir()) if d.is_dir()}
         for i in range(count):
             canvas, digits = compose(scans, rng)
             name = f"images/{split}_{i:04d}.png"
-            Image.fromarray(canvas, mode="L").save(OUT / name, optimize=True)
+            Image.fromarray(canvas, mode="L").save(out / name, optimize=True)
             rows.append({"path": name, "labels": ";".join(digits), "split": split})
-    with (OUT / "labels.csv").open("w", newline="", encoding="utf-8") as handle:
+    with (out / "labels.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "labels", "split"])
         writer.writeheader()
         writer.writerows(rows)
-    print(f"wrote {len(rows)} images and {OUT / 'labels.csv'}")
+    print(f"wrote {len(rows)} images and {out / 'labels.csv'}")
+    return out / "labels.csv"
 
 
 if __name__ == "__main__":

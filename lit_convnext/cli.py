@@ -97,6 +97,7 @@ class ConvNeXtCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
+            self._choose_task(self.config)
             return
         config = self.config[self.subcommand]
         if config.get("model") is not None:  # before the data folder is scanned (class_names link) or weights are read

@@ -17,7 +17,8 @@ OVERLAYS = sorted((CONFIGS / "models").glob("*.yaml"))
 
 
 def test_every_config_file_is_covered() -> None:
-    covered = {BASE, CONFIGS / "quickstart.yaml", CONFIGS / "gpu.yaml", CONFIGS / "ema.yaml", *OVERLAYS}
+    covered = {BASE, CONFIGS / "quickstart.yaml", CONFIGS / "gpu.yaml", CONFIGS / "ema.yaml",
+               CONFIGS / "multilabel_quickstart.yaml", *OVERLAYS}
     assert set(CONFIGS.rglob("*.yaml")) == covered
 
 
@@ -48,3 +49,18 @@ def test_gpu_and_ema_overlays_instantiate(image_root: Path) -> None:
     assert cli.config.trainer.precision == "bf16-mixed"
     assert cli.datamodule.batch_size == 64
     assert any(isinstance(c, WeightAveraging) for c in cli.trainer.callbacks)
+
+
+def test_multilabel_quickstart_instantiates_on_generated_digits(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_multilabel_digits", REPO / "data" / "make_multilabel_digits.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    labels = generator.main(tmp_path / "ml", {"train": 40, "val": 10})  # a small copy of the sample task
+    cli = build_cli(["--config", str(CONFIGS / "multilabel_quickstart.yaml"), "--data.labels", str(labels),
+                     "--data.num_workers", "0"], run=False)
+    assert cli.model.hparams.task == "multilabel"  # chosen by the file's labels column
+    assert cli.model.class_names == [str(d) for d in range(10)]
+    assert cli.config.checkpoint.monitor == "val/map"
+    assert cli.model.preprocessing["input_size"] == [3, 32, 32]
