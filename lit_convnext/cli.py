@@ -132,7 +132,8 @@ class ConvNeXtCLI(LightningCLI):
         data, model = config.get("data"), config.get("model")
         if data is None or model is None:
             return
-        if data.get("labels") is not None and label_columns(Path(data.labels))[1]:
+        # A checkpoint keeps its own task (a multi-class model evaluated on a multi-label file is refused in setup).
+        if data.get("labels") is not None and label_columns(Path(data.labels))[1] and not config.get("ckpt_path"):
             model.task = "multilabel"
         checkpoint = config.get("checkpoint")
         if model.get("task") == "multilabel" and checkpoint is not None and checkpoint.monitor == "val/acc1":

@@ -219,6 +219,18 @@ def test_explicit_multilabel_task_on_class_folders(image_root: Path) -> None:
     assert checkpoint["hyper_parameters"]["task"] == "multilabel" and len(checkpoint["calibration"]["thresholds"]) == 3
 
 
+def test_a_multiclass_checkpoint_refuses_a_multilabel_file(fitted: dict[str, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    val = fitted["root"] / "val"
+    labels = write_rows(tmp_path / "labels.csv", [
+        {"path": str(val / "red" / "img0.png"), "labels": "red;green;blue", "split": "train"},
+        {"path": str(val / "blue" / "img0.png"), "labels": "blue;green", "split": "val"},
+        {"path": str(val / "green" / "img0.png"), "labels": "red;blue", "split": "val"},
+    ])
+    line = one_line_error(capsys, ["validate", "--ckpt_path", str(fitted["best"]), "--data.labels", str(labels), *FAST])
+    assert "has a 'labels' column (multi-label) but the model is multi-class" in line
+
+
 # ---------------------------------------------------------------------------------------------- pieces
 def test_thresholds_are_tuned_to_the_best_f1_per_class() -> None:
     model = ConvNeXtClassifier(TINY_MODEL, pretrained=False, class_names=["a", "b", "never"], task="multilabel")
