@@ -17,9 +17,10 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ def label_columns(file: Path) -> tuple[list[str], bool]:
         raise UserError(f"label file {file}: use a .csv file with a header row or a .jsonl file")
     if not file.is_file():
         raise UserError(f"label file {file} does not exist: pass --data.labels PATH to a .csv or .jsonl file")
-    with file.open(newline="", encoding="utf-8-sig") as handle:
+    with _Utf8Lines(file) as handle:
         if file.suffix.lower() == ".csv":
             columns = [c.strip() for c in next(csv.reader(handle), [])]
         else:
@@ -95,7 +96,28 @@ def label_columns(file: Path) -> tuple[list[str], bool]:
     return columns, "labels" in columns
 
 
-def _jsonl_records(file: Path, handle) -> list[tuple[int, dict]]:
+class _Utf8Lines:
+    """A label file's text lines; a file that is not UTF-8 is a one-line error naming it, not a traceback."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.handle = file.open(newline="", encoding="utf-8-sig")
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self.handle
+        except UnicodeDecodeError as err:
+            raise UserError(f"label file {self.file} is not UTF-8 text ({err.reason} at byte {err.start}): "
+                            "save it as UTF-8") from err
+
+    def __enter__(self) -> _Utf8Lines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+
+def _jsonl_records(file: Path, handle: IO[str] | _Utf8Lines) -> list[tuple[int, dict]]:
     records = []
     for number, text in enumerate(handle, start=1):
         if not text.strip():
@@ -103,7 +125,7 @@ def _jsonl_records(file: Path, handle) -> list[tuple[int, dict]]:
         try:
             record = json.loads(text)
         except json.JSONDecodeError as err:
-            raise UserError(f"label file {file} line {number}: not valid JSON ({err.msg}): {text.strip()[:80]!r}")
+            raise UserError(f"label file {file} line {number}: not valid JSON ({err.msg}): {text.strip()[:80]!r}") from err
         if not isinstance(record, dict):
             raise UserError(f"label file {file} line {number}: expected a JSON object, got {text.strip()[:80]!r}")
         records.append((number, record))
@@ -111,7 +133,7 @@ def _jsonl_records(file: Path, handle) -> list[tuple[int, dict]]:
 
 
 def _records(file: Path) -> list[tuple[int, dict]]:
-    with file.open(newline="", encoding="utf-8-sig") as handle:
+    with _Utf8Lines(file) as handle:
         if file.suffix.lower() == ".jsonl":
             return _jsonl_records(file, handle)
         reader = csv.DictReader(handle)
