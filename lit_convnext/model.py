@@ -64,7 +64,8 @@ class ConvNeXtClassifier(LightningModule):
         layer_decay: Layer-wise lr decay per block (the head gets ``lr``, each earlier block ``layer_decay`` times
             the next); ``None`` turns it off.
         betas: AdamW betas.
-        label_smoothing: Label smoothing of the cross-entropy (also applied under Mixup/CutMix).
+        label_smoothing: Label smoothing of the cross-entropy (also applied under Mixup/CutMix); multi-label:
+            each binary target moves towards 0.5.
         mixup_alpha: Mixup beta-distribution alpha; 0 turns Mixup off.
         cutmix_alpha: CutMix alpha; 0 turns CutMix off.
         mixup_prob: Probability of applying Mixup or CutMix to a batch.
