@@ -34,6 +34,7 @@ from lit_convnext.callbacks import (
 from lit_convnext.callbacks.checkpointing import newest_last_checkpoint, run_version
 from lit_convnext.commands import COMMANDS
 from lit_convnext.data import ImageFolderDataModule
+from lit_convnext.data.labels import label_columns
 from lit_convnext.errors import UserError, out_of_memory_message
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
@@ -138,6 +139,7 @@ class ConvNeXtCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
+            self._choose_task(self.config)
             return
         config = self.config[self.subcommand]
         if config.get("model") is not None:  # before the data folder is scanned (class_names link) or weights are read
@@ -149,6 +151,7 @@ class ConvNeXtCLI(LightningCLI):
             path = Path(ckpt_path)
             if not path.is_file():
                 raise UserError(f"checkpoint {path} does not exist: pass the path of a .ckpt file with --ckpt_path")
+        self._choose_task(config)
         if ckpt_path:
             # The weights come from the checkpoint: do not download or read the original ones again.
             config.model.pretrained = False
@@ -164,6 +167,20 @@ class ConvNeXtCLI(LightningCLI):
         if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             rank_zero_warn(f"This GPU does not support bfloat16: using 16-mixed instead of {precision}.")
             config.trainer.precision = "16-mixed"
+
+    def _choose_task(self, config) -> None:
+        """A label file with a ``labels`` column makes the model multi-label; multi-label checkpoints are chosen
+        by mean average precision (``val/map``) unless another monitor was given."""
+        data, model = config.get("data"), config.get("model")
+        if data is None or model is None:
+            return
+        # A checkpoint keeps its own task (a multi-class model evaluated on a multi-label file is refused in setup).
+        if data.get("labels") is not None and label_columns(Path(data.labels))[1] and not config.get("ckpt_path"):
+            model.task = "multilabel"
+        checkpoint = config.get("checkpoint")
+        if model.get("task") == "multilabel" and checkpoint is not None and checkpoint.monitor == "val/acc1":
+            checkpoint.monitor = "val/map"
+            checkpoint.filename = checkpoint.filename.replace("acc{val/acc1", "map{val/map")
 
     def _resume_into_last_run(self, config) -> Path:
         """Resolve ``--ckpt_path last`` to the newest run's last.ckpt and log into that run again."""

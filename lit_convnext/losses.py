@@ -13,6 +13,10 @@ The weights compose with label smoothing and with Mixup/CutMix through PyTorch's
 averaged over the batch. (For hard targets PyTorch divides by the summed weights of the batch's targets
 instead; the gradient direction is the same.) Validation and test losses stay unweighted so runs compare.
 The class-balanced sampler (``--data.sampler balanced``) lives in ``data/samplers.py``.
+
+Multi-label models (``--model.task multilabel``) use binary cross-entropy on the sigmoid of each class's logit
+(:func:`multilabel_loss`); class weights scale each class's binary loss, and label smoothing moves each binary
+target towards 0.5 (``y (1 - s) + s / 2``, as timm's multi-label Mixup does), not towards ``1 / n_classes``.
 """
 
 from __future__ import annotations
@@ -58,3 +62,12 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, weight: tor
     if targets.is_floating_point():  # soft targets carry their own smoothing (timm's Mixup applies it)
         return F.cross_entropy(logits, targets, weight=weight)
     return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
+
+
+def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+                    label_smoothing: float = 0.0) -> torch.Tensor:
+    """Binary cross-entropy per class for multi-hot targets (Mixup/CutMix targets arrive already smoothed)."""
+    targets = targets.to(logits.dtype)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    return F.binary_cross_entropy_with_logits(logits, targets, weight=weight)

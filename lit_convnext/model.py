@@ -3,7 +3,7 @@
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +11,17 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+    MultilabelPrecisionRecallCurve,
+)
 
 from lit_convnext.backbone import build_convnext
 from lit_convnext.errors import UserError
-from lit_convnext.losses import ClassWeights, classification_loss, resolve_class_weights
+from lit_convnext.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
 from lit_convnext.optim import EffectiveBatch, LayerDecayGrouping, build_optimizer, build_scheduler, warmup_steps_for
 from lit_convnext.ranges import (
     ImageSize,
@@ -63,7 +69,8 @@ class ConvNeXtClassifier(LightningModule):
             ConvNeXt-V2 per-block, the stem with the first block) or ``group`` (official V1 / V2 12 groups, made for
             3-3-27-3 depths). See ``lit_convnext.optim.LayerDecayGrouping``.
         betas: AdamW betas.
-        label_smoothing: Label smoothing of the cross-entropy (also applied under Mixup/CutMix).
+        label_smoothing: Label smoothing of the cross-entropy (also applied under Mixup/CutMix); multi-label:
+            each binary target moves towards 0.5.
         mixup_alpha: Mixup beta-distribution alpha; 0 turns Mixup off.
         cutmix_alpha: CutMix alpha; 0 turns CutMix off.
         mixup_prob: Probability of applying Mixup or CutMix to a batch.
@@ -79,6 +86,9 @@ class ConvNeXtClassifier(LightningModule):
             recent GPUs, especially with bf16/fp16).
         compile: Run the network through ``torch.compile`` (first steps are slow while it compiles).
             Checkpoints are unaffected: they hold the plain network's weights.
+        task: ``multiclass`` (one class per image, softmax) or ``multilabel`` (any number of classes per image:
+            sigmoid per class, binary cross-entropy, per-class thresholds tuned on validation). A label file with
+            a ``labels`` column selects ``multilabel`` by itself.
     """
 
     def __init__(
@@ -111,6 +121,7 @@ class ConvNeXtClassifier(LightningModule):
         class_counts: list[int] | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        task: Literal["multiclass", "multilabel"] = "multiclass",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -131,6 +142,9 @@ class ConvNeXtClassifier(LightningModule):
         #: Fitted after training and kept in checkpoints (``checkpoint["calibration"]``): ``temperature`` scales the
         #: logits before softmax; evaluation, predict and exports apply it through :meth:`probabilities`.
         self.calibration: dict[str, Any] = {}
+        #: Multi-label: one decision threshold for every class, overriding the tuned ``calibration["thresholds"]``
+        #: (``--threshold`` of validate/test/predict, or set it in Python).
+        self.threshold: float | None = None
         self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
         self.hparams["preprocessing"] = self.preprocessing
         self.mixup = self._build_mixup() if self.class_names else None
@@ -145,6 +159,10 @@ class ConvNeXtClassifier(LightningModule):
             # their own weights.
             self.net.compile(**COMPILE_OPTIONS)
 
+    @property
+    def multilabel(self) -> bool:
+        return self.hparams.get("task") == "multilabel"
+
     # ----------------------------------------------------------------------------------------- set-up
     def _build_mixup(self) -> Mixup | None:
         hp = self.hparams
@@ -157,12 +175,16 @@ class ConvNeXtClassifier(LightningModule):
             switch_prob=hp.mixup_switch_prob,
             label_smoothing=hp.label_smoothing,
             num_classes=len(self.class_names),
+            multi_label=self.multilabel,  # mixes the multi-hot targets; smoothing towards 0.5
         )
 
     def _build_metrics(self) -> None:
         if not self.class_names:
             return
         n = len(self.class_names)
+        if self.multilabel:
+            self._build_multilabel_metrics(n)
+            return
         # acc1/acc5: share of all images whose class is in the top 1/5 (timm's and the papers' top-1/top-5;
         # torchmetrics' default would be the mean per-class recall). f1: macro, every class counts alike.
         # validate_args=False: inputs are our logits and folder targets, and the checks (torch.unique) would
@@ -180,6 +202,22 @@ class ConvNeXtClassifier(LightningModule):
         )
         self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
 
+    def _build_multilabel_metrics(self, n: int) -> None:
+        # map: mean over classes of the average precision (threshold-free, exact: every score is kept, and
+        # gathered across devices). f1 (macro) and f1_micro are taken at the decision thresholds, so they get
+        # binary predictions. The precision-recall curve tunes the thresholds on validation during fit.
+        ranking = MetricCollection({"map": MultilabelAveragePrecision(n, average="macro", validate_args=False)})
+        decisions = MetricCollection({
+            "f1": MultilabelF1Score(n, average="macro", zero_division=0, validate_args=False),
+            "f1_micro": MultilabelF1Score(n, average="micro", zero_division=0, validate_args=False),
+        })
+        self.metrics = torch.nn.ModuleDict({
+            **{f"{stage}_metrics": ranking.clone(prefix=f"{stage}/") for stage in ("val", "test")},
+            **{f"{stage}_decisions": decisions.clone(prefix=f"{stage}/") for stage in ("val", "test")},
+        })
+        self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        self.threshold_curve = MultilabelPrecisionRecallCurve(n, validate_args=False)
+
     # ------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.get("channels_last"):
@@ -188,7 +226,13 @@ class ConvNeXtClassifier(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        if self.mixup is not None:
+        if self.multilabel:
+            smoothing = self.hparams.label_smoothing
+            if self.mixup is not None:  # timm's Mixup mixes the multi-hot targets and applies the smoothing
+                images, targets = self.mixup(images, targets)
+                smoothing = 0.0
+            loss = multilabel_loss(self(images), targets, self.class_weight, smoothing)
+        elif self.mixup is not None:
             images, soft_targets = self.mixup(images, targets)
             loss = classification_loss(self(images), soft_targets, self.class_weight)
         else:
@@ -202,12 +246,42 @@ class ConvNeXtClassifier(LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
+        if self.multilabel:
+            return self._evaluate_multilabel(logits, targets, stage)
         # A weighted torchmetrics mean: exact over all images even when devices hold different counts.
         self.eval_losses[stage].update(F.cross_entropy(logits, targets), weight=targets.numel())
         self.log(f"{stage}/loss", self.eval_losses[stage], prog_bar=stage == "val")
         self.metrics[f"{stage}_metrics"].update(logits, targets)
         self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage == "val")
         return logits  # for callbacks (per-class report)
+
+    def _evaluate_multilabel(self, logits: torch.Tensor, targets: torch.Tensor, stage: str) -> torch.Tensor:
+        self.eval_losses[stage].update(F.binary_cross_entropy_with_logits(logits.float(), targets.float()),
+                                       weight=targets.shape[0])
+        self.log(f"{stage}/loss", self.eval_losses[stage], prog_bar=stage == "val")
+        probabilities, hits = self.probabilities(logits), targets.int()
+        self.metrics[f"{stage}_metrics"].update(probabilities, hits)
+        self.metrics[f"{stage}_decisions"].update(self.decide(probabilities).int(), hits)
+        self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage == "val")
+        self.log_dict(self.metrics[f"{stage}_decisions"])
+        if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.threshold_curve.update(probabilities, hits)
+        return logits
+
+    def on_validation_epoch_end(self) -> None:
+        """Multi-label fit: tune each class's threshold on this validation (max F1), so every checkpoint saved
+        after it holds the thresholds that fit its weights. The metrics of this epoch used the previous ones."""
+        if not self.multilabel or not self.threshold_curve.update_called:
+            return
+        precision, recall, thresholds = self.threshold_curve.compute()  # synchronised across devices
+        self.threshold_curve.reset()
+        tuned = list(self.calibration.get("thresholds") or [0.5] * len(self.class_names))
+        for c, (p, r, t) in enumerate(zip(precision, recall, thresholds)):
+            t = t.reshape(-1)  # one distinct score gives a 0-d tensor
+            f1 = (2 * p * r / (p + r)).nan_to_num()[: t.numel()]  # the last point (recall 0) has no threshold
+            if f1.numel() and f1.max() > 0:  # else no positives in validation: keep the threshold
+                tuned[c] = float(t[int(f1.argmax())])
+        self.calibration["thresholds"] = tuned
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, "val")
@@ -221,8 +295,24 @@ class ConvNeXtClassifier(LightningModule):
         return {"probabilities": self.probabilities(self(images)), "indices": indices, "errors": errors}
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities as validate, test and predict report them (calibrated when a temperature was fitted)."""
+        """Class probabilities as validate, test and predict report them (calibrated when a temperature was fitted;
+        multi-label: each class's sigmoid, independent of the others)."""
+        if self.multilabel:
+            return logits.float().sigmoid()
         return (logits.float() / float(self.calibration.get("temperature", 1.0))).softmax(dim=-1)
+
+    def decision_thresholds(self) -> torch.Tensor:
+        """Multi-label: per-class thresholds in use: ``threshold`` when set, else the tuned ones, else 0.5."""
+        n = len(self.class_names or [])
+        if self.threshold is not None:
+            values = [float(self.threshold)] * n
+        else:
+            values = list(self.calibration.get("thresholds") or [0.5] * n)
+        return torch.tensor(values, device=self.device)
+
+    def decide(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Multi-label: which classes each image has (probability at or above its class's threshold)."""
+        return probabilities >= self.decision_thresholds().to(probabilities.device)
 
     # --------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:

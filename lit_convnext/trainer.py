@@ -1,4 +1,5 @@
-"""Lightning's Trainer with a ``predict`` that streams to a file instead of collecting in memory."""
+"""Lightning's Trainer with a ``predict`` that streams to a file instead of collecting in memory, and a
+multi-label ``threshold`` for validate, test and predict."""
 
 from __future__ import annotations
 
@@ -10,10 +11,48 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_convnext.callbacks.prediction_writer import PredictionWriter
+from lit_convnext.ranges import Probability
 
 
 class ConvNeXtTrainer(Trainer):
-    """``Trainer`` whose ``predict`` also takes ``output`` and ``top_k`` (exposed by the CLI)."""
+    """``Trainer`` whose ``predict`` also takes ``output`` and ``top_k``, and whose ``validate``, ``test`` and
+    ``predict`` take ``threshold`` (all exposed by the CLI)."""
+
+    def validate(  # type: ignore[override]
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: pl.LightningDataModule | None = None,
+        weights_only: bool | None = None,
+        threshold: Probability | None = None,
+    ) -> Any:
+        """Evaluate on the validation split.
+
+        Args:
+            threshold: Multi-label: one decision threshold for every class instead of the tuned ones.
+        """
+        _set_threshold(model or self.lightning_module, threshold)
+        return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
+    def test(  # type: ignore[override]
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: pl.LightningDataModule | None = None,
+        weights_only: bool | None = None,
+        threshold: Probability | None = None,
+    ) -> Any:
+        """Evaluate on the test split.
+
+        Args:
+            threshold: Multi-label: one decision threshold for every class instead of the tuned ones.
+        """
+        _set_threshold(model or self.lightning_module, threshold)
+        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(  # type: ignore[override]
         self,
@@ -25,20 +64,25 @@ class ConvNeXtTrainer(Trainer):
         weights_only: bool | None = None,
         output: Path = Path("predictions.csv"),
         top_k: int = 5,
+        threshold: Probability | None = None,
     ) -> Any:
         """Label images with a trained checkpoint, or with an exported ONNX model (``ckpt_path`` ending in ``.onnx``,
         run by ONNX Runtime with the preprocessing stored in it).
 
         Args:
             output: File to write, one row per image: CSV, or JSON Lines when the name ends in ``.jsonl``.
-            top_k: How many classes (with probabilities) to write per image.
+            top_k: How many classes (with probabilities) to write per image (multi-label: used only when there
+                are too many classes for one probability column each).
+            threshold: Multi-label: one decision threshold for every class instead of the tuned ones.
         """
         if ckpt_path is not None and Path(ckpt_path).suffix == ".onnx":
             from lit_convnext.inference.onnx_model import OnnxClassifier
 
             # The exported model replaces the module; the same loader and writer produce the same rows.
             model, ckpt_path = OnnxClassifier(Path(ckpt_path), str(self.strategy.root_device)), None
-        writer = PredictionWriter(Path(output), top_k=top_k)
+        _set_threshold(model or self.lightning_module, threshold)
+        separator = getattr(datamodule, "label_separator", ";")  # multi-label: how the ``labels`` column joins names
+        writer = PredictionWriter(Path(output), top_k=top_k, separator=separator)
         self.callbacks.append(writer)
         try:
             result = super().predict(
@@ -49,3 +93,8 @@ class ConvNeXtTrainer(Trainer):
             self.callbacks.remove(writer)
         rank_zero_info(f"Wrote {writer.rows} predictions to {writer.output}")
         return result
+
+
+def _set_threshold(model: pl.LightningModule | None, threshold: float | None) -> None:
+    if model is not None and hasattr(model, "threshold"):
+        model.threshold = threshold

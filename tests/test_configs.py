@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 BASE = CONFIGS / "finetune.yaml"
 QUICKSTART = CONFIGS / "quickstart.yaml"
-#: Overlays: everything that is combined with the base recipe.
-OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if p not in (BASE, QUICKSTART))
+MULTILABEL_QUICKSTART = CONFIGS / "multilabel_quickstart.yaml"
+#: Overlays: everything that is combined with the base recipe (the quickstarts stand alone).
+OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if p not in (BASE, QUICKSTART, MULTILABEL_QUICKSTART))
 
 
 def parsed(monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
@@ -63,7 +64,7 @@ def assert_config_matches(config: Any, files: list[Path]) -> None:
 
 
 def test_every_config_file_is_covered() -> None:
-    assert set(CONFIGS.rglob("*.yaml")) == {BASE, QUICKSTART, *OVERLAYS}
+    assert set(CONFIGS.rglob("*.yaml")) == {BASE, QUICKSTART, MULTILABEL_QUICKSTART, *OVERLAYS}
     assert OVERLAYS, "no overlays found"
 
 
@@ -99,3 +100,22 @@ def test_base_with_gpu_and_ema_overlays_instantiates(image_root: Path) -> None:
     assert cli.datamodule.batch_size == yaml.safe_load((CONFIGS / "gpu.yaml").read_text())["data"]["batch_size"]
     assert cli.model.class_names == ["blue", "green", "red"]
     assert any(isinstance(c, WeightAveraging) for c in cli.trainer.callbacks)
+
+
+def test_multilabel_quickstart_parses_and_instantiates_on_generated_digits(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_multilabel_digits", REPO / "data" / "make_multilabel_digits.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    labels = generator.main(tmp_path / "ml", {"train": 40, "val": 10})  # a small copy of the sample task
+    config = parsed(monkeypatch, "--config", str(MULTILABEL_QUICKSTART))
+    assert_config_matches(config, [MULTILABEL_QUICKSTART])
+    monkeypatch.undo()
+    cli = build_cli(["--config", str(MULTILABEL_QUICKSTART), "--data.labels", str(labels),
+                     "--data.num_workers", "0"], run=False)
+    assert cli.model.hparams.task == "multilabel"  # chosen by the file's labels column
+    assert cli.model.class_names == [str(d) for d in range(10)]
+    assert cli.config.checkpoint.monitor == "val/map"
+    assert cli.model.preprocessing["input_size"] == [3, 32, 32]

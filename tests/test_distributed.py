@@ -113,3 +113,21 @@ def test_ddp_fit_writes_the_split_manifest_and_load_report_once(tmp_path: Path) 
     run_dir = Path("runs/flat/version_0")
     assert (run_dir / "split_manifest.csv").is_file()
     assert '"head": "reset"' in (run_dir / "pretrained_load_report.json").read_text()
+
+
+def test_ddp_multilabel_map_and_thresholds_match_a_single_process(tmp_path: Path) -> None:
+    """mAP keeps every score and gathers them across ranks (each image on one rank): DDP equals one process."""
+    from tests.test_labels import multilabel_images, write_rows
+
+    root = tmp_path / "ml"
+    labels = write_rows(root / "labels.csv", multilabel_images(root, 16, "train") + multilabel_images(root, 9, "val", 100))
+    run_cli("fit", "--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--data.labels", str(labels),
+            "--trainer.max_epochs", "1", *COMMON, *DDP, *csv_logger("ddp"))
+    ddp = last_metrics(Path("runs/ddp/version_0/metrics.csv"))
+    checkpoint = Path("runs/ddp/version_0/checkpoints/last.ckpt")
+    main(["validate", "--data.labels", str(labels), "--ckpt_path", str(checkpoint), "--trainer.accelerator", "cpu",
+          "--trainer.devices", "1", *COMMON, *csv_logger("single")])
+    single = last_metrics(Path("runs/single/version_0/metrics.csv"))
+    for key in ("val/map", "val/loss"):
+        assert ddp[key] == pytest.approx(single[key], abs=2e-6), key
+    assert "val/ap/red" in single  # the per-class report's average precision

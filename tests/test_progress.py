@@ -10,7 +10,6 @@ from tests.helpers import FAST
 from lightning.pytorch.callbacks import ProgressBar
 
 from lit_convnext.cli import main
-from lit_convnext.callbacks.progress import ThrottledRichProgressBar
 
 READ_METRICS = ProgressBar.get_metrics  # the real read of the logged values (what syncs with the GPU)
 

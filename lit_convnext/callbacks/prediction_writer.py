@@ -28,16 +28,23 @@ class PredictionWriter(BasePredictionWriter):
 
     Nothing is accumulated in memory. The format follows the file name: ``.jsonl`` writes JSON Lines,
     anything else CSV with columns ``path, class_1, probability_1, ..., class_k, probability_k``.
+    Multi-label models write ``path, labels`` (the classes at or above their thresholds, joined by
+    ``separator``), then ``prob_<class>`` for every class (top-k pairs beyond ``MAX_CLASS_COLUMNS`` classes).
     """
 
-    def __init__(self, output: Path, top_k: int = 5) -> None:
+    #: Multi-label: more classes than this get top-k pairs instead of one probability column per class.
+    MAX_CLASS_COLUMNS = 50
+
+    def __init__(self, output: Path, top_k: int = 5, separator: str = ";") -> None:
         super().__init__(write_interval="batch")
         self.output = Path(output)
         self.top_k = top_k
+        self.separator = separator
         self.rows = 0
         self._handle: IO[str] | None = None
         self._parts: list[Path] = []
         self._columns = top_k
+        self._class_columns = False  # multi-label: one probability column per class, in class order
         self._pending: _PendingRows | None = None
 
     @property
@@ -58,14 +65,27 @@ class PredictionWriter(BasePredictionWriter):
         self._write_header(self._handle, pl_module)
 
     def _write_header(self, handle: IO[str], pl_module: pl.LightningModule) -> None:
-        if not self.is_jsonl:
-            header = ["path"]
-            for rank in range(1, self._k(pl_module) + 1):
-                header += [f"class_{rank}", f"probability_{rank}"]
-            csv.writer(handle).writerow(header + ["error"])
+        if self.is_jsonl:
+            return
+        header = ["path"]
+        if getattr(pl_module, "multilabel", False):
+            header.append("labels")
+            if self._per_class(pl_module):
+                self._k(pl_module)
+                csv.writer(handle).writerow(header + [f"prob_{name}" for name in pl_module.class_names] + ["error"])
+                return
+        for rank in range(1, self._k(pl_module) + 1):
+            header += [f"class_{rank}", f"probability_{rank}"]
+        csv.writer(handle).writerow(header + ["error"])
+
+    def _per_class(self, pl_module: pl.LightningModule) -> bool:
+        """Multi-label rows with one probability per class (in class order) instead of top-k pairs."""
+        return getattr(pl_module, "multilabel", False) and len(pl_module.class_names) <= self.MAX_CLASS_COLUMNS
 
     def _k(self, pl_module: pl.LightningModule) -> int:
-        self._columns = max(1, min(self.top_k, len(pl_module.class_names)))
+        n = len(pl_module.class_names)
+        self._class_columns = self._per_class(pl_module)
+        self._columns = n if self._class_columns else max(1, min(self.top_k, n))
         return self._columns
 
     def write_on_batch_end(
@@ -80,13 +100,21 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         # Start copying this batch's top-k to the host, then write the previous batch's rows: on a GPU
         # the host formats rows while the accelerator computes, instead of waiting for every batch.
-        probabilities, classes = prediction["probabilities"].topk(self._k(pl_module), dim=-1)
+        probabilities = prediction["probabilities"]
+        multilabel = getattr(pl_module, "multilabel", False)
+        hits = pl_module.decide(probabilities).to("cpu", non_blocking=True) if multilabel else None
+        if self._per_class(pl_module):  # every class, in class order
+            k = self._k(pl_module)
+            classes = torch.arange(k, device=probabilities.device).expand(len(probabilities), k)
+        else:
+            probabilities, classes = probabilities.topk(self._k(pl_module), dim=-1)
         pending = _PendingRows(
             prediction["indices"].to("cpu", non_blocking=True),
             probabilities.to("cpu", non_blocking=True),
             classes.to("cpu", non_blocking=True),
             prediction.get("errors"),
             _copies_done(probabilities.device),
+            hits,
         )
         self._write_pending(trainer, pl_module)
         self._pending = pending
@@ -102,22 +130,37 @@ class PredictionWriter(BasePredictionWriter):
         dataset = trainer.predict_dataloaders.dataset
         indices = pending.indices.tolist()
         errors = pending.errors or [""] * len(indices)  # unreadable files get an error, no classes
-        for index, probs, ids, error in zip(indices, pending.probabilities.tolist(), pending.classes.tolist(), errors):
+        hits = pending.hits.tolist() if pending.hits is not None else [None] * len(indices)
+        for index, probs, ids, error, hit in zip(indices, pending.probabilities.tolist(), pending.classes.tolist(),
+                                                 errors, hits):
             classes_k = [] if error else [names[c] for c in ids]
-            line = self._format(str(dataset.paths[index]), classes_k, [] if error else probs, error)
+            labels = None if hit is None else [] if error else [name for name, on in zip(names, hit) if on]
+            line = self._format(str(dataset.paths[index]), classes_k, [] if error else probs, error, labels)
             self._handle.write(f"{index}\t{json.dumps(line)}\n" if self._parts else line)
             self.rows += 1
         self._handle.flush()
 
-    def _format(self, path: str, classes: list[str], probs: list[float], error: str) -> str:
+    def _format(self, path: str, classes: list[str], probs: list[float], error: str,
+                labels: list[str] | None = None) -> str:
         if self.is_jsonl:
-            record = {"path": path, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in zip(classes, probs)],
-                      "error": error or None}
+            record: dict[str, Any] = {"path": path}
+            if labels is not None:
+                record["labels"] = labels
+            if self._class_columns:
+                record["probabilities"] = {c: round(p, 6) for c, p in zip(classes, probs)}
+            else:
+                record["top_k"] = [{"class": c, "probability": round(p, 6)} for c, p in zip(classes, probs)]
+            record["error"] = error or None
             return json.dumps(record, ensure_ascii=False) + "\n"
         row: list[Any] = [path]
-        for c, p in zip(classes, probs):
-            row += [c, f"{p:.6f}"]
-        row += [""] * (2 * (self._columns - len(classes)))
+        if labels is not None:
+            row.append(self.separator.join(labels))
+        if self._class_columns:
+            row += [f"{p:.6f}" for p in probs] + [""] * (self._columns - len(probs))
+        else:
+            for c, p in zip(classes, probs):
+                row += [c, f"{p:.6f}"]
+            row += [""] * (2 * (self._columns - len(classes)))
         row.append(error)
         buffer = io.StringIO(newline="")
         csv.writer(buffer).writerow(row)
@@ -160,6 +203,7 @@ class _PendingRows(NamedTuple):
     classes: torch.Tensor
     errors: list[str] | None
     copied: torch.cuda.Event | None
+    hits: torch.Tensor | None = None  # multi-label: which classes are at or above their thresholds
 
 
 def _copies_done(device: torch.device) -> torch.cuda.Event | None:

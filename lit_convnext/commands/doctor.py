@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lit_convnext.data.scan import DoctorReport, scan
+from lit_convnext.data.scan import DoctorReport, scan, scan_label_file
 from lit_convnext.errors import UserError
 
 #: Rows shown per table; the JSON report always has everything.
@@ -17,7 +17,7 @@ SHOW = 20
 
 
 def doctor(root: Path, json: Path | None = None, image_size: int | None = None, deep: bool = False,
-           workers: int | None = None) -> int:
+           workers: int | None = None, labels: Path | None = None, label_separator: str = ";") -> int:
     """Check an image folder for problems before training; exit status 1 when there are errors.
 
     Args:
@@ -26,6 +26,10 @@ def doctor(root: Path, json: Path | None = None, image_size: int | None = None, 
         image_size: Training resolution; smaller images are reported.
         deep: Fully decode every image (slower) instead of header and container checks.
         workers: Parallel processes; default one per CPU core.
+        labels: A label file (as ``fit --data.labels``) to check instead of class folders: its rows (missing
+            images, empty or unknown labels, duplicate rows, images listed twice with different labels, classes
+            too small to split) and the images it lists. Relative paths start at ``root``.
+        label_separator: What separates the class names in a ``labels`` cell.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -34,9 +38,12 @@ def doctor(root: Path, json: Path | None = None, image_size: int | None = None, 
     with Progress(TextColumn("checking images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("scan", total=None)
-        report = scan(root, image_size=image_size, deep=deep, workers=workers,
-                      on_total=lambda n: progress.update(task, total=n),
-                      progress=lambda n: progress.advance(task, n))
+        hooks = {"on_total": lambda n: progress.update(task, total=n), "progress": lambda n: progress.advance(task, n)}
+        if labels is not None:
+            report = scan_label_file(root, labels, label_separator, image_size=image_size, deep=deep,
+                                     workers=workers, **hooks)
+        else:
+            report = scan(root, image_size=image_size, deep=deep, workers=workers, **hooks)
     render(report, console)
     if json is not None:
         Path(json).parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +69,8 @@ def render(report: DoctorReport, console: Console) -> None:
     table.add_row("[bold]imbalance (max/min)", *(f"{report.imbalance[s] or '-'}" for s in splits))
     console.print(table)
 
+    _rows(console, "Label file problems", ("line", "value", "problem"),
+          [(line or "-", value, problem) for line, value, problem in report.label_file_problems], style="red")
     _rows(console, "Files that cannot be used", ("path", "reason"), report.bad_files, style="red")
     _rows(console, "Train / val-test leakage (identical files)", ("train", "val/test"), report.leakage, style="red")
     _rows(console, "Extension does not match content", ("path", "actual format"), report.wrong_extension)

@@ -1,4 +1,4 @@
-"""The LightningDataModule: image folders in, loaders out.
+"""The LightningDataModule: image folders or a label file in, loaders out.
 
 Preprocessing (size, mean, std, interpolation, crop) is owned by the model, which resolves it from
 the weights and stores it in the checkpoint; this module reads it from the attached model in
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from lit_convnext.data.bad_files import check_samples
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
+from lit_convnext.data.labels import multi_hot, read_label_splits, sample_labels
 from lit_convnext.data.transforms import (
     TrainAugmentation,
     build_eval_transform,
@@ -42,12 +43,16 @@ def default_num_workers(devices_per_node: int = 1) -> int:
 
 
 class ImageFolderDataModule(LightningDataModule):
-    """Images sorted into one sub-folder per class.
+    """Images sorted into one sub-folder per class, or listed in a label file (``labels``).
 
     Args:
         root: Folder with ``train/`` (and optionally ``val/``, ``test/``), each holding one sub-folder per
             class; or a folder of class sub-folders, from which a stratified validation split is drawn.
-            Not needed for ``predict``.
+            Not needed for ``predict``. With ``labels``: the folder the file's relative paths start from.
+        labels: A ``.csv`` (with a header) or ``.jsonl`` label file instead of class folders: a ``path`` column and
+            a ``label`` (one class) or ``labels`` column (multi-label), optionally ``split`` (train/val/test).
+            Relative paths start at ``root``, or at the file's folder when ``root`` is not given.
+        label_separator: What separates the class names in a ``labels`` cell (class names may contain spaces).
         predict_dir: Folder of images to label with ``predict`` (searched recursively).
         val_fraction: Share of each class held out for validation when ``root`` has no ``val/``.
         split_seed: Seed of that split; the split is also written to ``split_manifest.csv`` in the run directory.
@@ -72,6 +77,8 @@ class ImageFolderDataModule(LightningDataModule):
         self,
         root: Path | None = None,
         predict_dir: Path | None = None,
+        labels: Path | None = None,
+        label_separator: str = ";",
         val_fraction: OpenFraction = 0.2,
         split_seed: int = 42,
         split_manifest: Path | None = None,
@@ -88,6 +95,8 @@ class ImageFolderDataModule(LightningDataModule):
         super().__init__()
         self.root = Path(root).expanduser() if root is not None else None
         self.predict_dir = Path(predict_dir).expanduser() if predict_dir is not None else None
+        self.labels = Path(labels).expanduser() if labels is not None else None
+        self.label_separator = label_separator
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.split_manifest = Path(split_manifest) if split_manifest is not None else None
@@ -115,6 +124,9 @@ class ImageFolderDataModule(LightningDataModule):
     @property
     def splits(self) -> FolderSplits:
         """The scanned folder (done once, on first use)."""
+        if self._splits is None and self.labels is not None:
+            self._splits = read_label_splits(self.labels, self.root, self.label_separator, self.val_fraction,
+                                             self.split_seed, self.split_manifest)
         if self._splits is None:
             if self.root is None:
                 raise UserError("no training data given: pass --data.root PATH (a folder of class sub-folders)")
@@ -123,8 +135,17 @@ class ImageFolderDataModule(LightningDataModule):
 
     @property
     def class_names(self) -> list[str] | None:
-        """Class names from the training folder, or ``None`` when no ``root`` is set (predict)."""
-        return None if self.root is None else self.splits.class_names
+        """Class names from the training folder or label file, or ``None`` without either (predict)."""
+        return None if self._no_data else self.splits.class_names
+
+    @property
+    def _no_data(self) -> bool:
+        return self.root is None and self.labels is None
+
+    @property
+    def _source(self) -> Path | None:
+        """What the user pointed at (for messages): the label file, else the folder."""
+        return self.labels or self.root
 
     def setup(self, stage: str) -> None:
         preprocessing = self._resolve_preprocessing()
@@ -134,15 +155,19 @@ class ImageFolderDataModule(LightningDataModule):
             self.datasets["predict"] = UnlabeledImages(self._predict_paths(), eval_transform, eval_size)
             return
         splits = self.splits
+        if splits.multilabel and self._task() != "multilabel":
+            raise UserError(f"label file {self.labels} has a 'labels' column (multi-label) but the model is "
+                            "multi-class: pass --model.task multilabel, or use a 'label' column")
         self._drop_bad_files({"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()))
         if stage == "fit":
             if len(splits.train) < self.batch_size:
                 raise UserError(
-                    f"only {len(splits.train)} training images in {self.root} but --data.batch_size is "
+                    f"only {len(splits.train)} training images in {self._source} but --data.batch_size is "
                     f"{self.batch_size}: lower the batch size or add images"
                 )
             if not splits.val:
-                raise UserError(f"no validation images found under {self.root}: add {self.root}/val/<class>/...")
+                raise UserError(f"no validation images found under {self._source}: add "
+                                + ("rows with split 'val'" if self.labels else f"{self.root}/val/<class>/..."))
             train_size = train_decode_size(preprocessing, self.augmentation) if self.reduced_decode else None
             self.datasets["train"] = self._labeled(
                 splits.train, build_train_transform(preprocessing, self.augmentation), train_size
@@ -152,17 +177,19 @@ class ImageFolderDataModule(LightningDataModule):
             self.datasets["val"] = self._labeled(splits.val, eval_transform, eval_size)
         if stage == "test":
             if not splits.test:
-                raise UserError(f"no test images: add {self.root}/test/<class>/... to run `test`")
+                raise UserError(f"no test images in {self._source}: add "
+                                + ("rows with split 'test'" if self.labels else f"{self.root}/test/<class>/...")
+                                + " to run `test`")
             self.datasets["test"] = self._labeled(splits.test, eval_transform, eval_size)
 
     @property
     def class_counts(self) -> list[int] | None:
-        """Training images per class, in class order (``None`` without ``root``); the model's ``auto`` class
-        weights and the balanced sampler use them."""
-        if self.root is None:
+        """Training images per class (multi-label: images having the class), in class order (``None`` without
+        data); the model's ``auto`` class weights use them."""
+        if self._no_data:
             return None
-        counts = Counter(self.splits.targets(self.splits.train))
-        return [counts.get(i, 0) for i in range(len(self.splits.class_names))]
+        counts = Counter(name for sample in self.splits.train for name in sample_labels(sample))
+        return [counts.get(name, 0) for name in self.splits.class_names]
 
     def _drop_bad_files(self, split_names: tuple[str, ...]) -> None:
         for name in split_names:
@@ -171,6 +198,12 @@ class ImageFolderDataModule(LightningDataModule):
             kept = check_samples(getattr(self.splits, name), name, self.skip_bad_files, self.num_workers or None)
             setattr(self.splits, name, kept)
             self._checked.add(name)
+
+    def _task(self) -> str:
+        """The attached model's task: multi-label models get multi-hot targets, whatever the data source."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(model, "hparams", {}).get("task", "multiclass") if model is not None else (
+            "multilabel" if self.splits.multilabel else "multiclass")
 
     def _resolve_preprocessing(self) -> dict[str, Any]:
         model = self.trainer.lightning_module if self.trainer is not None else None
@@ -181,7 +214,11 @@ class ImageFolderDataModule(LightningDataModule):
         return preprocessing
 
     def _labeled(self, samples: list, transform: Any, decode_min_size: int | None = None) -> LabeledImages:
-        return LabeledImages([s.path for s in samples], self.splits.targets(samples), transform, decode_min_size)
+        if self._task() == "multilabel":
+            targets = multi_hot(samples, self.splits.class_names)
+        else:
+            targets = self.splits.targets(samples)
+        return LabeledImages([s.path for s in samples], targets, transform, decode_min_size)
 
     def _predict_paths(self) -> list[Path]:
         if self.predict_dir is None:
@@ -199,7 +236,8 @@ class ImageFolderDataModule(LightningDataModule):
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is a collective under DDP
         if not self.trainer.is_global_zero:
             return
-        write_split_manifest(run_dir / SPLIT_MANIFEST_NAME, self.root, self.splits)
+        base = self.root if self.root is not None else self.labels.parent
+        write_split_manifest(run_dir / SPLIT_MANIFEST_NAME, base, self.splits)
         log.info("validation split (%d images) written to %s", len(self.splits.val), run_dir / SPLIT_MANIFEST_NAME)
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:

@@ -24,21 +24,21 @@ def read_image(path: Path, min_size: int | None = None) -> Image.Image:
 
 
 class LabeledImages(Dataset):
-    """Images with integer class targets: yields ``(image_tensor, target)``."""
+    """Images with integer class targets, or multi-hot rows (multi-label): yields ``(image_tensor, target)``."""
 
-    def __init__(self, paths: Sequence[Path], targets: Sequence[int], transform: Transform,
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int] | torch.Tensor, transform: Transform,
                  decode_min_size: int | None = None) -> None:
         if len(paths) != len(targets):
             raise ValueError("paths and targets differ in length")
         self.paths = list(paths)
-        self.targets = list(targets)
+        self.targets = targets if isinstance(targets, torch.Tensor) else list(targets)
         self.transform = transform
         self.decode_min_size = decode_min_size  # see ``load_rgb``: reduced-size JPEG decoding
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         return self.transform(read_image(self.paths[index], self.decode_min_size)), self.targets[index]
 
 

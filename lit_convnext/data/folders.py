@@ -94,6 +94,7 @@ class FolderSplits:
     val: list[Sample]
     test: list[Sample]
     val_is_held_out: bool  # True when val was drawn from the training folders
+    multilabel: bool = False  # from a label file with a ``labels`` column (see ``labels.py``)
 
     def targets(self, samples: Iterable[Sample]) -> list[int]:
         index = {name: i for i, name in enumerate(self.class_names)}
@@ -126,7 +127,7 @@ def read_folder_splits(
         class_names = sorted(per_class, key=natural_key)
         pool, test = _flatten(per_class), []
     if manifest is not None:
-        train, val = _split_from_manifest(root, pool, Path(manifest))
+        train, val = split_from_manifest(root, pool, Path(manifest))
     else:
         train, val = stratified_split(pool, val_fraction, seed)
     return FolderSplits(class_names, train, val, test, val_is_held_out=True)
@@ -172,10 +173,18 @@ def write_split_manifest(path: Path, root: Path, splits: FolderSplits) -> None:
         writer.writerow(["split", "class", "path"])
         for split, samples in (("train", splits.train), ("val", splits.val)):
             for sample in samples:
-                writer.writerow([split, sample.class_name, sample.path.relative_to(root).as_posix()])
+                writer.writerow([split, sample.class_name, manifest_path(sample.path, root)])
 
 
-def _split_from_manifest(root: Path, pool: list[Sample], manifest: Path) -> tuple[list[Sample], list[Sample]]:
+def manifest_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as the manifest stores it (absolute for a label file's image outside root)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def split_from_manifest(root: Path, pool: list[Sample], manifest: Path) -> tuple[list[Sample], list[Sample]]:
     if not manifest.is_file():
         raise UserError(f"split manifest {manifest} does not exist: pass a split_manifest.csv from an earlier run")
     assignment: dict[str, str] = {}
@@ -184,6 +193,6 @@ def _split_from_manifest(root: Path, pool: list[Sample], manifest: Path) -> tupl
             assignment[row["path"]] = row["split"]
     train, val = [], []
     for sample in pool:
-        split = assignment.get(sample.path.relative_to(root).as_posix(), "train")
+        split = assignment.get(manifest_path(sample.path, root), "train")
         (val if split == "val" else train).append(sample)
     return train, val

@@ -29,9 +29,18 @@ def eval_sampler(dataset: Dataset, trainer: pl.Trainer | None) -> Sampler | None
                                         shuffle=False)
 
 
-def balanced_sampler(targets: Sequence[int], seed: int) -> WeightedRandomSampler:
-    """Draw ``len(targets)`` indices with replacement, every class equally likely (seeded, same on every rank)."""
-    counts = torch.bincount(torch.as_tensor(targets))
-    weights = 1.0 / counts[torch.as_tensor(targets)].double()
+def balanced_sampler(targets: Sequence[int] | torch.Tensor, seed: int) -> WeightedRandomSampler:
+    """Draw ``len(targets)`` indices with replacement, every class equally likely (seeded, same on every rank).
+
+    Multi-hot targets (multi-label): an image is drawn with the mean of ``1 / n_class`` over its classes, so
+    images of rare classes come up more often (classes that co-occur cannot be balanced exactly).
+    """
+    targets = torch.as_tensor(targets)
+    if targets.ndim == 2:
+        per_class = 1.0 / targets.sum(0).clamp(min=1).double()
+        weights = (targets.double() @ per_class) / targets.sum(1).clamp(min=1).double()
+    else:
+        counts = torch.bincount(targets)
+        weights = 1.0 / counts[targets].double()
     generator = torch.Generator().manual_seed(seed)
     return WeightedRandomSampler(weights, num_samples=len(targets), replacement=True, generator=generator)

@@ -253,6 +253,7 @@ class DoctorReport:
     files_checked: int
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    label_file_problems: list[tuple[int, str, str]] = field(default_factory=list)  # (line, value, problem)
 
     @property
     def ok(self) -> bool:
@@ -275,19 +276,58 @@ def scan(root: str | Path, image_size: int | None = None, deep: bool = False, wo
     checks = inspect_files([p for _, p in files], deep=deep, workers=workers, progress=progress)
     split_of = {str(p): f.split for f, p in files}
 
+    train_split = "train" if layout == "splits" else "all"
+    report = _report(root, layout, [(f.split, (f.name,)) for f, _ in files], checks, split_of, train_split,
+                     image_size, deep, [(f.split, f.name) for f in folders],
+                     [str(p) for f in folders for p in f.ignored])
+    _judge(report, train_split)
+    return report
+
+
+def scan_label_file(root: str | Path, labels: str | Path, separator: str = ";", image_size: int | None = None,
+                    deep: bool = False, workers: int | None = None, progress: Callable[[int], None] | None = None,
+                    on_total: Callable[[int], None] | None = None) -> DoctorReport:
+    """:func:`scan` for a label file (``--data.labels``): its own problems (line, value, what is wrong) become
+    errors or warnings, and the listed images get the same per-file checks; classes are counted per split."""
+    from lit_convnext.data.labels import read_label_file
+
+    table = read_label_file(Path(labels), Path(root).expanduser(), separator)
+    entries = [(split or "all", sample) for sample, split in table.rows]
+    if on_total:
+        on_total(len(entries))
+    checks = inspect_files([s.path for _, s in entries], deep=deep, workers=workers, progress=progress)
+    train_split = "train" if table.has_split else "all"
+    kind = "multi-label" if table.multilabel else "one label per image"
+    report = _report(Path(root).expanduser(), f"label file {table.file} ({kind})",
+                     [(split, s.labels) for split, s in entries], checks,
+                     {str(s.path): split for split, s in entries}, train_split, image_size, deep,
+                     [(train_split, name) for name in table.class_names], [])
+    report.label_file_problems = [(p.line, p.value, p.problem) for p in table.problems]
+    file_errors = [p.message(table.file) for p in table.errors]
+    _judge(report, train_split)
+    report.errors[:0] = file_errors
+    report.warnings[:0] = [p.message(table.file) for p in table.problems if not p.error]
+    return report
+
+
+def _report(root: Path, layout: str, entries: Sequence[tuple[str, tuple[str, ...]]], checks: Sequence[FileCheck],
+            split_of: dict[str, str], train_split: str, image_size: int | None, deep: bool,
+            known: Sequence[tuple[str, str]], ignored: list[str]) -> DoctorReport:
+    """Tally the per-file checks of ``entries`` (split, class names of one file) into a report."""
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     usable: dict[str, FileCheck] = {}
-    for folder in folders:
-        counts[folder.split][folder.name] = 0
+    for split, name in known:
+        counts[split][name] = 0
     bad_files, wrong_ext, too_small = [], [], []
     conversions: Counter[str] = Counter()
     rotated = frames = 0
-    for (folder, _), check in zip(files, checks):
+    for (split, names), check in zip(entries, checks):
         if check.error:
             bad_files.append((check.path, check.error))
             continue
         usable[check.path] = check
-        counts[folder.split][folder.name] += 1
+        for name in names:
+            counts[split][name] = counts[split].get(name, 0) + 1
         conversions.update(check.conversions)
         rotated += check.exif_rotated
         frames += check.frames > 1
@@ -296,25 +336,21 @@ def scan(root: str | Path, image_size: int | None = None, deep: bool = False, wo
         if image_size and min(check.width, check.height) < image_size:
             too_small.append((check.path, check.width, check.height))
 
-    train_split = "train" if layout == "splits" else "all"
     train_classes = {c for c, n in counts.get(train_split, {}).items() if n}
-    empty = [(f.split, f.name) for f in folders if counts[f.split][f.name] == 0]
+    empty = [(split, name) for split, name in known if counts[split][name] == 0]
     unknown = [(s, c) for s in counts if s != train_split for c in counts[s] if c not in train_classes]
     missing = [(s, c) for s in counts if s != train_split for c in sorted(train_classes - set(counts[s]), key=natural_key)]
     duplicates, leakage = _duplicates(usable.values(), split_of, train_split)
-    report = DoctorReport(
+    return DoctorReport(
         root=str(root), layout=layout, image_size=image_size, deep=deep,
         counts={s: counts[s] for s in counts},
         imbalance={s: _imbalance(c) for s, c in counts.items()},
         empty_classes=empty, unknown_classes=unknown, missing_classes=missing,
         bad_files=bad_files, wrong_extension=wrong_ext, conversions=dict(sorted(conversions.items())),
-        exif_rotated=rotated, multi_frame=frames,
-        ignored_files=[str(p) for f in folders for p in f.ignored],
+        exif_rotated=rotated, multi_frame=frames, ignored_files=ignored,
         size_stats=_size_stats(usable.values()), too_small=too_small,
-        duplicates=duplicates, leakage=leakage, files_checked=len(files),
+        duplicates=duplicates, leakage=leakage, files_checked=len(entries),
     )
-    _judge(report, train_split)
-    return report
 
 
 def _imbalance(per_class: dict[str, int]) -> float | None:
