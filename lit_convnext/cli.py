@@ -13,12 +13,11 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -31,7 +30,7 @@ from lit_convnext.callbacks import (
     ResumableModelCheckpoint,
     ThrottledRichProgressBar,
 )
-from lit_convnext.callbacks.checkpointing import newest_last_checkpoint, run_version
+from lit_convnext.callbacks.checkpointing import LAST_NAME, newest_last_checkpoint, run_version
 from lit_convnext.commands import COMMANDS
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.errors import UserError, out_of_memory_message
@@ -40,6 +39,14 @@ from lit_convnext.trainer import ConvNeXtTrainer
 
 #: ``--ckpt_path`` values that Lightning resolves itself instead of reading a file.
 SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
+
+#: Where runs are written unless ``--trainer.default_root_dir`` (or a logger's ``save_dir``) says otherwise.
+DEFAULT_ROOT_DIR = "runs"
+
+#: Default callbacks (their option group) and the Trainer switch that turns their feature off: Lightning
+#: refuses a progress bar without ``enable_progress_bar``, a checkpoint callback without ``enable_checkpointing``
+#: and an lr monitor without a logger, so each default follows its feature off.
+CALLBACK_SWITCHES = {"progress_bar": "enable_progress_bar", "checkpoint": "enable_checkpointing", "lr_monitor": "logger"}
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -118,15 +125,38 @@ class ConvNeXtCLI(LightningCLI):
             config.trainer.enable_checkpointing = False
         if self.subcommand == "predict":
             config.trainer.logger = False  # predict logs no metrics; it writes the output file only
+        self._follow_default_root_dir(config.trainer)
+        parser = self._parser(self.subcommand)
+        parser.callback_keys = [key for key in parser.callback_keys
+                                if config.trainer.get(CALLBACK_SWITCHES.get(key, "")) is not False]
         precision = str(config.trainer.get("precision"))
         if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             rank_zero_warn(f"This GPU does not support bfloat16: using 16-mixed instead of {precision}.")
             config.trainer.precision = "16-mixed"
 
+    @staticmethod
+    def _follow_default_root_dir(trainer) -> None:
+        """Write the run where ``--trainer.default_root_dir`` says: the default logger's ``save_dir`` follows it.
+
+        A ``save_dir`` other than the default was chosen by the user and is kept.
+        """
+        init = getattr(trainer.get("logger"), "init_args", None)
+        root = trainer.get("default_root_dir")
+        if root is None:
+            trainer.default_root_dir = root = DEFAULT_ROOT_DIR
+        if init is not None and init.get("save_dir") == DEFAULT_ROOT_DIR:
+            init.save_dir = str(root)
+
     def _resume_into_last_run(self, config) -> Path:
         """Resolve ``--ckpt_path last`` to the newest run's last.ckpt and log into that run again."""
+        self._follow_default_root_dir(config.trainer)
         logger = config.trainer.get("logger")
         init = getattr(logger, "init_args", None)
+        if not logger:  # no logger: Lightning writes checkpoints to <default_root_dir>/checkpoints
+            checkpoint = Path(config.trainer.default_root_dir) / "checkpoints" / LAST_NAME
+            if not checkpoint.is_file():
+                raise UserError(f"--ckpt_path last: {checkpoint} does not exist; pass the path of a .ckpt file")
+            return checkpoint
         if init is None or init.get("save_dir") is None:
             raise UserError("--ckpt_path last needs a logger with a save_dir (runs/...): pass the .ckpt path instead")
         checkpoint = newest_last_checkpoint(Path(init.save_dir), init.get("name") or "")
@@ -142,14 +172,6 @@ class ConvNeXtCLI(LightningCLI):
             strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand in ("fit", None):  # None: build_cli(run=False), the caller runs the Trainer
             self.trainer.callbacks.append(FiniteLossGuard())
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        # Lightning refuses these callbacks when their feature is switched off: drop our defaults instead.
-        if config.get("enable_progress_bar") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        if config.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        return super()._instantiate_trainer(config, callbacks)
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -179,9 +201,10 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         parser_class=OneLineErrorParser,
         seed_everything_default=42,
         trainer_defaults={
+            "default_root_dir": DEFAULT_ROOT_DIR,
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": "convnext"},
+                "init_args": {"save_dir": DEFAULT_ROOT_DIR, "name": "convnext"},
             },
         },
         args=args,
