@@ -8,6 +8,7 @@ one-line errors.
 from __future__ import annotations
 
 import importlib
+import logging
 import pickle
 import re
 import sys
@@ -215,12 +216,20 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
 
 
 
+class _DropAdvertisement(logging.Filter):
+    """Lightning 2.6 advertises a cloud logger on every run: not a line about the user's run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
     argv = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, list) else None
     # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisement())
     if argv and argv[0] in COMMANDS:
         _run_command(argv[0], argv[1:])
     try:

@@ -16,7 +16,7 @@ from lit_convnext.errors import UserError
 SHOW = 20
 
 
-def doctor(root: Path, json: Path | None = None, image_size: int | None = None, deep: bool = False,
+def doctor(root: Path, json: Path | None = None, image_size: int | None = None, header_only: bool = False,
            workers: int | None = None) -> int:
     """Check an image folder for problems before training; exit status 1 when there are errors.
 
@@ -24,7 +24,8 @@ def doctor(root: Path, json: Path | None = None, image_size: int | None = None, 
         root: The data folder, in any layout ``fit`` accepts (``train/ val/ test/`` or class folders).
         json: Also write the full report as JSON to this file.
         image_size: Training resolution; smaller images are reported.
-        deep: Fully decode every image (slower) instead of header and container checks.
+        header_only: Check headers and containers only, without decoding pixels: faster, but misses files
+            whose pixel data is corrupt (which training would then fail on).
         workers: Parallel processes; default one per CPU core.
     """
     root = Path(root).expanduser()
@@ -34,7 +35,7 @@ def doctor(root: Path, json: Path | None = None, image_size: int | None = None, 
     with Progress(TextColumn("checking images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("scan", total=None)
-        report = scan(root, image_size=image_size, deep=deep, workers=workers,
+        report = scan(root, image_size=image_size, header_only=header_only, workers=workers,
                       on_total=lambda n: progress.update(task, total=n),
                       progress=lambda n: progress.advance(task, n))
     render(report, console)
@@ -48,7 +49,7 @@ def doctor(root: Path, json: Path | None = None, image_size: int | None = None, 
 def render(report: DoctorReport, console: Console) -> None:
     """Print ``report`` as a few tables and a verdict."""
     console.print(f"[bold]{report.root}[/] ({report.layout}), {report.files_checked} image files checked"
-                  f"{' (full decode)' if report.deep else ''}")
+                  f"{' (headers only: corrupt pixel data is not found)' if report.header_only else ', pixels decoded'}")
     splits = list(report.counts)
     classes = sorted({c for per in report.counts.values() for c in per},
                      key=lambda c: list(report.counts.get(splits[0], {})).index(c)

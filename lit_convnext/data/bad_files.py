@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
-from lit_convnext.data.scan import inspect_files
+from lit_convnext.data.datasets import append_bad_files
 from lit_convnext.data.folders import Sample
+from lit_convnext.data.scan import inspect_files
 from lit_convnext.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -20,12 +22,18 @@ log = logging.getLogger(__name__)
 LISTED = 10
 
 
-def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: int | None = None) -> list[Sample]:
-    """``samples`` without undecodable files; raises :class:`UserError` listing them unless ``skip``."""
+def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: int | None = None,
+                  bad_file_list: Path | None = None) -> list[Sample]:
+    """``samples`` without undecodable files; raises :class:`UserError` listing them unless ``skip``.
+
+    Every image is decoded (see :mod:`lit_convnext.data.scan`); the bad ones are also appended to
+    ``bad_file_list`` (the run directory's ``bad_files.csv``).
+    """
     checks = inspect_files([s.path for s in samples], workers=workers, processes=False)
     bad = {c.path: c.error for c in checks if c.error}
     if not bad:
         return list(samples)
+    append_bad_files(bad_file_list, list(bad.items()), f"{split} check before the first step")
     listed = "; ".join(f"{path} ({reason})" for path, reason in list(bad.items())[:LISTED])
     more = f" and {len(bad) - LISTED} more" if len(bad) > LISTED else ""
     if not skip:

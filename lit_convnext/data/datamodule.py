@@ -17,7 +17,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from lit_convnext.data.bad_files import check_samples
-from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
+from lit_convnext.data.datasets import BAD_FILES_NAME, LabeledImages, UnlabeledImages
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
 from lit_convnext.data.transforms import (
     TrainAugmentation,
@@ -58,12 +58,13 @@ class ImageFolderDataModule(LightningDataModule):
         pin_memory: Page-locked batches for faster host-to-GPU copies; ``None`` means on when CUDA is used.
         persistent_workers: Keep loader workers alive between epochs instead of restarting them.
         augmentation: Training augmentation (timm's random resized crop, flips, RandAugment, erasing).
-        skip_bad_files: Undecodable images found by the check before training are left out (with a logged
-            summary) instead of stopping the run with a list of them.
+        skip_bad_files: Undecodable images are left out (with a logged summary) instead of stopping the run:
+            those the check before training finds, and any that fails to load mid-run (replaced by the
+            next image). Either way they are listed in the run directory's ``bad_files.csv``.
         sampler: ``shuffle`` (each image once per epoch) or ``balanced`` (draws with replacement, every class
             equally likely; works with DDP through Lightning's sampler wrapper).
-        check_files: Check every file of the splits in use before the first step (header and container
-            checks, in threads); ``false`` saves that time on data already checked with ``lit-convnext doctor``.
+        check_files: Check every file of the splits in use before the first step (pixels decoded, in
+            threads); ``false`` saves that time on data already checked with ``lit-convnext doctor``.
         reduced_decode: Decode large JPEGs at 1/2, 1/4 or 1/8 size when the transform needs no more
             pixels than that (several times faster loading of camera photos).
     """
@@ -168,7 +169,8 @@ class ImageFolderDataModule(LightningDataModule):
         for name in split_names:
             if not self.check_files or name in self._checked:
                 continue
-            kept = check_samples(getattr(self.splits, name), name, self.skip_bad_files, self.num_workers or None)
+            kept = check_samples(getattr(self.splits, name), name, self.skip_bad_files, self.num_workers or None,
+                                 self._bad_file_list())
             setattr(self.splits, name, kept)
             self._checked.add(name)
 
@@ -181,7 +183,14 @@ class ImageFolderDataModule(LightningDataModule):
         return preprocessing
 
     def _labeled(self, samples: list, transform: Any, decode_min_size: int | None = None) -> LabeledImages:
-        return LabeledImages([s.path for s in samples], self.splits.targets(samples), transform, decode_min_size)
+        return LabeledImages([s.path for s in samples], self.splits.targets(samples), transform, decode_min_size,
+                             skip_bad=self.skip_bad_files, bad_file_list=self._bad_file_list())
+
+    def _bad_file_list(self) -> Path | None:
+        """The run directory's ``bad_files.csv`` (``None`` without a trainer)."""
+        if self.trainer is None:
+            return None
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / BAD_FILES_NAME  # a collective under DDP
 
     def _predict_paths(self) -> list[Path]:
         if self.predict_dir is None:

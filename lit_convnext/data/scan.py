@@ -4,10 +4,12 @@
 ``root/<class>/...``) but, unlike the training scan, reports every problem instead of stopping at the
 first. :func:`inspect_files` is the per-file pass on its own; the DataModule runs it before training.
 
-The fast pass reads each file once: the bytes are hashed (exact-duplicate detection), the header is
-parsed by ``PIL.Image.open`` and ``verify()`` checks the container (chunk CRCs for PNG, the end-of-image
-marker for JPEG) without decoding pixels. ``deep=True`` additionally decodes every image the way training
-does (:func:`lit_convnext.data.images.load_rgb`), which catches corrupt pixel data at ~10x the cost.
+Each file is read once: the bytes are hashed (exact-duplicate detection), the header is parsed by
+``PIL.Image.open``, ``verify()`` checks the container (chunk CRCs for PNG, the end-of-image marker for
+JPEG), and the pixels are decoded the way training decodes them (:func:`lit_convnext.data.images.load_rgb`;
+JPEGs at 1/8 scale through libjpeg's ``draft``, which still reads every coded block), so every file that
+would fail in training fails here. ``header_only=True`` skips the decode: faster, but it misses files whose
+headers are fine and whose pixel data is corrupt (bad palettes, broken compressed streams).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from lit_convnext.data.folders import IMAGE_SUFFIXES, SPLIT_NAMES, class_folders, is_hidden, natural_key
-from lit_convnext.data.images import load_rgb
+from lit_convnext.data.images import load_rgb, open_image
 
 #: Which extensions are normal for each Pillow format (a mismatch is reported, it still loads).
 FORMAT_SUFFIXES = {
@@ -67,7 +69,7 @@ class FileCheck:
     digest: str | None = None
 
 
-def check_file(path: str | Path, deep: bool = False) -> FileCheck:
+def check_file(path: str | Path, header_only: bool = False) -> FileCheck:
     """Inspect one file (never raises for a bad file: the problem goes into ``error``)."""
     path = Path(path)
     result = FileCheck(str(path))
@@ -84,8 +86,8 @@ def check_file(path: str | Path, deep: bool = False) -> FileCheck:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning, palette transparency notes
             _read_header(data, result)
-            if deep:
-                load_rgb(io.BytesIO(data))
+            if not header_only:
+                load_rgb(io.BytesIO(data), min_size=1)  # min_size=1: JPEGs at the smallest DCT scale
     except UnidentifiedImageError:
         result.error = _not_an_image(data)
     except Exception as err:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
@@ -96,7 +98,7 @@ def check_file(path: str | Path, deep: bool = False) -> FileCheck:
 
 
 def _read_header(data: bytes, result: FileCheck) -> None:
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(io.BytesIO(data)) as img:
         result.format, result.mode = img.format, img.mode
         width, height = img.size
         result.frames = getattr(img, "n_frames", 1)
@@ -140,13 +142,13 @@ def _not_an_image(data: bytes) -> str:
         return "not an image (unrecognised content)"
 
 
-def _check_chunk(paths: Sequence[str], deep: bool) -> list[FileCheck]:
-    return [check_file(p, deep) for p in paths]
+def _check_chunk(paths: Sequence[str], header_only: bool) -> list[FileCheck]:
+    return [check_file(p, header_only) for p in paths]
 
 
 def inspect_files(
     paths: Iterable[str | Path],
-    deep: bool = False,
+    header_only: bool = False,
     workers: int | None = None,
     processes: bool = True,
     progress: Callable[[int], None] | None = None,
@@ -155,7 +157,7 @@ def inspect_files(
 
     Args:
         paths: Files to check.
-        deep: Fully decode every image instead of header + container checks.
+        header_only: Header and container checks only, no pixel decoding (see the module docstring).
         workers: Parallel workers; ``None`` means one per CPU core; 1 checks in this process.
         processes: Worker processes (fastest: header parsing is Python code) or threads (``False``; safe
             inside a training process that already holds a GPU context).
@@ -168,13 +170,13 @@ def inspect_files(
     results: list[FileCheck] = []
     if workers <= 1 or len(chunks) <= 1:
         for part in chunks:
-            results.extend(_check_chunk(part, deep))
+            results.extend(_check_chunk(part, header_only))
             if progress:
                 progress(len(part))
         return results
     pool: Executor = (ProcessPoolExecutor if processes else ThreadPoolExecutor)(max_workers=workers)
     with pool:
-        for part in pool.map(_check_chunk, chunks, [deep] * len(chunks)):
+        for part in pool.map(_check_chunk, chunks, [header_only] * len(chunks)):
             results.extend(part)
             if progress:
                 progress(len(part))
@@ -234,7 +236,7 @@ class DoctorReport:
     root: str
     layout: str
     image_size: int | None
-    deep: bool
+    header_only: bool
     counts: dict[str, dict[str, int]]  # split -> class -> usable images
     imbalance: dict[str, float | None]  # split -> largest / smallest class count
     empty_classes: list[tuple[str, str]]  # (split, class)
@@ -262,7 +264,7 @@ class DoctorReport:
         return asdict(self)
 
 
-def scan(root: str | Path, image_size: int | None = None, deep: bool = False, workers: int | None = None,
+def scan(root: str | Path, image_size: int | None = None, header_only: bool = False, workers: int | None = None,
          progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None) -> DoctorReport:
     """Check every split of ``root``; see the module docstring. ``progress``/``on_total`` drive a progress bar."""
     root = Path(root).expanduser()
@@ -272,7 +274,7 @@ def scan(root: str | Path, image_size: int | None = None, deep: bool = False, wo
     files = [(f, p) for f in folders for p in f.images]
     if on_total:
         on_total(len(files))
-    checks = inspect_files([p for _, p in files], deep=deep, workers=workers, progress=progress)
+    checks = inspect_files([p for _, p in files], header_only=header_only, workers=workers, progress=progress)
     split_of = {str(p): f.split for f, p in files}
 
     counts: dict[str, dict[str, int]] = defaultdict(dict)
@@ -303,7 +305,7 @@ def scan(root: str | Path, image_size: int | None = None, deep: bool = False, wo
     missing = [(s, c) for s in counts if s != train_split for c in sorted(train_classes - set(counts[s]), key=natural_key)]
     duplicates, leakage = _duplicates(usable.values(), split_of, train_split)
     report = DoctorReport(
-        root=str(root), layout=layout, image_size=image_size, deep=deep,
+        root=str(root), layout=layout, image_size=image_size, header_only=header_only,
         counts={s: counts[s] for s in counts},
         imbalance={s: _imbalance(c) for s, c in counts.items()},
         empty_classes=empty, unknown_classes=unknown, missing_classes=missing,
