@@ -7,7 +7,6 @@ one-line errors.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import pickle
 import re
@@ -34,6 +33,7 @@ from lit_convnext.callbacks import (
 from lit_convnext.callbacks.checkpointing import LAST_NAME, newest_last_checkpoint, run_version
 from lit_convnext.commands import COMMANDS
 from lit_convnext.data import ImageFolderDataModule
+from lit_convnext.entry import fail, run_command
 from lit_convnext.errors import UserError, out_of_memory_message
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
@@ -231,35 +231,14 @@ def main(args: ArgsType = None) -> None:
                             category=FutureWarning)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisement())
     if argv and argv[0] in COMMANDS:
-        _run_command(argv[0], argv[1:])
+        run_command(argv[0], argv[1:])
     try:
         build_cli(args)
     except UserError as err:
-        _fail(str(err))
+        fail(str(err))
     except pickle.UnpicklingError as err:
-        _fail(f"refusing to load a checkpoint that is not plain tensors and values (it would run code "
+        fail(f"refusing to load a checkpoint that is not plain tensors and values (it would run code "
               f"when unpickled): {str(err).splitlines()[0]}")
-
-
-def _run_command(name: str, argv: list[str]) -> None:
-    """Run a command that needs no Trainer (``doctor``, ``export``) from its function's typed signature."""
-    from jsonargparse import auto_cli
-
-    module_name, function_name = COMMANDS[name].split(":")
-    function = getattr(importlib.import_module(module_name), function_name)
-    try:
-        result = auto_cli(function, args=argv, prog=f"lit-convnext {name}")
-    except UserError as err:
-        _fail(str(err))
-    raise SystemExit(result if isinstance(result, int) else 0)
-
-
-def _fail(message: str) -> None:
-    # Errors raised inside DataLoader workers arrive wrapped with the worker's traceback: keep our line.
-    if "Original Traceback" in message:
-        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-    print(f"lit-convnext: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 if __name__ == "__main__":

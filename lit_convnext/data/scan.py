@@ -28,6 +28,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from lit_convnext.data.check_cache import CheckCache, file_key
 from lit_convnext.data.folders import IMAGE_SUFFIXES, SPLIT_NAMES, class_folders, is_hidden, natural_key
 from lit_convnext.data.images import load_rgb, open_image
 
@@ -152,6 +153,7 @@ def inspect_files(
     workers: int | None = None,
     processes: bool = True,
     progress: Callable[[int], None] | None = None,
+    cache: bool = True,
 ) -> list[FileCheck]:
     """Run :func:`check_file` over ``paths`` in parallel; results come back in input order.
 
@@ -162,9 +164,33 @@ def inspect_files(
         processes: Worker processes (fastest: header parsing is Python code) or threads (``False``; safe
             inside a training process that already holds a GPU context).
         progress: Called with the number of files finished after each chunk.
+        cache: Reuse the result of files whose size and modification time are unchanged since an earlier
+            check, and remember the new ones (:mod:`lit_convnext.data.check_cache`).
     """
     paths = [str(p) for p in paths]
-    workers = workers or _cpu_count()
+    store = CheckCache() if cache else None
+    keys = {p: file_key(p) for p in paths} if store else {}
+    known = store.lookup([k for k in keys.values() if k], header_only) if store else {}
+    results: dict[str, FileCheck] = {}
+    for path in paths:
+        key = keys.get(path)
+        if key and key[0] in known:
+            results[path] = FileCheck(**{**known[key[0]], "path": path})
+    if progress and results:
+        progress(len(results))
+    todo = [p for p in paths if p not in results]
+    fresh = _check_all(todo, header_only, workers or _cpu_count(), processes, progress)
+    results.update((check.path, check) for check in fresh)
+    if store:
+        # A file that could not be opened (permissions, a vanished mount) may be fine later at the same mtime.
+        store.store([(keys[c.path], asdict(c)) for c in fresh
+                     if keys.get(c.path) and not (c.error or "").startswith("cannot read file")], header_only)
+        store.close()
+    return [results[p] for p in paths]
+
+
+def _check_all(paths: list[str], header_only: bool, workers: int, processes: bool,
+               progress: Callable[[int], None] | None) -> list[FileCheck]:
     chunk = 64
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     results: list[FileCheck] = []
@@ -265,7 +291,8 @@ class DoctorReport:
 
 
 def scan(root: str | Path, image_size: int | None = None, header_only: bool = False, workers: int | None = None,
-         progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None) -> DoctorReport:
+         progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
+         cache: bool = True) -> DoctorReport:
     """Check every split of ``root``; see the module docstring. ``progress``/``on_total`` drive a progress bar."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -274,7 +301,8 @@ def scan(root: str | Path, image_size: int | None = None, header_only: bool = Fa
     files = [(f, p) for f in folders for p in f.images]
     if on_total:
         on_total(len(files))
-    checks = inspect_files([p for _, p in files], header_only=header_only, workers=workers, progress=progress)
+    checks = inspect_files([p for _, p in files], header_only=header_only, workers=workers, progress=progress,
+                           cache=cache)
     split_of = {str(p): f.split for f, p in files}
 
     counts: dict[str, dict[str, int]] = defaultdict(dict)
