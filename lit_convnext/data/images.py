@@ -64,14 +64,19 @@ def load_rgb(path: str | Path, min_size: int | None = None) -> Image.Image:
     same before and after EXIF rotation, so orientation is applied afterwards as usual.
     """
     with open_image(path) as img:
-        if min_size is not None and img.format == "JPEG":
-            draft_to_short_side(img, min_size)
-        if img.format == "TIFF":
-            with libtiff_errors_raised():
-                img.load()
-        else:
+        return decode(img, min_size)
+
+
+def decode(img: Image.Image, min_size: int | None = None) -> Image.Image:
+    """Decode an opened image (see :func:`load_rgb`) into upright RGB."""
+    if min_size is not None and img.format == "JPEG":
+        draft_to_short_side(img, min_size)
+    if img.format == "TIFF":
+        with libtiff_errors_raised():
             img.load()
-        return to_rgb(img)
+    else:
+        img.load()
+    return to_rgb(img)
 
 
 _STDERR_LOCK = threading.Lock()

@@ -4,12 +4,13 @@
 ``root/<class>/...``) but, unlike the training scan, reports every problem instead of stopping at the
 first. :func:`inspect_files` is the per-file pass on its own; the DataModule runs it before training.
 
-Each file is read once: the bytes are hashed (exact-duplicate detection), the header is parsed by
-``PIL.Image.open``, ``verify()`` checks the container (chunk CRCs for PNG, the end-of-image marker for
-JPEG), and the pixels are decoded the way training decodes them (:func:`lit_convnext.data.images.load_rgb`;
-JPEGs at 1/8 scale through libjpeg's ``draft``, which still reads every coded block), so every file that
-would fail in training fails here. ``header_only=True`` skips the decode: faster, but it misses files whose
-headers are fine and whose pixel data is corrupt (bad palettes, broken compressed streams).
+Each file is read and opened once: the bytes are hashed (exact-duplicate detection), the header is parsed
+by ``PIL.Image.open``, and the pixels are decoded the way training decodes them
+(:func:`lit_convnext.data.images.decode`; JPEGs at 1/8 scale through libjpeg's ``draft``, which still reads
+every coded block), so every file that would fail in training fails here. ``header_only=True`` replaces
+the decode by ``verify()``, a check of the container (chunk CRCs for PNG, the end-of-image marker for
+JPEG): faster, but it misses files whose headers are fine and whose pixel data is corrupt (bad palettes,
+broken compressed streams).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lit_convnext.data.check_cache import CheckCache, file_key
 from lit_convnext.data.folders import IMAGE_SUFFIXES, SPLIT_NAMES, class_folders, is_hidden, natural_key
-from lit_convnext.data.images import load_rgb, open_image
+from lit_convnext.data.images import decode, open_image
 
 #: Which extensions are normal for each Pillow format (a mismatch is reported, it still loads).
 FORMAT_SUFFIXES = {
@@ -85,10 +86,8 @@ def check_file(path: str | Path, header_only: bool = False) -> FileCheck:
     result.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning, palette transparency notes
-            _read_header(data, result)
-            if not header_only:
-                load_rgb(io.BytesIO(data), min_size=1)  # min_size=1: JPEGs at the smallest DCT scale
+            warnings.simplefilter("ignore")  # e.g. palette transparency notes
+            _inspect(data, result, header_only)
     except UnidentifiedImageError:
         result.error = _not_an_image(data)
     except Exception as err:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
@@ -98,21 +97,38 @@ def check_file(path: str | Path, header_only: bool = False) -> FileCheck:
     return result
 
 
-def _read_header(data: bytes, result: FileCheck) -> None:
+def _inspect(data: bytes, result: FileCheck, header_only: bool) -> None:
+    """Fill ``result`` from one open of the file: header fields, then the decode (or ``verify``)."""
     with open_image(io.BytesIO(data)) as img:
         result.format, result.mode = img.format, img.mode
+        result.conversions = _conversions(img)
         width, height = img.size
         result.frames = getattr(img, "n_frames", 1)
-        orientation = img.getexif().get(ORIENTATION_TAG, 1)
-        result.exif_rotated = orientation not in (1, None)
-        if orientation in (5, 6, 7, 8):
-            width, height = height, width
-        result.width, result.height = width, height
-        result.conversions = _conversions(img)
-    with Image.open(io.BytesIO(data)) as img:
-        img.verify()  # must come right after open: checks the container without decoding pixels
-    if result.format == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        raise OSError("truncated JPEG (no end-of-image marker)")
+        if result.frames > 1:
+            img.seek(0)  # counting frames moved to the last one; training uses the first
+        if not header_only:
+            decode(img, min_size=1)  # min_size=1: JPEGs at the smallest DCT scale, every coded block still read
+        orientation = _orientation(img, decoded=not header_only)
+    if header_only:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()  # must come right after open: checks the container without decoding pixels
+        if result.format == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+            raise OSError("truncated JPEG (no end-of-image marker)")
+    result.exif_rotated = orientation not in (1, None)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    result.width, result.height = width, height
+
+
+def _orientation(img: Image.Image, decoded: bool) -> int | None:
+    """The EXIF orientation; without a decode, a PNG's EXIF is read only when it precedes the pixel data
+    (Pillow's ``getexif`` would decode the whole image to look for a late ``eXIf`` chunk)."""
+    if decoded or img.format != "PNG":
+        return img.getexif().get(ORIENTATION_TAG, 1)
+    exif = Image.Exif()
+    if "exif" in img.info:
+        exif.load(img.info["exif"])
+    return exif.get(ORIENTATION_TAG, 1)
 
 
 def _conversions(img: Image.Image) -> list[str]:
