@@ -37,6 +37,7 @@ from lit_convnext.entry import fail, run_command
 from lit_convnext.errors import UserError, out_of_memory_message
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
+from lit_convnext.weights.classes import stored_class_names
 
 #: ``--ckpt_path`` values that Lightning resolves itself instead of reading a file.
 SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
@@ -118,8 +119,10 @@ class ConvNeXtCLI(LightningCLI):
         if ckpt_path:
             # The weights come from the checkpoint: do not download or read the original ones again.
             config.model.pretrained = False
-        elif self.subcommand in ("validate", "test", "predict"):
-            raise UserError(f"`{self.subcommand}` needs a trained model: pass --ckpt_path CHECKPOINT.ckpt")
+        elif self.subcommand == "predict" or (self.subcommand in ("validate", "test")
+                                              and config.model.pretrained in (False, None, "", "false")):
+            also = " or --model.pretrained WEIGHTS with a head for the folder's classes" if self.subcommand != "predict" else ""
+            raise UserError(f"`{self.subcommand}` needs a trained model: pass --ckpt_path CHECKPOINT.ckpt{also}")
         if self.subcommand != "fit":
             self.save_config_callback = None  # only training runs get a run directory with config.yaml
             # Nothing to save; and a restored ModelCheckpoint only warns that its dirpath changed.
@@ -173,6 +176,24 @@ class ConvNeXtCLI(LightningCLI):
             strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand in ("fit", None):  # None: build_cli(run=False), the caller runs the Trainer
             self.trainer.callbacks.append(FiniteLossGuard())
+        if self.subcommand in ("validate", "test") and not self.config[self.subcommand].get("ckpt_path"):
+            self._check_head_fits(self.config[self.subcommand].model.pretrained)
+
+    def _check_head_fits(self, pretrained: bool | str) -> None:
+        """``validate``/``test`` on ``--model.pretrained`` weights: only a trained head for these classes counts."""
+        names = self.model.class_names
+        source = "the hub weights" if pretrained is True else str(pretrained)
+        head = (self.model.load_report or {}).get("head")
+        if head != "kept":
+            reason = (self.model.load_report or {}).get("head_reason", "no head was loaded")
+            raise UserError(f"--model.pretrained {source} has no head for the {len(names)} classes of the folder "
+                            f"({reason}), so `{self.subcommand}` would measure a new, untrained head: pass weights "
+                            "fine-tuned on these classes, or a --ckpt_path")
+        stored = None if pretrained is True else stored_class_names(pretrained)
+        if stored != names:
+            found = f"its classes are {stored}" if stored else "it carries no class names (a checkpoint of this app or an export with its .json sidecar does)"
+            raise UserError(f"--model.pretrained {source}: {found}, the folder's are {names}; "
+                            f"`{self.subcommand}` needs the same classes in the same order")
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
