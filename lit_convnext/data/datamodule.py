@@ -16,8 +16,8 @@ from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from lit_convnext.data.bad_files import check_samples
-from lit_convnext.data.datasets import BAD_FILES_NAME, LabeledImages, UnlabeledImages
+from lit_convnext.data.bad_files import BAD_FILES_NAME, check_samples
+from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
 from lit_convnext.data.transforms import (
     TrainAugmentation,

@@ -8,8 +8,6 @@ or stops with one line naming it, leaving the last checkpoint intact for ``--ckp
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from lit_convnext.data.bad_files import append_bad_files
 from lit_convnext.data.images import load_rgb
 from lit_convnext.errors import UserError
 
@@ -25,30 +24,12 @@ log = logging.getLogger(__name__)
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
-#: File in the run directory listing every file left out or that stopped the run: ``path,reason,found``.
-BAD_FILES_NAME = "bad_files.csv"
-
-
 def decode_error(path: Path, min_size: int | None = None) -> tuple[Image.Image | None, str]:
     """``(image, "")`` or ``(None, reason)``: any exception while decoding makes the file a bad file."""
     try:
         return load_rgb(path, min_size), ""
     except Exception as err:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError, struct.error, ...
         return None, f"{type(err).__name__}: {err}" if not isinstance(err, OSError) else str(err)
-
-
-def append_bad_files(listing: Path | None, rows: Sequence[tuple[str, str]], found: str) -> None:
-    """Add ``(path, reason)`` rows to the run's bad-file list (one ``write`` per call: safe across workers)."""
-    if listing is None or not rows:
-        return
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    if not listing.exists():
-        writer.writerow(["path", "reason", "found"])
-    writer.writerows((path, reason, found) for path, reason in rows)
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    with listing.open("a", encoding="utf-8", newline="") as handle:
-        handle.write(buffer.getvalue())
 
 
 class LabeledImages(Dataset):
