@@ -48,7 +48,11 @@ DEFAULT_ROOT_DIR = "runs"
 #: Default callbacks (their option group) and the Trainer switch that turns their feature off: Lightning
 #: refuses a progress bar without ``enable_progress_bar``, a checkpoint callback without ``enable_checkpointing``
 #: and an lr monitor without a logger, so each default follows its feature off.
-CALLBACK_SWITCHES = {"progress_bar": "enable_progress_bar", "checkpoint": "enable_checkpointing", "lr_monitor": "logger"}
+CALLBACK_SWITCHES = {
+    "progress_bar": "enable_progress_bar",
+    "checkpoint": "enable_checkpointing",
+    "lr_monitor": "logger",
+}
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -121,7 +125,7 @@ class ConvNeXtCLI(LightningCLI):
             config.model.pretrained = False
         elif self.subcommand == "predict" or (self.subcommand in ("validate", "test")
                                               and config.model.pretrained in (False, None, "", "false")):
-            also = " or --model.pretrained WEIGHTS with a head for the folder's classes" if self.subcommand != "predict" else ""
+            also = "" if self.subcommand == "predict" else " or --model.pretrained WEIGHTS with a head for the classes"
             raise UserError(f"`{self.subcommand}` needs a trained model: pass --ckpt_path CHECKPOINT.ckpt{also}")
         if self.subcommand != "fit":
             self.save_config_callback = None  # only training runs get a run directory with config.yaml
@@ -191,7 +195,8 @@ class ConvNeXtCLI(LightningCLI):
                             "fine-tuned on these classes, or a --ckpt_path")
         stored = None if pretrained is True else stored_class_names(pretrained)
         if stored != names:
-            found = f"its classes are {stored}" if stored else "it carries no class names (a checkpoint of this app or an export with its .json sidecar does)"
+            found = (f"its classes are {stored}" if stored else
+                     "it carries no class names (a checkpoint of this app or an export with its .json sidecar does)")
             raise UserError(f"--model.pretrained {source}: {found}, the folder's are {names}; "
                             f"`{self.subcommand}` needs the same classes in the same order")
 
@@ -259,7 +264,7 @@ def main(args: ArgsType = None) -> None:
         fail(str(err))
     except pickle.UnpicklingError as err:
         fail(f"refusing to load a checkpoint that is not plain tensors and values (it would run code "
-              f"when unpickled): {str(err).splitlines()[0]}")
+             f"when unpickled): {str(err).splitlines()[0]}")
 
 
 if __name__ == "__main__":

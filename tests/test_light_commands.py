@@ -58,7 +58,12 @@ def test_second_check_of_unchanged_files_reads_nothing(tmp_path: Path, monkeypat
     first = inspect_files(paths, workers=1)
     checked: list[str] = []
     original = scan_module.check_file
-    monkeypatch.setattr(scan_module, "check_file", lambda path, header_only=False: checked.append(path) or original(path, header_only))
+
+    def counting(path: str, header_only: bool = False) -> scan_module.FileCheck:
+        checked.append(path)
+        return original(path, header_only)
+
+    monkeypatch.setattr(scan_module, "check_file", counting)
     assert inspect_files(paths, workers=1) == first and checked == []
     assert inspect_files(paths, workers=1, header_only=True) == first and checked == []  # a decode answers both
 
@@ -73,7 +78,7 @@ def test_second_check_of_unchanged_files_reads_nothing(tmp_path: Path, monkeypat
     assert len(checked) == len(paths)
 
 
-def test_header_only_results_do_not_answer_a_decoding_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_header_only_results_do_not_answer_a_decoding_check(tmp_path: Path) -> None:
     write_bad_files(tmp_path / "f")
     path = str(tmp_path / "f" / "bmp_palette_too_long.bmp")
     assert inspect_files([path], header_only=True, workers=1)[0].error is None  # headers are fine
