@@ -18,6 +18,10 @@ from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTh
 from lit_convnext.ranges import NonNegativeFloat, NonNegativeInt
 
 
+#: The metrics the bar shows, under short names so that they fit one 80-column line; TensorBoard has all of them.
+SHOWN_METRICS = {"train/loss_step": "loss", "val/loss": "val_loss", "val/acc1": "val_acc1", "val/f1": "val_f1"}
+
+
 class ThrottledRichProgressBar(RichProgressBar):
     """Rich progress bar whose training metrics are refreshed at most every ``metrics_interval`` seconds.
 
@@ -50,6 +54,12 @@ class ThrottledRichProgressBar(RichProgressBar):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         finally:
             self._in_train_batch = False
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        # Lightning shows every prog_bar metric (step and epoch loss, acc5, the version number): eight lines
+        # of wrapped text at 80 columns.
+        metrics = super().get_metrics(trainer, pl_module)
+        return {short: metrics[name] for name, short in SHOWN_METRICS.items() if name in metrics}
 
     def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = time.monotonic()
