@@ -169,8 +169,9 @@ class ImageFolderDataModule(LightningDataModule):
         for name in split_names:
             if not self.check_files or name in self._checked:
                 continue
+            listing = self._bad_file_list()  # every rank checks; one writes the list
             kept = check_samples(getattr(self.splits, name), name, self.skip_bad_files, self.num_workers or None,
-                                 self._bad_file_list())
+                                 listing if self.trainer is None or self.trainer.is_global_zero else None)
             setattr(self.splits, name, kept)
             self._checked.add(name)
 
