@@ -27,7 +27,7 @@ MOVED: dict[str, str] = {
     "lit_convnext.distributed": "lit_convnext.data.samplers",
     "lit_convnext.imbalance": "lit_convnext.losses",
     "lit_convnext.export": "lit_convnext.commands.export",
-    "lit_convnext.doctor_report": "lit_convnext.commands.doctor",
+    "lit_convnext.doctor_report": "lit_convnext.commands.doctor_tables",
     "lit_convnext.data.doctor": "lit_convnext.data.scan",
 }
 

@@ -53,7 +53,7 @@ def build_convnext(
 ) -> tuple[nn.Module, dict[str, Any] | None]:
     """Create the network and load its starting weights.
 
-    Returns the model and, when weights came from a local file, a JSON-safe load report.
+    Returns the model and, when pretrained weights were loaded (hub or file), a JSON-safe load report.
     A new class count gets a freshly initialised head (scaled by ``head_init_scale``).
     """
     check_model_name(model_name)
@@ -62,27 +62,48 @@ def build_convnext(
     )
     if layer_scale_init_value is not None:
         options["ls_init_value"] = layer_scale_init_value
-    if pretrained is True:
-        return _from_hub(model_name, options), None
-    net = timm.create_model(model_name, pretrained=False, **options)
     if pretrained is False or pretrained in ("", "false", "False"):
-        return net, None
+        return timm.create_model(model_name, pretrained=False, **options), None
+    # The hub's file goes through the same loader as a local file, so missing or unexpected tensors are
+    # reported and refused the same way (timm's own pretrained load is non-strict once the head is dropped).
+    source = hub_weights_file(model_name) if pretrained is True else Path(pretrained)
+    net = timm.create_model(model_name, pretrained=False, **options)
     from lit_convnext.weights import load_pretrained  # the file formats live there
 
-    report = load_pretrained(net, Path(pretrained), use_ema=pretrained_use_ema, allow_missing=allow_missing_keys)
+    report = load_pretrained(net, source, use_ema=pretrained_use_ema, allow_missing=allow_missing_keys)
+    if pretrained is True:
+        report.source = f"{model_name} from the Hugging Face hub ({source})"
     rank_zero_info(report.summary())
     return net, report.to_dict()
 
 
-def _from_hub(model_name: str, options: dict[str, Any]) -> nn.Module:
+#: Files a timm hub repository may hold, safest first (as timm itself tries them).
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def hub_weights_file(model_name: str) -> Path:
+    """The local path of ``model_name``'s pretrained weights in the Hugging Face cache, downloaded if needed.
+
+    timm's pretrained config names the repository; huggingface_hub resolves the cache and the download.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None or not cfg.hf_hub_id:
+        arch = model_name.partition(".")[0]
+        raise UserError(f"timm has no pretrained weights for {model_name!r}: pick a tagged name "
+                        f"(e.g. {', '.join(timm.list_pretrained(arch + '.*')[:3]) or 'none exist'}) "
+                        "or pass --model.pretrained false")
+    repo_id, _, revision = cfg.hf_hub_id.partition("@")
+    names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_FILES
     try:
-        net = timm.create_model(model_name, pretrained=True, **options)
-    except RuntimeError as err:
-        if "No pretrained weights exist" in str(err):
-            raise UserError(f"timm has no pretrained weights for {model_name!r}: pick a tagged name "
-                            f"(e.g. {', '.join(timm.list_pretrained(model_name.partition('.')[0] + '.*')[:3])}) "
-                            "or pass --model.pretrained false") from err
-        raise
+        for name in names[:-1]:
+            try:
+                return Path(hf_hub_download(repo_id, name, revision=revision or None))
+            except EntryNotFoundError:
+                continue
+        return Path(hf_hub_download(repo_id, names[-1], revision=revision or None))
     except OSError as err:  # huggingface_hub's offline / not-cached / connection errors are OSErrors
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise UserError(
@@ -91,5 +112,3 @@ def _from_hub(model_name: str, options: dict[str, Any]) -> nn.Module:
             "download them once on a connected machine (same HF_HOME), or pass a weights file with "
             "--model.pretrained PATH"
         ) from err
-    rank_zero_info(f"Loaded pretrained weights of {model_name} from the Hugging Face hub (timm).")
-    return net

@@ -7,18 +7,17 @@ one-line errors.
 
 from __future__ import annotations
 
-import importlib
+import logging
 import pickle
 import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -31,16 +30,30 @@ from lit_convnext.callbacks import (
     ResumableModelCheckpoint,
     ThrottledRichProgressBar,
 )
-from lit_convnext.callbacks.checkpointing import newest_last_checkpoint, run_version
+from lit_convnext.callbacks.checkpointing import LAST_NAME, newest_last_checkpoint, run_version
 from lit_convnext.commands import COMMANDS
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import label_columns
+from lit_convnext.entry import fail, run_command
 from lit_convnext.errors import UserError, out_of_memory_message
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
+from lit_convnext.weights.classes import stored_class_names
 
 #: ``--ckpt_path`` values that Lightning resolves itself instead of reading a file.
 SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
+
+#: Where runs are written unless ``--trainer.default_root_dir`` (or a logger's ``save_dir``) says otherwise.
+DEFAULT_ROOT_DIR = "runs"
+
+#: Default callbacks (their option group) and the Trainer switch that turns their feature off: Lightning
+#: refuses a progress bar without ``enable_progress_bar``, a checkpoint callback without ``enable_checkpointing``
+#: and an lr monitor without a logger, so each default follows its feature off.
+CALLBACK_SWITCHES = {
+    "progress_bar": "enable_progress_bar",
+    "checkpoint": "enable_checkpointing",
+    "lr_monitor": "logger",
+}
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -155,14 +168,20 @@ class ConvNeXtCLI(LightningCLI):
         if ckpt_path:
             # The weights come from the checkpoint: do not download or read the original ones again.
             config.model.pretrained = False
-        elif self.subcommand in ("validate", "test", "predict"):
-            raise UserError(f"`{self.subcommand}` needs a trained model: pass --ckpt_path CHECKPOINT.ckpt")
+        elif self.subcommand == "predict" or (self.subcommand in ("validate", "test")
+                                              and config.model.pretrained in (False, None, "", "false")):
+            also = "" if self.subcommand == "predict" else " or --model.pretrained WEIGHTS with a head for the classes"
+            raise UserError(f"`{self.subcommand}` needs a trained model: pass --ckpt_path CHECKPOINT.ckpt{also}")
         if self.subcommand != "fit":
             self.save_config_callback = None  # only training runs get a run directory with config.yaml
             # Nothing to save; and a restored ModelCheckpoint only warns that its dirpath changed.
             config.trainer.enable_checkpointing = False
         if self.subcommand == "predict":
             config.trainer.logger = False  # predict logs no metrics; it writes the output file only
+        self._follow_default_root_dir(config.trainer)
+        parser = self._parser(self.subcommand)
+        parser.callback_keys = [key for key in parser.callback_keys
+                                if config.trainer.get(CALLBACK_SWITCHES.get(key, "")) is not False]
         precision = str(config.trainer.get("precision"))
         if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             rank_zero_warn(f"This GPU does not support bfloat16: using 16-mixed instead of {precision}.")
@@ -182,10 +201,29 @@ class ConvNeXtCLI(LightningCLI):
             checkpoint.monitor = "val/map"
             checkpoint.filename = checkpoint.filename.replace("acc{val/acc1", "map{val/map")
 
+    @staticmethod
+    def _follow_default_root_dir(trainer) -> None:
+        """Write the run where ``--trainer.default_root_dir`` says: the default logger's ``save_dir`` follows it.
+
+        A ``save_dir`` other than the default was chosen by the user and is kept.
+        """
+        init = getattr(trainer.get("logger"), "init_args", None)
+        root = trainer.get("default_root_dir")
+        if root is None:
+            trainer.default_root_dir = root = DEFAULT_ROOT_DIR
+        if init is not None and init.get("save_dir") == DEFAULT_ROOT_DIR:
+            init.save_dir = str(root)
+
     def _resume_into_last_run(self, config) -> Path:
         """Resolve ``--ckpt_path last`` to the newest run's last.ckpt and log into that run again."""
+        self._follow_default_root_dir(config.trainer)
         logger = config.trainer.get("logger")
         init = getattr(logger, "init_args", None)
+        if not logger:  # no logger: Lightning writes checkpoints to <default_root_dir>/checkpoints
+            checkpoint = Path(config.trainer.default_root_dir) / "checkpoints" / LAST_NAME
+            if not checkpoint.is_file():
+                raise UserError(f"--ckpt_path last: {checkpoint} does not exist; pass the path of a .ckpt file")
+            return checkpoint
         if init is None or init.get("save_dir") is None:
             raise UserError("--ckpt_path last needs a logger with a save_dir (runs/...): pass the .ckpt path instead")
         checkpoint = newest_last_checkpoint(Path(init.save_dir), init.get("name") or "")
@@ -201,14 +239,25 @@ class ConvNeXtCLI(LightningCLI):
             strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand in ("fit", None):  # None: build_cli(run=False), the caller runs the Trainer
             self.trainer.callbacks.append(FiniteLossGuard())
+        if self.subcommand in ("validate", "test") and not self.config[self.subcommand].get("ckpt_path"):
+            self._check_head_fits(self.config[self.subcommand].model.pretrained)
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        # Lightning refuses these callbacks when their feature is switched off: drop our defaults instead.
-        if config.get("enable_progress_bar") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        if config.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        return super()._instantiate_trainer(config, callbacks)
+    def _check_head_fits(self, pretrained: bool | str) -> None:
+        """``validate``/``test`` on ``--model.pretrained`` weights: only a trained head for these classes counts."""
+        names = self.model.class_names
+        source = "the hub weights" if pretrained is True else str(pretrained)
+        head = (self.model.load_report or {}).get("head")
+        if head != "kept":
+            reason = (self.model.load_report or {}).get("head_reason", "no head was loaded")
+            raise UserError(f"--model.pretrained {source} has no head for the {len(names)} classes of the folder "
+                            f"({reason}), so `{self.subcommand}` would measure a new, untrained head: pass weights "
+                            "fine-tuned on these classes, or a --ckpt_path")
+        stored = None if pretrained is True else stored_class_names(pretrained)
+        if stored != names:
+            found = (f"its classes are {stored}" if stored else
+                     "it carries no class names (a checkpoint of this app or an export with its .json sidecar does)")
+            raise UserError(f"--model.pretrained {source}: {found}, the folder's are {names}; "
+                            f"`{self.subcommand}` needs the same classes in the same order")
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -238,9 +287,10 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         parser_class=OneLineErrorParser,
         seed_everything_default=42,
         trainer_defaults={
+            "default_root_dir": DEFAULT_ROOT_DIR,
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": "convnext"},
+                "init_args": {"save_dir": DEFAULT_ROOT_DIR, "name": "convnext"},
             },
         },
         args=args,
@@ -252,42 +302,29 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
 
 
 
+class _DropAdvertisement(logging.Filter):
+    """Lightning 2.6 advertises a cloud logger on every run: not a line about the user's run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
     argv = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, list) else None
     # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisement())
     if argv and argv[0] in COMMANDS:
-        _run_command(argv[0], argv[1:])
+        run_command(argv[0], argv[1:])
     try:
         build_cli(args)
     except UserError as err:
-        _fail(str(err))
+        fail(str(err))
     except pickle.UnpicklingError as err:
-        _fail(f"refusing to load a checkpoint that is not plain tensors and values (it would run code "
-              f"when unpickled): {str(err).splitlines()[0]}")
-
-
-def _run_command(name: str, argv: list[str]) -> None:
-    """Run a command that needs no Trainer (``doctor``, ``export``) from its function's typed signature."""
-    from jsonargparse import auto_cli
-
-    module_name, function_name = COMMANDS[name].split(":")
-    function = getattr(importlib.import_module(module_name), function_name)
-    try:
-        result = auto_cli(function, args=argv, prog=f"lit-convnext {name}")
-    except UserError as err:
-        _fail(str(err))
-    raise SystemExit(result if isinstance(result, int) else 0)
-
-
-def _fail(message: str) -> None:
-    # Errors raised inside DataLoader workers arrive wrapped with the worker's traceback: keep our line.
-    if "Original Traceback" in message:
-        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-    print(f"lit-convnext: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+        fail(f"refusing to load a checkpoint that is not plain tensors and values (it would run code "
+             f"when unpickled): {str(err).splitlines()[0]}")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,8 @@ class ConvNeXtClassifier(LightningModule):
         self.threshold: float | None = None
         self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
         self.hparams["preprocessing"] = self.preprocessing
+        # Lightning's model summary measures FLOPs with this input (without it the column shows zeros).
+        self.example_input_array = torch.zeros(1, *self.preprocessing["input_size"])
         self.mixup = self._build_mixup() if self.class_names else None
         # Not saved in checkpoints: recomputed from the options, and absent when predicting.
         self.register_buffer("class_weight", resolve_class_weights(class_weights, self.class_names, class_counts),

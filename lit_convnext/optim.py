@@ -152,7 +152,9 @@ def build_scheduler(
     warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
     return CosineLRScheduler(
         optimizer,
-        t_initial=max(total_steps - warmup_steps, 1),
+        # >= 2: with a single step after warm-up timm warns the cosine has no effect; that step is at t=0
+        # (the base lr) for any t_initial, so 2 changes nothing but the warning.
+        t_initial=max(total_steps - warmup_steps, 2),
         lr_min=min_lr,
         warmup_t=warmup_steps,
         warmup_lr_init=1e-8 if warmup_steps else 0.0,

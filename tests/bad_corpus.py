@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,33 @@ from PIL import Image
 
 from tests.helpers import write_image
 
-#: Files that cannot be decoded, relative to the class folder, with a word their reason contains.
-BAD = {
+#: Files that cannot be read as images at all, with a word their reason contains.
+UNREADABLE = {
     "zero.jpg": "0 bytes",
     "truncated.jpg": "truncated",
     "random.png": "not an image",
     "text.jpg": "text",
 }
+
+#: Files in the wild that pass a header check and fail (or decode to garbage) only when their pixels are
+#: decoded, and decompression bombs, one per format the app accepts where the format allows it.
+PIXEL_BAD = {
+    "bmp_palette_too_long.bmp": "palette",  # header claims 300 palette entries for 8 bits per pixel
+    "tiff_corrupt_fax.tif": "libtiff",  # CCITT group 4 stream with flipped bits: libtiff complains, returns noise
+    "tiff_corrupt_lzw.tif": "decoder error",
+    "png_corrupt_idat.png": "broken data stream",  # valid chunk CRC around a broken zlib stream
+    "gif_truncated.gif": "truncated",
+    "webp_truncated.webp": "decoder",
+    "ppm_truncated.ppm": "truncated",
+}
+HEADER_BAD = {
+    "bmp_bitfields.bmp": "bitfields",  # BI_BITFIELDS on a 24-bit BMP
+    "apng_bad_sequence.png": "not an image",  # fcTL sequence numbers out of order
+}
+BOMBS = {f"bomb.{suffix}": "decompression bomb" for suffix in ("png", "jpg", "gif", "bmp", "tif", "webp", "ppm")}
+
+#: Every file that cannot be decoded, relative to the class folder, with a word its reason contains.
+BAD = {**UNREADABLE, **PIXEL_BAD, **HEADER_BAD, **BOMBS}
 
 
 def _rgb(size: tuple[int, int], color: tuple[int, int, int], seed: int) -> Image.Image:
@@ -29,12 +51,97 @@ def _rgb(size: tuple[int, int], color: tuple[int, int, int], seed: int) -> Image
 def write_bad_files(folder: Path) -> None:
     """The undecodable files of :data:`BAD`."""
     folder.mkdir(parents=True, exist_ok=True)
+    write_pixel_bad_files(folder)
+    write_bombs(folder)
     (folder / "zero.jpg").write_bytes(b"")
     buffer = io.BytesIO()
     _rgb((64, 64), (200, 50, 50), 1).save(buffer, "JPEG", quality=95)
     (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     (folder / "random.png").write_bytes(np.random.default_rng(0).bytes(2000))
     (folder / "text.jpg").write_text("this is not a picture\n", encoding="utf-8")
+
+
+def _png_chunks(data: bytes) -> list[tuple[int, int, bytes]]:
+    """``(offset, length, type)`` of each chunk."""
+    chunks, offset = [], 8
+    while offset < len(data):
+        (length,) = struct.unpack_from(">I", data, offset)
+        chunks.append((offset, length, bytes(data[offset + 4 : offset + 8])))
+        offset += 12 + length
+    return chunks
+
+
+def _fix_png_crc(data: bytearray, offset: int) -> None:
+    (length,) = struct.unpack_from(">I", data, offset)
+    struct.pack_into(">I", data, offset + 8 + length, zlib.crc32(data[offset + 4 : offset + 8 + length]))
+
+
+def _encoded(img: Image.Image, fmt: str, **kwargs) -> bytearray:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **kwargs)
+    return bytearray(buffer.getvalue())
+
+
+def write_pixel_bad_files(folder: Path) -> None:
+    """The files of :data:`PIXEL_BAD` and :data:`HEADER_BAD`, made by byte-level edits of valid files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = _rgb((48, 48), (200, 50, 50), 3)
+    palette = _encoded(base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "BMP")
+    struct.pack_into("<I", palette, 46, 300)  # biClrUsed
+    (folder / "bmp_palette_too_long.bmp").write_bytes(palette)
+    bitfields = _encoded(base, "BMP")
+    struct.pack_into("<I", bitfields, 30, 3)  # biCompression = BI_BITFIELDS
+    (folder / "bmp_bitfields.bmp").write_bytes(bitfields)
+    fax = _encoded(base.convert("1"), "TIFF", compression="group4")
+    for i in range(8, len(fax) - 200):  # the strip comes first, the directory last
+        fax[i] ^= 0x5A
+    (folder / "tiff_corrupt_fax.tif").write_bytes(fax)
+    lzw = _encoded(base, "TIFF", compression="tiff_lzw")
+    lzw[20:400] = b"\xff" * 380
+    (folder / "tiff_corrupt_lzw.tif").write_bytes(lzw)
+    png = _encoded(base, "PNG")
+    offset = next(o for o, _, kind in _png_chunks(png) if kind == b"IDAT")
+    for i in range(offset + 28, offset + 68):
+        png[i] ^= 0xFF
+    _fix_png_crc(png, offset)
+    (folder / "png_corrupt_idat.png").write_bytes(png)
+    frames = [_rgb((48, 48), (200, 50, 50), s) for s in range(3)]
+    apng = _encoded(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    for offset, _, kind in _png_chunks(apng):
+        if kind == b"fcTL":
+            struct.pack_into(">I", apng, offset + 8, 7)
+            _fix_png_crc(apng, offset)
+    (folder / "apng_bad_sequence.png").write_bytes(apng)
+    for name, fmt in (("gif_truncated.gif", "GIF"), ("webp_truncated.webp", "WEBP"), ("ppm_truncated.ppm", "PPM")):
+        data = _encoded(base, fmt)
+        (folder / name).write_bytes(data[: len(data) * 2 // 3])
+
+
+def write_bombs(folder: Path) -> None:
+    """:data:`BOMBS`: tiny files whose headers declare 20000 x 20000 pixels (400 MP, above the limit)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    side = 20000
+    small = _rgb((16, 16), (50, 50, 200), 4)
+    png = _encoded(small, "PNG")
+    struct.pack_into(">II", png, 16, side, side)
+    _fix_png_crc(png, 8)
+    (folder / "bomb.png").write_bytes(png)
+    jpeg = _encoded(small, "JPEG")
+    sof = jpeg.index(b"\xff\xc0")
+    struct.pack_into(">HH", jpeg, sof + 5, side, side)
+    (folder / "bomb.jpg").write_bytes(jpeg)
+    gif = _encoded(small, "GIF")
+    struct.pack_into("<HH", gif, 6, side, side)  # logical screen
+    (folder / "bomb.gif").write_bytes(gif)
+    bmp = _encoded(small, "BMP")
+    struct.pack_into("<ii", bmp, 18, side, side)
+    (folder / "bomb.bmp").write_bytes(bmp)
+    (folder / "bomb.tif").write_bytes(_encoded(Image.new("1", (side, 7600)), "TIFF", compression="group4"))
+    webp = _encoded(small, "WEBP", lossless=True)  # VP8L: 14-bit width-1 and height-1 after the signature byte
+    bits = (16383 - 1) | ((16383 - 1) << 14)
+    webp[21:25] = struct.pack("<I", (struct.unpack("<I", bytes(webp[21:25]))[0] & ~0x0FFFFFFF) | bits)
+    (folder / "bomb.webp").write_bytes(webp)
+    (folder / "bomb.ppm").write_bytes(f"P6 {side} {side} 255\n".encode() + bytes(300))
 
 
 def write_awkward_files(folder: Path, color: tuple[int, int, int] = (220, 30, 30)) -> dict[str, Path]:

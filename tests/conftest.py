@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,12 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     make_folder(root / "train", 8)
     make_folder(root / "val", 4, seed=500)
     make_folder(root / "test", 2, seed=900)
-    previous = Path.cwd()
-    os.chdir(base)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(base)
+        patch.setenv("LIT_CONVNEXT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         from lit_convnext.cli import main
 
         main(["fit", "--data.root", str(root), "--trainer.max_epochs", "2", *FAST])
-    finally:
-        os.chdir(previous)
     run = base / "runs" / "convnext" / "version_0"
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     return {"base": base, "root": root, "run": run, "best": best}
@@ -41,7 +38,9 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run every test in its own directory so runs/ and predictions never land in the repository."""
+    """Run every test in its own directory so runs/ and predictions never land in the repository,
+    with its own file-check cache so no result carries over from another test or the user's cache."""
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
+    monkeypatch.setenv("LIT_CONVNEXT_CACHE_DIR", str(tmp_path / "cache"))

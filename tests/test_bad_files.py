@@ -8,10 +8,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from tests.bad_corpus import BAD, build_corpus
+import torch
+from tests.bad_corpus import BAD, build_corpus, write_bad_files
 from tests.helpers import TINY_MODEL
 
 from lit_convnext.cli import main
+from lit_convnext.data.folders import iter_images
 
 
 def _fit_args(root: Path, *extra: str) -> list[str]:
@@ -28,11 +30,19 @@ def test_fit_stops_with_the_list_of_bad_files(tmp_path: Path, capsys: pytest.Cap
         main(_fit_args(root))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"{len(BAD)} train file(s) cannot be decoded" in err
-    for name in BAD:
-        assert name in err
+    assert f"{len(BAD)} train file(s) cannot be decoded" in err and f"and {len(BAD) - 10} more" in err  # 10 named
     assert "--data.skip_bad_files true" in err
+    assert "Traceback" not in err and "Fax4Decode" not in err  # libtiff's complaints are in the reason only
     assert not list(Path("runs").rglob("*.ckpt"))  # stopped before the first step
+    listed = _bad_file_list()
+    assert set(listed) == set(BAD)  # all of them, with their reasons, in the run directory
+    for name, word in BAD.items():
+        assert word in listed[name], (name, listed[name])
+
+
+def _bad_file_list() -> dict[str, str]:
+    with next(Path("runs").rglob("bad_files.csv")).open(newline="", encoding="utf-8") as handle:
+        return {Path(row["path"]).name: row["reason"] for row in csv.DictReader(handle)}
 
 
 def test_fit_skips_bad_files_then_predict_reports_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -54,9 +64,49 @@ def test_fit_skips_bad_files_then_predict_reports_them(tmp_path: Path, caplog: p
     records = {Path(r["path"]).name: r for r in map(json.loads, Path("preds.jsonl").read_text("utf-8").splitlines())}
     # Every image file gets a row: 6 plain ones, the awkward ones and the bad ones (hidden/.txt files are not images).
     assert len(rows) == len(records) == 6 + len(awkward) + len(BAD)
+    in_order = [path.name for path in iter_images(predict_dir)]
+    with open("preds.csv", newline="", encoding="utf-8") as handle:
+        assert [Path(row["path"]).name for row in csv.DictReader(handle)] == in_order
     for name in BAD:
         assert rows[name]["error"] and rows[name]["class_1"] == ""
         assert records[name]["error"] and records[name]["top_k"] == []
     for path in awkward.values():
         assert rows[path.name]["error"] == "" and rows[path.name]["class_1"] in ("red", "blue")
         assert records[path.name]["error"] is None
+
+
+def test_a_file_that_breaks_mid_run_is_the_loaders_to_handle(image_root: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The check before training cannot see a file that breaks later (simulated with check_files false)."""
+    main(_fit_args(image_root))
+    last = next(Path("runs").rglob("last.ckpt"))
+    victim = image_root / "train" / "red" / "img3.png"
+    good = victim.read_bytes()
+    (tmp_path / "bomb").mkdir()
+    write_bad_files(tmp_path / "bomb")
+    victim.write_bytes((tmp_path / "bomb" / "bmp_palette_too_long.bmp").read_bytes())
+    resume = ["--ckpt_path", "last", "--trainer.max_epochs", "2", "--data.check_files", "false",
+              "--trainer.limit_train_batches", "6"]
+    saved = last.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:  # default policy: stop cleanly, naming the file
+        main(_fit_args(image_root, *resume))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    line = [row for row in err.splitlines() if row.startswith("lit-convnext: error:")]
+    assert len(line) == 1 and str(victim) in line[0] and "--ckpt_path last" in line[0], err
+    assert "Traceback" not in err
+    assert last.read_bytes() == saved  # the last checkpoint is intact
+    listed = _bad_file_list()
+    assert listed == {victim.name: listed[victim.name]} and "palette" in listed[victim.name]
+
+    # skip_bad_files: the same run carries on without the file
+    main(_fit_args(image_root, *resume, "--data.skip_bad_files", "true"))
+    steps = torch.load(last, weights_only=True, map_location="cpu")["global_step"]
+    assert steps == 2 + 6  # the first run's 2 steps and a whole second epoch
+    assert f"skipping {victim}" in caplog.text
+
+    victim.write_bytes(good)  # fixed: the run continues from its last checkpoint
+    main(_fit_args(image_root, *resume[:2], "--trainer.max_epochs", "3", "--data.check_files", "false"))
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == steps + 2
+    assert len(list(Path("runs/convnext").iterdir())) == 1

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.bad_corpus import BAD, build_corpus
+from tests.bad_corpus import BAD, PIXEL_BAD, build_corpus, write_bad_files
 from tests.helpers import make_folder
 
 from lit_convnext.cli import main
@@ -51,15 +51,32 @@ def test_exif_rotated_image_loads_upright(corpus: tuple[Path, dict[str, Path]]) 
     assert check_file(files["exif_rotated"]).exif_rotated
 
 
-def test_deep_pass_finds_corrupt_pixel_data(tmp_path: Path) -> None:
-    """The full decode of --deep reports a PNG with a corrupt compressed stream."""
-    path = tmp_path / "f/red/img0.png"
-    make_folder(tmp_path / "f", 1)
-    data = bytearray(path.read_bytes())
-    start = data.index(b"IDAT") + 4
-    data[start + 2 : start + 40] = bytes(38)  # garbage compressed stream; CRC no longer matches either
-    path.write_bytes(bytes(data))
-    assert check_file(path, deep=True).error
+def test_every_undecodable_file_is_found_and_header_only_misses_pixel_errors(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The default check decodes pixels: it finds every file training would fail on; --header_only does not."""
+    write_bad_files(tmp_path)
+    for name, word in BAD.items():
+        error = check_file(tmp_path / name).error
+        assert error and word in error, (name, error)
+    missed = {name for name in BAD if not check_file(tmp_path / name, header_only=True).error}
+    assert {"bmp_palette_too_long.bmp", "tiff_corrupt_fax.tif", "tiff_corrupt_lzw.tif", "gif_truncated.gif"} <= missed
+    assert missed <= set(PIXEL_BAD)
+    out, err = capfd.readouterr()
+    assert "Fax4Decode" not in err + out and "Using code not yet in table" not in err + out  # libtiff kept quiet
+
+
+def test_doctor_reports_bombs_and_pixel_errors_and_header_only_is_opt_in(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_folder(tmp_path / "data", 2)
+    write_bad_files(tmp_path / "data" / "red")
+    for option, expected in (([], set(BAD)), (["--header_only", "true"], set(BAD) - set(PIXEL_BAD))):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["doctor", str(tmp_path / "data"), "--json", str(tmp_path / "r.json"), "--workers", "1", *option])
+        assert exit_info.value.code == 1
+        report = json.loads((tmp_path / "r.json").read_text())
+        found = {Path(path).name for path, _ in report["bad_files"]}
+        assert expected - {"png_corrupt_idat.png", "webp_truncated.webp"} <= found <= expected | set(PIXEL_BAD)
+    assert "headers only" in capsys.readouterr().out
 
 
 def test_parallel_scan_matches_serial(corpus: tuple[Path, dict[str, Path]]) -> None:
@@ -77,7 +94,7 @@ def test_doctor_command_exit_status_and_json(corpus: tuple[Path, dict[str, Path]
     out = capsys.readouterr().out
     assert "truncated.jpg" in out and "copy of train.png" in out and "empty_class" in out
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
-    assert len(saved["bad_files"]) == 4 and saved["leakage"]
+    assert len(saved["bad_files"]) == len(BAD) and saved["leakage"]
 
 
 def test_doctor_clean_folder_exits_zero_with_warnings_only(tmp_path: Path) -> None:

@@ -17,24 +17,30 @@ from safetensors.torch import save_file
 REPO_ID = "timm/convnext_atto.d2_in1k"
 
 
-@pytest.fixture
-def hub_cache(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    """A Hugging Face cache holding 1000-class convnext_atto weights, laid out as huggingface_hub writes it."""
-    torch.manual_seed(0)
-    state = {k: v.contiguous() for k, v in timm.create_model("convnext_atto", num_classes=1000).state_dict().items()}
-    cache = tmp_path / "hub"
+def write_hub_repo(cache: Path, repo_id: str, state: dict[str, torch.Tensor]) -> None:
+    """``state`` as ``model.safetensors`` of ``repo_id`` in ``cache``, laid out as huggingface_hub writes it."""
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / f"models--{REPO_ID.replace('/', '--')}"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
-    save_file(state, str(snapshot / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A Hugging Face cache holding 1000-class convnext_atto weights."""
+    torch.manual_seed(0)
+    state = {k: v.contiguous() for k, v in timm.create_model("convnext_atto", num_classes=1000).state_dict().items()}
+    cache = tmp_path / "hub"
+    write_hub_repo(cache, REPO_ID, state)
     return cache, state
 
 
 def run_python(code: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "hf_home")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "hf_home"),
+           "PYTHONPATH": str(Path(__file__).parents[1])}  # this checkout's lit_convnext, whatever is installed
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
@@ -82,3 +88,29 @@ def test_hub_weights_missing_offline_is_a_one_line_error(tmp_path: Path) -> None
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("lit-convnext: error:") and "convnext_atto.d2_in1k" in last and "--model.pretrained PATH" in last
     assert "Traceback" not in result.stderr
+
+
+def test_hub_weights_that_lack_tensors_are_refused_like_a_file(tmp_path: Path) -> None:
+    """convnextv2 weights have no layer-scale gammas: asking for them must not load the rest silently."""
+    cache = tmp_path / "hub"
+    write_hub_repo(cache, "timm/convnextv2_atto.fcmae_ft_in1k", timm.create_model("convnextv2_atto").state_dict())
+    result = run_python(
+        """
+        from lit_convnext.backbone import build_convnext
+        from lit_convnext.errors import UserError
+        try:
+            build_convnext("convnextv2_atto.fcmae_ft_in1k", num_classes=3, pretrained=True, drop_path_rate=0.0,
+                           layer_scale_init_value=1e-6, head_init_scale=1.0)
+        except UserError as err:
+            print("REFUSED", err)
+        net, report = build_convnext("convnextv2_atto.fcmae_ft_in1k", num_classes=3, pretrained=True,
+                                     drop_path_rate=0.0, layer_scale_init_value=None, head_init_scale=1.0)
+        print("REPORT", report["head"], "hub" in report["source"])
+        """,
+        cache,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    refused = next(line for line in result.stdout.splitlines() if line.startswith("REFUSED"))
+    assert "gamma" in refused and "allow_missing" in refused
+    assert "REPORT" in result.stdout and "True" in result.stdout.split("REPORT")[1]

@@ -46,3 +46,19 @@ def test_bad_callback_options_are_one_line_errors(image_root: Path, capsys: pyte
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"lit-convnext: error: {option}") and value in err[0]
+
+
+def test_the_bar_shows_a_few_short_metrics_that_fit_80_columns(image_root: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    shown: list[dict] = []
+
+    def recording(self, trainer, pl_module):
+        shown.append(READ_METRICS(self, trainer, pl_module))
+        return shown[-1]
+
+    monkeypatch.setattr(ThrottledRichProgressBar, "get_metrics", recording)
+    main(["fit", "--data.root", str(image_root), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+          "--trainer.limit_val_batches", "1", *FAST, "--data.batch_size", "4", "--progress_bar.refresh_rate", "1"])
+    assert set(shown[-1]) == {"loss", "val_acc1"}
+    line = " ".join(f"{name}: {value:.3f}" for name, value in shown[-1].items())  # as Lightning's column renders
+    assert len(line) < 80

@@ -13,9 +13,20 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
+from lightning.pytorch.callbacks.progress.rich_progress import (
+    CustomBarColumn,
+    ProcessingSpeedColumn,
+    RichProgressBarTheme,
+)
 
 from lit_convnext.ranges import NonNegativeFloat, NonNegativeInt
+
+
+#: The metrics the bar shows, under short names so that the bar stays one 80-column line (Lightning's own bar
+#: lists every prog_bar metric in ~18 columns: eight wrapped lines); TensorBoard and the logs have all of them.
+SHOWN_METRICS = {"train/loss_step": "loss", "val/acc1": "val_acc1", "val/map": "val_map"}
+#: Width of the bar itself (Lightning's is 40).
+BAR_WIDTH = 12
 
 
 class ThrottledRichProgressBar(RichProgressBar):
@@ -52,11 +63,21 @@ class ThrottledRichProgressBar(RichProgressBar):
         finally:
             self._in_train_batch = False
 
+    def configure_columns(self, trainer: pl.Trainer) -> list:
+        # Lightning's columns with a shorter bar and without the it/s column, which leaves the metrics room.
+        columns = [c for c in super().configure_columns(trainer) if not isinstance(c, ProcessingSpeedColumn)]
+        for column in columns:
+            if isinstance(column, CustomBarColumn):
+                column.bar_width = BAR_WIDTH
+        return columns
+
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """The metrics to show; inside a training batch, the last ones read until ``metrics_interval`` has passed."""
+        """The shown metrics under short names; inside a training batch, the last ones read until
+        ``metrics_interval`` has passed (each read waits for the accelerator)."""
         now = time.monotonic()
         if self._in_train_batch and self._shown is not None and now - self._metrics_read_at < self.metrics_interval:
             return self._shown
         self._metrics_read_at = now
-        self._shown = super().get_metrics(trainer, pl_module)
+        metrics = super().get_metrics(trainer, pl_module)
+        self._shown = {short: metrics[name] for name, short in SHOWN_METRICS.items() if name in metrics}
         return self._shown

@@ -1,6 +1,23 @@
-"""Reading image folders: file discovery, decoding, transforms and the DataModule."""
+"""Reading image folders: file discovery, decoding, transforms and the DataModule.
 
-from lit_convnext.data.datamodule import ImageFolderDataModule
-from lit_convnext.data.transforms import TrainAugmentation
+The DataModule and transforms need torch and Lightning; they are imported on first use, so the file
+checks (``scan``, used by ``lit-convnext doctor``) start without them.
+"""
 
-__all__ = ["ImageFolderDataModule", "TrainAugmentation"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "ImageFolderDataModule": "lit_convnext.data.datamodule",
+    "TrainAugmentation": "lit_convnext.data.transforms",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,11 +7,14 @@ is logged. Threads are used, not processes: this runs inside the training proces
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
-from lit_convnext.data.scan import inspect_files
 from lit_convnext.data.folders import Sample
+from lit_convnext.data.scan import inspect_files
 from lit_convnext.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -19,13 +22,22 @@ log = logging.getLogger(__name__)
 #: Bad files named in the error / summary; the rest are counted.
 LISTED = 10
 
+#: File in the run directory listing every file left out or that stopped the run: ``path,reason,found``.
+BAD_FILES_NAME = "bad_files.csv"
 
-def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: int | None = None) -> list[Sample]:
-    """``samples`` without undecodable files; raises :class:`UserError` listing them unless ``skip``."""
+
+def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: int | None = None,
+                  bad_file_list: Path | None = None) -> list[Sample]:
+    """``samples`` without undecodable files; raises :class:`UserError` listing them unless ``skip``.
+
+    Every image is decoded (see :mod:`lit_convnext.data.scan`); the bad ones are also appended to
+    ``bad_file_list`` (the run directory's ``bad_files.csv``).
+    """
     checks = inspect_files([s.path for s in samples], workers=workers, processes=False)
     bad = {c.path: c.error for c in checks if c.error}
     if not bad:
         return list(samples)
+    append_bad_files(bad_file_list, list(bad.items()), f"{split} check before the first step")
     listed = "; ".join(f"{path} ({reason})" for path, reason in list(bad.items())[:LISTED])
     more = f" and {len(bad) - LISTED} more" if len(bad) > LISTED else ""
     if not skip:
@@ -35,3 +47,17 @@ def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: in
         )
     log.warning("skipping %d undecodable %s file(s): %s%s", len(bad), split, listed, more)
     return [s for s in samples if str(s.path) not in bad]
+
+
+def append_bad_files(listing: Path | None, rows: Sequence[tuple[str, str]], found: str) -> None:
+    """Add ``(path, reason)`` rows to the run's bad-file list (one ``write`` per call: safe across workers)."""
+    if listing is None or not rows:
+        return
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    if not listing.exists():
+        writer.writerow(["path", "reason", "found"])
+    writer.writerows((path, reason, found) for path, reason in rows)
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    with listing.open("a", encoding="utf-8", newline="") as handle:
+        handle.write(buffer.getvalue())

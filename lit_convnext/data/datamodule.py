@@ -16,7 +16,7 @@ from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from lit_convnext.data.bad_files import check_samples
+from lit_convnext.data.bad_files import BAD_FILES_NAME, check_samples
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
 from lit_convnext.data.labels import multi_hot, read_label_splits, sample_labels
@@ -63,12 +63,13 @@ class ImageFolderDataModule(LightningDataModule):
         pin_memory: Page-locked batches for faster host-to-GPU copies; ``None`` means on when CUDA is used.
         persistent_workers: Keep loader workers alive between epochs instead of restarting them.
         augmentation: Training augmentation (timm's random resized crop, flips, RandAugment, erasing).
-        skip_bad_files: Undecodable images found by the check before training are left out (with a logged
-            summary) instead of stopping the run with a list of them.
+        skip_bad_files: Undecodable images are left out (with a logged summary) instead of stopping the run:
+            those the check before training finds, and any that fails to load mid-run (replaced by the
+            next image). Either way they are listed in the run directory's ``bad_files.csv``.
         sampler: ``shuffle`` (each image once per epoch) or ``balanced`` (draws with replacement, every class
             equally likely; works with DDP through Lightning's sampler wrapper).
-        check_files: Check every file of the splits in use before the first step (header and container
-            checks, in threads); ``false`` saves that time on data already checked with ``lit-convnext doctor``.
+        check_files: Check every file of the splits in use before the first step (pixels decoded, in
+            threads); ``false`` saves that time on data already checked with ``lit-convnext doctor``.
         reduced_decode: Decode large JPEGs at 1/2, 1/4 or 1/8 size when the transform needs no more
             pixels than that (several times faster loading of camera photos).
     """
@@ -195,7 +196,9 @@ class ImageFolderDataModule(LightningDataModule):
         for name in split_names:
             if not self.check_files or name in self._checked:
                 continue
-            kept = check_samples(getattr(self.splits, name), name, self.skip_bad_files, self.num_workers or None)
+            listing = self._bad_file_list()  # every rank checks; one writes the list
+            kept = check_samples(getattr(self.splits, name), name, self.skip_bad_files, self.num_workers or None,
+                                 listing if self.trainer is None or self.trainer.is_global_zero else None)
             setattr(self.splits, name, kept)
             self._checked.add(name)
 
@@ -218,7 +221,14 @@ class ImageFolderDataModule(LightningDataModule):
             targets = multi_hot(samples, self.splits.class_names)
         else:
             targets = self.splits.targets(samples)
-        return LabeledImages([s.path for s in samples], targets, transform, decode_min_size)
+        return LabeledImages([s.path for s in samples], targets, transform, decode_min_size,
+                             skip_bad=self.skip_bad_files, bad_file_list=self._bad_file_list())
+
+    def _bad_file_list(self) -> Path | None:
+        """The run directory's ``bad_files.csv`` (``None`` without a trainer)."""
+        if self.trainer is None:
+            return None
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / BAD_FILES_NAME  # a collective under DDP
 
     def _predict_paths(self) -> list[Path]:
         if self.predict_dir is None:

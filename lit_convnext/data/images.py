@@ -3,12 +3,23 @@
 Training, validation, prediction and the data checks all call :func:`load_rgb`, so a photo is seen
 identically in each: EXIF orientation applied, first frame of animations and multi-page files,
 16-bit and float images scaled to 8 bits, transparency composited onto a fixed background.
+
+Every failure to decode a file surfaces here as an exception, never as stray output: the pixel limit
+raises :class:`PIL.Image.DecompressionBombError` and libtiff's complaints (which it writes to the
+process's stderr, not to Python) are captured and raised as an ``OSError`` naming them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -16,6 +27,32 @@ from PIL import Image, ImageOps
 #: Background that transparent pixels are composited onto. Fixed (not random) so a transparent
 #: PNG looks the same in training and prediction; white matches how such images are displayed.
 ALPHA_BACKGROUND = (255, 255, 255)
+
+#: Largest image accepted, in pixels (width x height): 150 megapixels, above every camera sensor in common
+#: use (medium format reaches ~100 MP) yet small enough that one decoded RGB copy (450 MB) cannot exhaust a
+#: loader worker. Larger files, and files whose header merely claims a larger size (decompression bombs),
+#: are bad files with this reason in every command. Set once here for the whole app.
+MAX_PIXELS = 150_000_000
+
+# Pillow raises DecompressionBombError above twice MAX_IMAGE_PIXELS (checked in Image.open, before any pixel
+# is decoded) and only warns between once and twice: so its limit is half ours, and its warning, which
+# would announce files that are fine by our limit, is silenced.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def open_image(source: str | Path | IO[bytes]) -> Iterator[Image.Image]:
+    """``Image.open`` whose refusal of too large images says what the limit is and what to do."""
+    try:
+        opened = Image.open(source)
+    except Image.DecompressionBombError as err:
+        raise Image.DecompressionBombError(
+            f"{str(err).split(', could be')[0]}: a decompression bomb, or too large to train on "
+            "(downscale the image or remove it)"
+        ) from None
+    with opened as img:
+        yield img
 
 
 def load_rgb(path: str | Path, min_size: int | None = None) -> Image.Image:
@@ -26,11 +63,47 @@ def load_rgb(path: str | Path, min_size: int | None = None) -> Image.Image:
     resize or crop that follows never works from fewer pixels than it outputs. The short side is the
     same before and after EXIF rotation, so orientation is applied afterwards as usual.
     """
-    with Image.open(path) as img:
-        if min_size is not None and img.format == "JPEG":
-            draft_to_short_side(img, min_size)
+    with open_image(path) as img:
+        return decode(img, min_size)
+
+
+def decode(img: Image.Image, min_size: int | None = None) -> Image.Image:
+    """Decode an opened image (see :func:`load_rgb`) into upright RGB."""
+    if min_size is not None and img.format == "JPEG":
+        draft_to_short_side(img, min_size)
+    if img.format == "TIFF":
+        with libtiff_errors_raised():
+            img.load()
+    else:
         img.load()
-        return to_rgb(img)
+    return to_rgb(img)
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def libtiff_errors_raised() -> Iterator[None]:
+    """Capture what libtiff writes to stderr while decoding; raise its errors, drop its warnings.
+
+    libtiff reports corrupt fax or LZW streams on file descriptor 2 and may still return garbage pixels,
+    so a user would see unexplained lines ("Fax4Decode: Bad code word") and train on noise. Its default
+    handler marks warnings with "Warning,"; any other line is an error and makes the file a bad file.
+    The descriptor is process-wide, so captures are serialised (only TIFF decoding takes this path).
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile(mode="w+b") as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode("utf-8", "replace").splitlines()
+    errors = [line.strip() for line in lines if line.strip() and "Warning," not in line]
+    if errors:
+        raise OSError(f"corrupt TIFF data (libtiff: {'; '.join(errors[:3])})")
 
 
 def draft_to_short_side(img: Image.Image, min_size: int) -> None:

@@ -4,10 +4,13 @@
 ``root/<class>/...``) but, unlike the training scan, reports every problem instead of stopping at the
 first. :func:`inspect_files` is the per-file pass on its own; the DataModule runs it before training.
 
-The fast pass reads each file once: the bytes are hashed (exact-duplicate detection), the header is
-parsed by ``PIL.Image.open`` and ``verify()`` checks the container (chunk CRCs for PNG, the end-of-image
-marker for JPEG) without decoding pixels. ``deep=True`` additionally decodes every image the way training
-does (:func:`lit_convnext.data.images.load_rgb`), which catches corrupt pixel data at ~10x the cost.
+Each file is read and opened once: the bytes are hashed (exact-duplicate detection), the header is parsed
+by ``PIL.Image.open``, and the pixels are decoded the way training decodes them
+(:func:`lit_convnext.data.images.decode`; JPEGs at 1/8 scale through libjpeg's ``draft``, which still reads
+every coded block), so every file that would fail in training fails here. ``header_only=True`` replaces
+the decode by ``verify()``, a check of the container (chunk CRCs for PNG, the end-of-image marker for
+JPEG): faster, but it misses files whose headers are fine and whose pixel data is corrupt (bad palettes,
+broken compressed streams).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from lit_convnext.data.check_cache import CheckCache, file_key
 from lit_convnext.data.folders import IMAGE_SUFFIXES, SPLIT_NAMES, class_folders, is_hidden, natural_key
-from lit_convnext.data.images import load_rgb
+from lit_convnext.data.images import decode, open_image
 
 #: Which extensions are normal for each Pillow format (a mismatch is reported, it still loads).
 FORMAT_SUFFIXES = {
@@ -67,7 +71,7 @@ class FileCheck:
     digest: str | None = None
 
 
-def check_file(path: str | Path, deep: bool = False) -> FileCheck:
+def check_file(path: str | Path, header_only: bool = False) -> FileCheck:
     """Inspect one file (never raises for a bad file: the problem goes into ``error``)."""
     path = Path(path)
     result = FileCheck(str(path))
@@ -82,10 +86,8 @@ def check_file(path: str | Path, deep: bool = False) -> FileCheck:
     result.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning, palette transparency notes
-            _read_header(data, result)
-            if deep:
-                load_rgb(io.BytesIO(data))
+            warnings.simplefilter("ignore")  # e.g. palette transparency notes
+            _inspect(data, result, header_only)
     except UnidentifiedImageError:
         result.error = _not_an_image(data)
     except Exception as err:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
@@ -95,21 +97,38 @@ def check_file(path: str | Path, deep: bool = False) -> FileCheck:
     return result
 
 
-def _read_header(data: bytes, result: FileCheck) -> None:
-    with Image.open(io.BytesIO(data)) as img:
+def _inspect(data: bytes, result: FileCheck, header_only: bool) -> None:
+    """Fill ``result`` from one open of the file: header fields, then the decode (or ``verify``)."""
+    with open_image(io.BytesIO(data)) as img:
         result.format, result.mode = img.format, img.mode
+        result.conversions = _conversions(img)
         width, height = img.size
         result.frames = getattr(img, "n_frames", 1)
-        orientation = img.getexif().get(ORIENTATION_TAG, 1)
-        result.exif_rotated = orientation not in (1, None)
-        if orientation in (5, 6, 7, 8):
-            width, height = height, width
-        result.width, result.height = width, height
-        result.conversions = _conversions(img)
-    with Image.open(io.BytesIO(data)) as img:
-        img.verify()  # must come right after open: checks the container without decoding pixels
-    if result.format == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        raise OSError("truncated JPEG (no end-of-image marker)")
+        if result.frames > 1:
+            img.seek(0)  # counting frames moved to the last one; training uses the first
+        if not header_only:
+            decode(img, min_size=1)  # min_size=1: JPEGs at the smallest DCT scale, every coded block still read
+        orientation = _orientation(img, decoded=not header_only)
+    if header_only:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()  # must come right after open: checks the container without decoding pixels
+        if result.format == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+            raise OSError("truncated JPEG (no end-of-image marker)")
+    result.exif_rotated = orientation not in (1, None)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    result.width, result.height = width, height
+
+
+def _orientation(img: Image.Image, decoded: bool) -> int | None:
+    """The EXIF orientation; without a decode, a PNG's EXIF is read only when it precedes the pixel data
+    (Pillow's ``getexif`` would decode the whole image to look for a late ``eXIf`` chunk)."""
+    if decoded or img.format != "PNG":
+        return img.getexif().get(ORIENTATION_TAG, 1)
+    exif = Image.Exif()
+    if "exif" in img.info:
+        exif.load(img.info["exif"])
+    return exif.get(ORIENTATION_TAG, 1)
 
 
 def _conversions(img: Image.Image) -> list[str]:
@@ -140,41 +159,66 @@ def _not_an_image(data: bytes) -> str:
         return "not an image (unrecognised content)"
 
 
-def _check_chunk(paths: Sequence[str], deep: bool) -> list[FileCheck]:
-    return [check_file(p, deep) for p in paths]
+def _check_chunk(paths: Sequence[str], header_only: bool) -> list[FileCheck]:
+    return [check_file(p, header_only) for p in paths]
 
 
 def inspect_files(
     paths: Iterable[str | Path],
-    deep: bool = False,
+    header_only: bool = False,
     workers: int | None = None,
     processes: bool = True,
     progress: Callable[[int], None] | None = None,
+    cache: bool = True,
 ) -> list[FileCheck]:
     """Run :func:`check_file` over ``paths`` in parallel; results come back in input order.
 
     Args:
         paths: Files to check.
-        deep: Fully decode every image instead of header + container checks.
+        header_only: Header and container checks only, no pixel decoding (see the module docstring).
         workers: Parallel workers; ``None`` means one per CPU core; 1 checks in this process.
         processes: Worker processes (fastest: header parsing is Python code) or threads (``False``; safe
             inside a training process that already holds a GPU context).
         progress: Called with the number of files finished after each chunk.
+        cache: Reuse the result of files whose size and modification time are unchanged since an earlier
+            check, and remember the new ones (:mod:`lit_convnext.data.check_cache`).
     """
     paths = [str(p) for p in paths]
-    workers = workers or _cpu_count()
+    store = CheckCache() if cache else None
+    keys = {p: file_key(p) for p in paths} if store else {}
+    known = store.lookup([k for k in keys.values() if k], header_only) if store else {}
+    results: dict[str, FileCheck] = {}
+    for path in paths:
+        key = keys.get(path)
+        if key and key[0] in known:
+            results[path] = FileCheck(**{**known[key[0]], "path": path})
+    if progress and results:
+        progress(len(results))
+    todo = [p for p in paths if p not in results]
+    fresh = _check_all(todo, header_only, workers or _cpu_count(), processes, progress)
+    results.update((check.path, check) for check in fresh)
+    if store:
+        # A file that could not be opened (permissions, a vanished mount) may be fine later at the same mtime.
+        store.store([(keys[c.path], vars(c)) for c in fresh  # vars: asdict's deep copies cost 30% here
+                     if keys.get(c.path) and not (c.error or "").startswith("cannot read file")], header_only)
+        store.close()
+    return [results[p] for p in paths]
+
+
+def _check_all(paths: list[str], header_only: bool, workers: int, processes: bool,
+               progress: Callable[[int], None] | None) -> list[FileCheck]:
     chunk = 64
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     results: list[FileCheck] = []
     if workers <= 1 or len(chunks) <= 1:
         for part in chunks:
-            results.extend(_check_chunk(part, deep))
+            results.extend(_check_chunk(part, header_only))
             if progress:
                 progress(len(part))
         return results
     pool: Executor = (ProcessPoolExecutor if processes else ThreadPoolExecutor)(max_workers=workers)
     with pool:
-        for part in pool.map(_check_chunk, chunks, [deep] * len(chunks)):
+        for part in pool.map(_check_chunk, chunks, [header_only] * len(chunks)):
             results.extend(part)
             if progress:
                 progress(len(part))
@@ -234,7 +278,7 @@ class DoctorReport:
     root: str
     layout: str
     image_size: int | None
-    deep: bool
+    header_only: bool
     counts: dict[str, dict[str, int]]  # split -> class -> usable images
     imbalance: dict[str, float | None]  # split -> largest / smallest class count
     empty_classes: list[tuple[str, str]]  # (split, class)
@@ -263,8 +307,9 @@ class DoctorReport:
         return asdict(self)
 
 
-def scan(root: str | Path, image_size: int | None = None, deep: bool = False, workers: int | None = None,
-         progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None) -> DoctorReport:
+def scan(root: str | Path, image_size: int | None = None, header_only: bool = False, workers: int | None = None,
+         progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
+         cache: bool = True) -> DoctorReport:
     """Check every split of ``root``; see the module docstring. ``progress``/``on_total`` drive a progress bar."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -273,20 +318,22 @@ def scan(root: str | Path, image_size: int | None = None, deep: bool = False, wo
     files = [(f, p) for f in folders for p in f.images]
     if on_total:
         on_total(len(files))
-    checks = inspect_files([p for _, p in files], deep=deep, workers=workers, progress=progress)
+    checks = inspect_files([p for _, p in files], header_only=header_only, workers=workers, progress=progress,
+                           cache=cache)
     split_of = {str(p): f.split for f, p in files}
 
     train_split = "train" if layout == "splits" else "all"
     report = _report(root, layout, [(f.split, (f.name,)) for f, _ in files], checks, split_of, train_split,
-                     image_size, deep, [(f.split, f.name) for f in folders],
+                     image_size, header_only, [(f.split, f.name) for f in folders],
                      [str(p) for f in folders for p in f.ignored])
     _judge(report, train_split)
     return report
 
 
 def scan_label_file(root: str | Path, labels: str | Path, separator: str = ";", image_size: int | None = None,
-                    deep: bool = False, workers: int | None = None, progress: Callable[[int], None] | None = None,
-                    on_total: Callable[[int], None] | None = None) -> DoctorReport:
+                    header_only: bool = False, workers: int | None = None,
+                    progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
+                    cache: bool = True) -> DoctorReport:
     """:func:`scan` for a label file (``--data.labels``): its own problems (line, value, what is wrong) become
     errors or warnings, and the listed images get the same per-file checks; classes are counted per split."""
     from lit_convnext.data.labels import read_label_file
@@ -295,12 +342,13 @@ def scan_label_file(root: str | Path, labels: str | Path, separator: str = ";", 
     entries = [(split or "all", sample) for sample, split in table.rows]
     if on_total:
         on_total(len(entries))
-    checks = inspect_files([s.path for _, s in entries], deep=deep, workers=workers, progress=progress)
+    checks = inspect_files([s.path for _, s in entries], header_only=header_only, workers=workers, progress=progress,
+                           cache=cache)
     train_split = "train" if table.has_split else "all"
     kind = "multi-label" if table.multilabel else "one label per image"
     report = _report(Path(root).expanduser(), f"label file {table.file} ({kind})",
                      [(split, s.labels) for split, s in entries], checks,
-                     {str(s.path): split for split, s in entries}, train_split, image_size, deep,
+                     {str(s.path): split for split, s in entries}, train_split, image_size, header_only,
                      [(train_split, name) for name in table.class_names], [])
     report.label_file_problems = [(p.line, p.value, p.problem) for p in table.problems]
     file_errors = [p.message(table.file) for p in table.errors]
@@ -311,7 +359,7 @@ def scan_label_file(root: str | Path, labels: str | Path, separator: str = ";", 
 
 
 def _report(root: Path, layout: str, entries: Sequence[tuple[str, tuple[str, ...]]], checks: Sequence[FileCheck],
-            split_of: dict[str, str], train_split: str, image_size: int | None, deep: bool,
+            split_of: dict[str, str], train_split: str, image_size: int | None, header_only: bool,
             known: Sequence[tuple[str, str]], ignored: list[str]) -> DoctorReport:
     """Tally the per-file checks of ``entries`` (split, class names of one file) into a report."""
     counts: dict[str, dict[str, int]] = defaultdict(dict)
@@ -342,7 +390,7 @@ def _report(root: Path, layout: str, entries: Sequence[tuple[str, tuple[str, ...
     missing = [(s, c) for s in counts if s != train_split for c in sorted(train_classes - set(counts[s]), key=natural_key)]
     duplicates, leakage = _duplicates(usable.values(), split_of, train_split)
     return DoctorReport(
-        root=str(root), layout=layout, image_size=image_size, deep=deep,
+        root=str(root), layout=layout, image_size=image_size, header_only=header_only,
         counts={s: counts[s] for s in counts},
         imbalance={s: _imbalance(c) for s, c in counts.items()},
         empty_classes=empty, unknown_classes=unknown, missing_classes=missing,

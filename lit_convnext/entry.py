@@ -1,0 +1,65 @@
+"""The ``lit-convnext`` console entry: light commands and the top-level help start without torch.
+
+``doctor`` and ``export`` are plain functions run by jsonargparse; ``lit-convnext --help`` lists the
+subcommands. Only ``fit``, ``validate``, ``test`` and ``predict`` (and their ``--help``) import
+LightningCLI, torch and timm, which take seconds to load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import NoReturn
+
+from lit_convnext.commands import COMMANDS
+from lit_convnext.errors import UserError
+
+HELP = """\
+usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve} ...
+
+Fine-tune ConvNeXt (V1 and V2) on a folder of images with timm and PyTorch Lightning.
+
+subcommands (`lit-convnext SUBCOMMAND --help` lists each one's options):
+  fit        train on --data.root (writes runs/convnext/version_N, or under --trainer.default_root_dir)
+  validate   measure a checkpoint or weights on the validation images of --data.root
+  test       measure a checkpoint or weights on the test images of --data.root
+  predict    label the images of --data.predict_dir with a checkpoint, one row per file
+  doctor     check a data folder before training (bad files, leakage, empty classes)
+  export     write a checkpoint's weights for plain timm (.safetensors + .json) or as ONNX (.onnx)
+  serve      answer HTTP requests with a checkpoint's predictions (needs the `serve` extra)
+"""
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in COMMANDS:
+        run_command(argv[0], argv[1:])
+    if argv in (["-h"], ["--help"]):
+        print(HELP, end="")
+        raise SystemExit(0)
+    from lit_convnext.cli import main as cli_main
+
+    cli_main(args)
+
+
+def run_command(name: str, argv: list[str]) -> NoReturn:
+    """Run a command that needs no Trainer (``doctor``, ``export``) from its function's typed signature."""
+    from jsonargparse import auto_cli
+
+    module_name, function_name = COMMANDS[name].split(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    try:
+        result = auto_cli(function, args=argv, prog=f"lit-convnext {name}")
+    except UserError as err:
+        fail(str(err))
+    raise SystemExit(result if isinstance(result, int) else 0)
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``message`` as the one error line and exit with status 2."""
+    # Errors raised inside DataLoader workers arrive wrapped with the worker's traceback: keep our line.
+    if "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    print(f"lit-convnext: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
