@@ -9,6 +9,8 @@ from tests.helpers import FAST
 
 from lightning.pytorch.callbacks import ProgressBar
 
+from lit_convnext.callbacks.progress import ThrottledRichProgressBar
+
 from lit_convnext.cli import main
 
 READ_METRICS = ProgressBar.get_metrics  # the real read of the logged values (what syncs with the GPU)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lit_convnext.weights.export import sidecar_path
+from lit_convnext.weights.saving import sidecar_path
 from lit_convnext.weights.reading import read_checkpoint
 
 
