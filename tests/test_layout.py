@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_convnext._legacy import MOVED
 from lit_convnext.cli import build_cli
@@ -36,7 +36,12 @@ def test_a_config_saved_with_the_old_ema_class_path_still_runs(image_root: Path,
 
 def test_private_lightning_members_the_cli_overrides_still_exist() -> None:
     """Fails loudly when a Lightning upgrade renames what the CLI hooks into (pyproject bounds Lightning)."""
+    # _run_subcommand: OOM advice around the run; _parse_ckpt_path: an .onnx model is no checkpoint to parse;
+    # _parser(subcommand).callback_keys: the default callbacks follow their feature (logger, checkpointing...) off.
     assert list(inspect.signature(LightningCLI._run_subcommand).parameters) == ["self", "subcommand"]
+    assert list(inspect.signature(LightningCLI._parse_ckpt_path).parameters) == ["self"]
+    assert list(inspect.signature(LightningCLI._parser).parameters) == ["self", "subcommand"]
+    assert "callback_keys" in vars(LightningArgumentParser(exit_on_error=False))
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     lightning = next(d for d in project["project"]["dependencies"] if d.startswith("lightning"))
     assert "<" in lightning, "pin an upper bound on Lightning while private members are overridden"

@@ -65,10 +65,14 @@ class OnnxClassifier(LightningModule):
         self.hparams["model_name"] = card.model_name
         # The temperature is already inside the graph; what remains (e.g. thresholds) applies as usual.
         self.calibration: dict[str, Any] = dict(card.calibration)
+        self.threshold: float | None = None  # multi-label: as ConvNeXtClassifier.threshold
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.session.run(None, {INPUT_NAME: images.detach().float().cpu().numpy()})[0]
         return torch.from_numpy(logits).to(images.device)
 
+    multilabel = ConvNeXtClassifier.multilabel
     probabilities = ConvNeXtClassifier.probabilities
+    decision_thresholds = ConvNeXtClassifier.decision_thresholds
+    decide = ConvNeXtClassifier.decide
     predict_step = ConvNeXtClassifier.predict_step
