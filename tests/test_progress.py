@@ -53,9 +53,10 @@ def test_bad_callback_options_are_one_line_errors(image_root: Path, capsys: pyte
 def test_the_bar_shows_a_few_short_metrics_that_fit_80_columns(image_root: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     shown: list[dict] = []
+    bars_metrics = ThrottledRichProgressBar.get_metrics  # what the bar displays (short names)
 
     def recording(self, trainer, pl_module):
-        shown.append(READ_METRICS(self, trainer, pl_module))
+        shown.append(bars_metrics(self, trainer, pl_module))
         return shown[-1]
 
     monkeypatch.setattr(ThrottledRichProgressBar, "get_metrics", recording)

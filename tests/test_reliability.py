@@ -31,7 +31,7 @@ from tests.helpers import fit_args, one_line_error
         ("--data.sampler", "random", "--data.sampler random: must be one of shuffle, balanced"),
         ("--model.class_weights", "often", "--model.class_weights often: must be one of none, auto, or a mapping"),
         ("--trainer.callbacks+=lit_convnext.callbacks.EMA --trainer.callbacks.decay", "1.5",
-         "--trainer.callbacks.decay 1.5: must be > 0 and < 1 (or null)"),
+         "--trainer.callbacks.decay 1.5: must be a number > 0 and < 1, or null"),
         ("--model.model_name", "convnext_tiyn", "did you mean convnext_tiny"),
     ],
 )
