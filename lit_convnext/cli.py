@@ -26,6 +26,7 @@ from lit_convnext.backbone import check_model_name
 from lit_convnext.callbacks import (
     AtomicCheckpointIO,
     DataWaitMonitor,
+    EvaluationReport,
     FiniteLossGuard,
     PerClassReport,
     ResumableModelCheckpoint,
@@ -93,6 +94,7 @@ class ConvNeXtCLI(LightningCLI):
         parser.add_lightning_class_args(ThrottledRichProgressBar, "progress_bar")
         parser.add_lightning_class_args(PerClassReport, "class_report")
         parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
+        parser.add_lightning_class_args(EvaluationReport, "evaluation")
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
@@ -159,6 +161,9 @@ class ConvNeXtCLI(LightningCLI):
                                                   self.trainer.accumulate_grad_batches)) from err
 
     def after_fit(self) -> None:
+        for callback in self.trainer.callbacks:  # every rank: the best checkpoint is validated distributed
+            if isinstance(callback, EvaluationReport):
+                callback.analyse_fit(self.trainer, self.model, self.datamodule)
         checkpoint = self.trainer.checkpoint_callback
         if checkpoint is None or not self.trainer.is_global_zero:
             return
@@ -187,7 +192,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         args=args,
         run=run,
         parser_kwargs={"epilog": "More commands: lit-convnext doctor DATA_ROOT (check a data folder before training); "
-                            "lit-convnext export CKPT OUTPUT.safetensors (the weights for plain timm)."},
+                            "lit-convnext export CKPT OUTPUT.safetensors (the weights for plain timm); "
+                            "lit-convnext report RUN_DIR (rebuild a run's report.html)."},
     )
 
 

@@ -2,6 +2,7 @@
 
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassF1Score
 
 from lit_convnext.backbone import build_convnext
 from lit_convnext.errors import UserError
@@ -122,6 +123,9 @@ class ConvNeXtClassifier(LightningModule):
         #: Fitted after training and kept in checkpoints (``checkpoint["calibration"]``): ``temperature`` scales the
         #: logits before softmax; evaluation, predict and exports apply it through :meth:`probabilities`.
         self.calibration: dict[str, Any] = {}
+        #: Test-time augmentation: average the probabilities of each image and its horizontal mirror. Set by the
+        #: Trainer for one validate/test/predict run (``--tta true``), never during training.
+        self.tta = False
         self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
         self.hparams["preprocessing"] = self.preprocessing
         self.mixup = self._build_mixup() if self.class_names else None
@@ -166,6 +170,10 @@ class ConvNeXtClassifier(LightningModule):
             {f"{stage}_metrics": collection.clone(prefix=f"{stage}/") for stage in ("train", "val", "test")}
         )
         self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        # ECE of the raw (uncalibrated) softmax: what the temperature fitted after training has to correct.
+        self.calibration_errors = torch.nn.ModuleDict(
+            {stage: MulticlassCalibrationError(n, n_bins=15, norm="l1", validate_args=False) for stage in ("val", "test")}
+        )
 
     # ------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -208,12 +216,14 @@ class ConvNeXtClassifier(LightningModule):
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
-        logits = self(images)
+        logits = self.evaluation_logits(images)
         # A weighted torchmetrics mean: exact over all images even when devices hold different counts.
         self.eval_losses[stage].update(F.cross_entropy(logits, targets), weight=targets.numel())
         self.log(f"{stage}/loss", self.eval_losses[stage], prog_bar=stage == "val")
         self.metrics[f"{stage}_metrics"].update(logits, targets)
         self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage == "val")
+        self.calibration_errors[stage].update(logits.float().softmax(dim=-1), targets)
+        self.log(f"{stage}/ece", self.calibration_errors[stage])
         return logits  # for callbacks (per-class report)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -225,7 +235,20 @@ class ConvNeXtClassifier(LightningModule):
     def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         images, indices = batch[0], batch[1]
         errors = list(batch[2]) if len(batch) > 2 else [""] * len(indices)  # unreadable files (see UnlabeledImages)
-        return {"probabilities": self.probabilities(self(images)), "indices": indices, "errors": errors}
+        return {"probabilities": self.probabilities(self.evaluation_logits(images)), "indices": indices,
+                "errors": errors}
+
+    def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for validate/test/predict; with ``tta`` the log of the mean probability over image and mirror.
+
+        Log-probabilities are valid logits (softmax returns the averaged probabilities), so the loss, metrics,
+        callbacks and the temperature treat both cases alike.
+        """
+        logits = self(images)
+        if not self.tta:
+            return logits
+        views = torch.stack([logits.float().log_softmax(-1), self(images.flip(-1)).float().log_softmax(-1)])
+        return views.logsumexp(dim=0) - math.log(len(views))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities as validate, test and predict report them (calibrated when a temperature was fitted)."""

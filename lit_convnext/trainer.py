@@ -1,7 +1,10 @@
-"""Lightning's Trainer with a ``predict`` that streams to a file instead of collecting in memory."""
+"""Lightning's Trainer with a ``predict`` that streams to a file instead of collecting in memory, and
+test-time augmentation for ``validate``, ``test`` and ``predict``."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: jsonargparse reads the ranges of the ``Annotated`` option types.
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +13,50 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_convnext.callbacks.prediction_writer import PredictionWriter
+from lit_convnext.ranges import Probability
 
 
 class ConvNeXtTrainer(Trainer):
-    """``Trainer`` whose ``predict`` also takes ``output`` and ``top_k`` (exposed by the CLI)."""
+    """``Trainer`` whose ``predict`` also takes ``output``, ``top_k`` and ``min_confidence``, and whose
+    ``validate``, ``test`` and ``predict`` take ``tta`` (all exposed by the CLI)."""
+
+    def validate(  # type: ignore[override]
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: pl.LightningDataModule | None = None,
+        weights_only: bool | None = None,
+        tta: bool = False,
+    ) -> Any:
+        """Evaluate a checkpoint on the validation split.
+
+        Args:
+            tta: Test-time augmentation: average the class probabilities of each image and its horizontal mirror
+                (twice the compute).
+        """
+        with _test_time_augmentation(model or self.lightning_module, tta):
+            return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
+    def test(  # type: ignore[override]
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: pl.LightningDataModule | None = None,
+        weights_only: bool | None = None,
+        tta: bool = False,
+    ) -> Any:
+        """Evaluate a checkpoint on the test split.
+
+        Args:
+            tta: Test-time augmentation: average the class probabilities of each image and its horizontal mirror
+                (twice the compute).
+        """
+        with _test_time_augmentation(model or self.lightning_module, tta):
+            return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(  # type: ignore[override]
         self,
@@ -25,21 +68,41 @@ class ConvNeXtTrainer(Trainer):
         weights_only: bool | None = None,
         output: Path = Path("predictions.csv"),
         top_k: int = 5,
+        min_confidence: Probability = 0.0,
+        tta: bool = False,
     ) -> Any:
         """Label images with a trained checkpoint.
 
         Args:
             output: File to write, one row per image: CSV, or JSON Lines when the name ends in ``.jsonl``.
             top_k: How many classes (with probabilities) to write per image.
+            min_confidence: Rows whose top probability (calibrated, see ``report.html``) is below this get
+                ``uncertain`` = true, so they can be routed to a person; 0 leaves the column out.
+            tta: Test-time augmentation: average the class probabilities of each image and its horizontal mirror
+                (twice the compute).
         """
-        writer = PredictionWriter(Path(output), top_k=top_k)
+        writer = PredictionWriter(Path(output), top_k=top_k, min_confidence=min_confidence)
         self.callbacks.append(writer)
         try:
-            result = super().predict(
-                model, dataloaders, datamodule, return_predictions=bool(return_predictions),
-                ckpt_path=ckpt_path, weights_only=weights_only,
-            )
+            with _test_time_augmentation(model or self.lightning_module, tta):
+                result = super().predict(
+                    model, dataloaders, datamodule, return_predictions=bool(return_predictions),
+                    ckpt_path=ckpt_path, weights_only=weights_only,
+                )
         finally:
             self.callbacks.remove(writer)
         rank_zero_info(f"Wrote {writer.rows} predictions to {writer.output}")
         return result
+
+
+@contextmanager
+def _test_time_augmentation(model: pl.LightningModule | None, enabled: bool) -> Iterator[None]:
+    """Switch the model's ``tta`` on for one evaluation run only."""
+    if model is None or not enabled:
+        yield
+        return
+    model.tta = True
+    try:
+        yield
+    finally:
+        model.tta = False

@@ -27,13 +27,15 @@ class PredictionWriter(BasePredictionWriter):
     """Write each image's top-k class names and probabilities as soon as its batch is predicted.
 
     Nothing is accumulated in memory. The format follows the file name: ``.jsonl`` writes JSON Lines,
-    anything else CSV with columns ``path, class_1, probability_1, ..., class_k, probability_k``.
+    anything else CSV with columns ``path, class_1, probability_1, ..., class_k, probability_k`` (then
+    ``uncertain`` when ``min_confidence`` is set: the top probability is below it) and ``error``.
     """
 
-    def __init__(self, output: Path, top_k: int = 5) -> None:
+    def __init__(self, output: Path, top_k: int = 5, min_confidence: float = 0.0) -> None:
         super().__init__(write_interval="batch")
         self.output = Path(output)
         self.top_k = top_k
+        self.min_confidence = min_confidence
         self.rows = 0
         self._handle: IO[str] | None = None
         self._parts: list[Path] = []
@@ -62,7 +64,7 @@ class PredictionWriter(BasePredictionWriter):
             header = ["path"]
             for rank in range(1, self._k(pl_module) + 1):
                 header += [f"class_{rank}", f"probability_{rank}"]
-            csv.writer(handle).writerow(header + ["error"])
+            csv.writer(handle).writerow(header + (["uncertain"] if self.min_confidence > 0 else []) + ["error"])
 
     def _k(self, pl_module: pl.LightningModule) -> int:
         self._columns = max(1, min(self.top_k, len(pl_module.class_names)))
@@ -110,14 +112,19 @@ class PredictionWriter(BasePredictionWriter):
         self._handle.flush()
 
     def _format(self, path: str, classes: list[str], probs: list[float], error: str) -> str:
+        uncertain = bool(probs) and probs[0] < self.min_confidence
         if self.is_jsonl:
-            record = {"path": path, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in zip(classes, probs)],
-                      "error": error or None}
+            record = {"path": path, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in zip(classes, probs)]}
+            if self.min_confidence > 0:
+                record["uncertain"] = uncertain
+            record["error"] = error or None
             return json.dumps(record, ensure_ascii=False) + "\n"
         row: list[Any] = [path]
         for c, p in zip(classes, probs):
             row += [c, f"{p:.6f}"]
         row += [""] * (2 * (self._columns - len(classes)))
+        if self.min_confidence > 0:
+            row.append("" if error else str(uncertain).lower())
         row.append(error)
         buffer = io.StringIO(newline="")
         csv.writer(buffer).writerow(row)

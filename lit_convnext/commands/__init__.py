@@ -8,4 +8,5 @@ Each is run by ``cli.main`` through jsonargparse's ``auto_cli`` and imported onl
 COMMANDS: dict[str, str] = {
     "doctor": "lit_convnext.commands.doctor:doctor",
     "export": "lit_convnext.commands.export:export",
+    "report": "lit_convnext.commands.report:report",
 }
