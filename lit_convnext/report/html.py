@@ -37,7 +37,7 @@ th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums
 .scroll{max-height:420px;overflow:auto;display:inline-block} .note{color:#666;font-size:13px}
 .gallery{display:flex;flex-wrap:wrap;gap:10px} .card{border:1px solid #ddd;padding:6px;font-size:12px;width:330px}
 .card img{width:160px;height:160px;object-fit:contain;background:#eee;image-rendering:pixelated}
-.bad{color:#b00} img.figure{max-width:100%}
+.bad{color:#b00} .card .note{word-break:break-all} img.figure{max-width:100%}
 """
 
 
@@ -148,7 +148,7 @@ def _summary(run_dir: Path, rows: list[dict[str, str]], names: list[str], model:
     if "_wall" in scalars:
         (_, first), (_, last) = scalars["_wall"]
         items.append(["training time (first to last logged value)", f"{(last - first) / 60:.1f} min"])
-    return _table(["", ""], items)
+    return _table(["", "this run"], items)
 
 
 def _safe_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
