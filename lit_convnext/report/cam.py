@@ -37,14 +37,14 @@ def cam_overlays(model: Any, paths: list[Path], classes: list[int]) -> list[Imag
     extractor = GradCAM(net, target_layer=net.stages[-1], input_shape=tuple(model.preprocessing["input_size"]))
     overlays = []
     try:
+        # One batched forward and backward for all images (torchcam takes one class index per image).
         with torch.enable_grad():
-            for path, cls in zip(paths, classes):
-                x = transform(load_rgb(Path(path))).unsqueeze(0).to(device).requires_grad_(True)
-                scores = net(x)
-                cam = extractor(int(cls), scores)[0].squeeze(0).detach().float().cpu()
-                seen = denormalise(x.detach(), model.preprocessing)[0].permute(1, 2, 0).numpy()
-                picture = Image.fromarray((seen * 255).astype("uint8"))
-                overlays.append(overlay_mask(picture, Image.fromarray(cam.numpy()), alpha=0.55))
+            x = torch.stack([transform(load_rgb(Path(path))) for path in paths]).to(device).requires_grad_(True)
+            cams = extractor([int(c) for c in classes], net(x))[0].detach().float().cpu()
+        seen = denormalise(x.detach(), model.preprocessing).permute(0, 2, 3, 1).numpy()
+        for picture, cam in zip(seen, cams):
+            image = Image.fromarray((picture * 255).astype("uint8"))
+            overlays.append(overlay_mask(image, Image.fromarray(cam.numpy()), alpha=0.55))
     finally:
         extractor.remove_hooks()
         net.train(was_training)
