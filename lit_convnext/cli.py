@@ -25,6 +25,7 @@ from lit_convnext.backbone import check_model_name
 from lit_convnext.callbacks import (
     AtomicCheckpointIO,
     DataWaitMonitor,
+    EvaluationReport,
     FiniteLossGuard,
     PerClassReport,
     ResumableModelCheckpoint,
@@ -139,6 +140,7 @@ class ConvNeXtCLI(LightningCLI):
         parser.add_lightning_class_args(ThrottledRichProgressBar, "progress_bar")
         parser.add_lightning_class_args(PerClassReport, "class_report")
         parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
+        parser.add_lightning_class_args(EvaluationReport, "evaluation")
 
     def _parse_ckpt_path(self) -> None:
         # An exported ONNX model (predict) is no torch checkpoint: its classes and preprocessing are read by
@@ -267,6 +269,9 @@ class ConvNeXtCLI(LightningCLI):
                                                   self.trainer.accumulate_grad_batches)) from err
 
     def after_fit(self) -> None:
+        for callback in self.trainer.callbacks:  # every rank: the best checkpoint is validated distributed
+            if isinstance(callback, EvaluationReport):
+                callback.analyse_fit(self.trainer, self.model, self.datamodule)
         checkpoint = self.trainer.checkpoint_callback
         if checkpoint is None or not self.trainer.is_global_zero:
             return
@@ -297,7 +302,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         run=run,
         parser_kwargs={"epilog": "More commands: lit-convnext doctor DATA_ROOT (check a data folder before training); "
                             "lit-convnext export CKPT OUTPUT.safetensors|OUTPUT.onnx (the weights for plain timm, or an ONNX "
-                            "model); lit-convnext serve --ckpt_path CKPT (an HTTP endpoint)."},
+                            "model); lit-convnext serve --ckpt_path CKPT (an HTTP endpoint); "
+                            "lit-convnext report RUN_DIR (rebuild a run's report.html)."},
     )
 
 

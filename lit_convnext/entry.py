@@ -15,7 +15,7 @@ from lit_convnext.commands import COMMANDS
 from lit_convnext.errors import UserError
 
 HELP = """\
-usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve} ...
+usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve,report} ...
 
 Fine-tune ConvNeXt (V1 and V2) on a folder of images with timm and PyTorch Lightning.
 
@@ -27,6 +27,7 @@ subcommands (`lit-convnext SUBCOMMAND --help` lists each one's options):
   doctor     check a data folder before training (bad files, leakage, empty classes)
   export     write a checkpoint's weights for plain timm (.safetensors + .json) or as ONNX (.onnx)
   serve      answer HTTP requests with a checkpoint's predictions (needs the `serve` extra)
+  report     rebuild a run's report.html from its run directory and a checkpoint
 """
 
 

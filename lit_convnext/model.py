@@ -2,6 +2,7 @@
 
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from timm.data import Mixup, resolve_model_data_config
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassCalibrationError,
     MulticlassF1Score,
     MultilabelAveragePrecision,
     MultilabelF1Score,
@@ -145,6 +147,9 @@ class ConvNeXtClassifier(LightningModule):
         #: Multi-label: one decision threshold for every class, overriding the tuned ``calibration["thresholds"]``
         #: (``--threshold`` of validate/test/predict, or set it in Python).
         self.threshold: float | None = None
+        #: Test-time augmentation: average the probabilities of each image and its horizontal mirror. Set by the
+        #: Trainer for one validate/test/predict run (``--tta true``), never during training.
+        self.tta = False
         self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
         self.hparams["preprocessing"] = self.preprocessing
         # Lightning's model summary measures FLOPs with this input (without it the column shows zeros).
@@ -203,6 +208,10 @@ class ConvNeXtClassifier(LightningModule):
             {f"{stage}_metrics": collection.clone(prefix=f"{stage}/") for stage in ("train", "val", "test")}
         )
         self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        # ECE of the raw (uncalibrated) softmax: what the temperature fitted after training has to correct.
+        self.calibration_errors = torch.nn.ModuleDict(
+            {stage: MulticlassCalibrationError(n, n_bins=15, norm="l1", validate_args=False) for stage in ("val", "test")}
+        )
 
     def _build_multilabel_metrics(self, n: int) -> None:
         # map: mean over classes of the average precision (threshold-free, exact: every score is kept, and
@@ -247,7 +256,7 @@ class ConvNeXtClassifier(LightningModule):
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
-        logits = self(images)
+        logits = self.evaluation_logits(images)
         if self.multilabel:
             return self._evaluate_multilabel(logits, targets, stage)
         # A weighted torchmetrics mean: exact over all images even when devices hold different counts.
@@ -255,6 +264,8 @@ class ConvNeXtClassifier(LightningModule):
         self.log(f"{stage}/loss", self.eval_losses[stage], prog_bar=stage == "val")
         self.metrics[f"{stage}_metrics"].update(logits, targets)
         self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage == "val")
+        self.calibration_errors[stage].update(logits.float().softmax(dim=-1), targets)
+        self.log(f"{stage}/ece", self.calibration_errors[stage])
         return logits  # for callbacks (per-class report)
 
     def _evaluate_multilabel(self, logits: torch.Tensor, targets: torch.Tensor, stage: str) -> torch.Tensor:
@@ -294,7 +305,23 @@ class ConvNeXtClassifier(LightningModule):
     def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         images, indices = batch[0], batch[1]
         errors = list(batch[2]) if len(batch) > 2 else [""] * len(indices)  # unreadable files (see UnlabeledImages)
-        return {"probabilities": self.probabilities(self(images)), "indices": indices, "errors": errors}
+        return {"probabilities": self.probabilities(self.evaluation_logits(images)), "indices": indices,
+                "errors": errors}
+
+    def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for validate/test/predict; with ``tta`` the log of the mean probability over image and mirror.
+
+        Log-probabilities are valid logits (softmax returns the averaged probabilities), so the loss, metrics,
+        callbacks and the temperature treat both cases alike.
+        """
+        logits = self(images)
+        if not self.tta:
+            return logits
+        if self.multilabel:  # each class's probability averaged over both views, as logits again
+            mean = (logits.float().sigmoid() + self(images.flip(-1)).float().sigmoid()) / 2
+            return torch.logit(mean, eps=1e-6)
+        views = torch.stack([logits.float().log_softmax(-1), self(images.flip(-1)).float().log_softmax(-1)])
+        return views.logsumexp(dim=0) - math.log(len(views))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities as validate, test and predict report them (calibrated when a temperature was fitted;

@@ -1,8 +1,10 @@
-"""Lightning's Trainer with a ``predict`` that streams to a file instead of collecting in memory, and a
-multi-label ``threshold`` for validate, test and predict."""
+"""Lightning's Trainer with a ``predict`` that streams to a file instead of collecting in memory, and
+test-time augmentation and a multi-label ``threshold`` for ``validate``, ``test`` and ``predict``."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: jsonargparse reads the ranges of the ``Annotated`` option types.
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,8 @@ from lit_convnext.ranges import Probability
 
 
 class ConvNeXtTrainer(Trainer):
-    """``Trainer`` whose ``predict`` also takes ``output`` and ``top_k``, and whose ``validate``, ``test`` and
-    ``predict`` take ``threshold`` (all exposed by the CLI)."""
+    """``Trainer`` whose ``predict`` also takes ``output``, ``top_k`` and ``min_confidence``, and whose
+    ``validate``, ``test`` and ``predict`` take ``tta`` and ``threshold`` (all exposed by the CLI)."""
 
     def validate(  # type: ignore[override]
         self,
@@ -26,15 +28,19 @@ class ConvNeXtTrainer(Trainer):
         verbose: bool = True,
         datamodule: pl.LightningDataModule | None = None,
         weights_only: bool | None = None,
+        tta: bool = False,
         threshold: Probability | None = None,
     ) -> Any:
         """Evaluate on the validation split.
 
         Args:
+            tta: Test-time augmentation: average the class probabilities of each image and its horizontal mirror
+                (twice the compute).
             threshold: Multi-label: one decision threshold for every class instead of the tuned ones.
         """
         _set_threshold(model or self.lightning_module, threshold)
-        return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+        with _test_time_augmentation(model or self.lightning_module, tta):
+            return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(  # type: ignore[override]
         self,
@@ -44,15 +50,19 @@ class ConvNeXtTrainer(Trainer):
         verbose: bool = True,
         datamodule: pl.LightningDataModule | None = None,
         weights_only: bool | None = None,
+        tta: bool = False,
         threshold: Probability | None = None,
     ) -> Any:
         """Evaluate on the test split.
 
         Args:
+            tta: Test-time augmentation: average the class probabilities of each image and its horizontal mirror
+                (twice the compute).
             threshold: Multi-label: one decision threshold for every class instead of the tuned ones.
         """
         _set_threshold(model or self.lightning_module, threshold)
-        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+        with _test_time_augmentation(model or self.lightning_module, tta):
+            return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(  # type: ignore[override]
         self,
@@ -64,6 +74,8 @@ class ConvNeXtTrainer(Trainer):
         weights_only: bool | None = None,
         output: Path = Path("predictions.csv"),
         top_k: int = 5,
+        min_confidence: Probability = 0.0,
+        tta: bool = False,
         threshold: Probability | None = None,
     ) -> Any:
         """Label images with a trained checkpoint, or with an exported ONNX model (``ckpt_path`` ending in ``.onnx``,
@@ -73,6 +85,10 @@ class ConvNeXtTrainer(Trainer):
             output: File to write, one row per image: CSV, or JSON Lines when the name ends in ``.jsonl``.
             top_k: How many classes (with probabilities) to write per image (multi-label: used only when there
                 are too many classes for one probability column each).
+            min_confidence: Rows whose top probability (calibrated, see ``report.html``) is below this get
+                ``uncertain`` = true, so they can be routed to a person; 0 leaves the column out (single-label).
+            tta: Test-time augmentation: average the class probabilities of each image and its horizontal mirror
+                (twice the compute).
             threshold: Multi-label: one decision threshold for every class instead of the tuned ones.
         """
         if ckpt_path is not None and Path(ckpt_path).suffix == ".onnx":
@@ -82,13 +98,14 @@ class ConvNeXtTrainer(Trainer):
             model, ckpt_path = OnnxClassifier(Path(ckpt_path), str(self.strategy.root_device)), None
         _set_threshold(model or self.lightning_module, threshold)
         separator = getattr(datamodule, "label_separator", ";")  # multi-label: how the ``labels`` column joins names
-        writer = PredictionWriter(Path(output), top_k=top_k, separator=separator)
+        writer = PredictionWriter(Path(output), top_k=top_k, separator=separator, min_confidence=min_confidence)
         self.callbacks.append(writer)
         try:
-            result = super().predict(
-                model, dataloaders, datamodule, return_predictions=bool(return_predictions),
-                ckpt_path=ckpt_path, weights_only=weights_only,
-            )
+            with _test_time_augmentation(model or self.lightning_module, tta):
+                result = super().predict(
+                    model, dataloaders, datamodule, return_predictions=bool(return_predictions),
+                    ckpt_path=ckpt_path, weights_only=weights_only,
+                )
         finally:
             self.callbacks.remove(writer)
         rank_zero_info(f"Wrote {writer.rows} predictions to {writer.output}")
@@ -98,3 +115,16 @@ class ConvNeXtTrainer(Trainer):
 def _set_threshold(model: pl.LightningModule | None, threshold: float | None) -> None:
     if model is not None and hasattr(model, "threshold"):
         model.threshold = threshold
+
+
+@contextmanager
+def _test_time_augmentation(model: pl.LightningModule | None, enabled: bool) -> Iterator[None]:
+    """Switch the model's ``tta`` on for one evaluation run only."""
+    if model is None or not enabled:
+        yield
+        return
+    model.tta = True
+    try:
+        yield
+    finally:
+        model.tta = False

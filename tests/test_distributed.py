@@ -83,6 +83,8 @@ def test_ddp_fit_validate_and_predict_count_each_image_once(tmp_path: Path) -> N
     assert max(logged_lrs(ddp_csv)) == pytest.approx(4e-4 * 8 / 256, rel=1e-6)  # lr scaled by both devices
     ddp = last_metrics(ddp_csv)
     checkpoint = Path("runs/ddp/version_0/checkpoints/last.ckpt")
+    with open("runs/ddp/version_0/val_predictions.csv") as handle:  # the best checkpoint, gathered from both ranks
+        assert [row["path"] for row in csv.DictReader(handle)] == [str(p) for p in iter_images(root / "val")]
 
     main(["validate", "--data.root", str(root), "--ckpt_path", str(checkpoint), "--trainer.accelerator", "cpu",
           "--trainer.devices", "1", *COMMON, *csv_logger("single")])

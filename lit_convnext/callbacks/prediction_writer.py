@@ -30,21 +30,25 @@ class PredictionWriter(BasePredictionWriter):
     anything else CSV with columns ``path, class_1, probability_1, ..., class_k, probability_k``.
     Multi-label models write ``path, labels`` (the classes at or above their thresholds, joined by
     ``separator``), then ``prob_<class>`` for every class (top-k pairs beyond ``MAX_CLASS_COLUMNS`` classes).
+    Single-label rows get ``uncertain`` (before ``error``) when ``min_confidence`` is set: the top probability is
+    below it.
     """
 
     #: Multi-label: more classes than this get top-k pairs instead of one probability column per class.
     MAX_CLASS_COLUMNS = 50
 
-    def __init__(self, output: Path, top_k: int = 5, separator: str = ";") -> None:
+    def __init__(self, output: Path, top_k: int = 5, separator: str = ";", min_confidence: float = 0.0) -> None:
         super().__init__(write_interval="batch")
         self.output = Path(output)
         self.top_k = top_k
         self.separator = separator
+        self.min_confidence = min_confidence
         self.rows = 0
         self._handle: IO[str] | None = None
         self._parts: list[Path] = []
         self._columns = top_k
         self._class_columns = False  # multi-label: one probability column per class, in class order
+        self._uncertain_column = False  # single-label with min_confidence
         self._pending: _PendingRows | None = None
 
     @property
@@ -76,15 +80,21 @@ class PredictionWriter(BasePredictionWriter):
                 return
         for rank in range(1, self._k(pl_module) + 1):
             header += [f"class_{rank}", f"probability_{rank}"]
-        csv.writer(handle).writerow(header + ["error"])
+        uncertain = ["uncertain"] if self._marks_uncertain(pl_module) else []
+        csv.writer(handle).writerow(header + uncertain + ["error"])
 
     def _per_class(self, pl_module: pl.LightningModule) -> bool:
         """Multi-label rows with one probability per class (in class order) instead of top-k pairs."""
         return getattr(pl_module, "multilabel", False) and len(pl_module.class_names) <= self.MAX_CLASS_COLUMNS
 
+    def _marks_uncertain(self, pl_module: pl.LightningModule) -> bool:
+        """Single-label rows say whether the top probability is below ``min_confidence``."""
+        return self.min_confidence > 0 and not getattr(pl_module, "multilabel", False)
+
     def _k(self, pl_module: pl.LightningModule) -> int:
         n = len(pl_module.class_names)
         self._class_columns = self._per_class(pl_module)
+        self._uncertain_column = self._marks_uncertain(pl_module)
         self._columns = n if self._class_columns else max(1, min(self.top_k, n))
         return self._columns
 
@@ -142,6 +152,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def _format(self, path: str, classes: list[str], probs: list[float], error: str,
                 labels: list[str] | None = None) -> str:
+        # Single-label with min_confidence: is the top probability below it? (None: no such column)
+        uncertain = (bool(probs) and probs[0] < self.min_confidence) if self._uncertain_column else None
         if self.is_jsonl:
             record: dict[str, Any] = {"path": path}
             if labels is not None:
@@ -150,6 +162,8 @@ class PredictionWriter(BasePredictionWriter):
                 record["probabilities"] = {c: round(p, 6) for c, p in zip(classes, probs)}
             else:
                 record["top_k"] = [{"class": c, "probability": round(p, 6)} for c, p in zip(classes, probs)]
+            if uncertain is not None:
+                record["uncertain"] = uncertain
             record["error"] = error or None
             return json.dumps(record, ensure_ascii=False) + "\n"
         row: list[Any] = [path]
@@ -161,6 +175,8 @@ class PredictionWriter(BasePredictionWriter):
             for c, p in zip(classes, probs):
                 row += [c, f"{p:.6f}"]
             row += [""] * (2 * (self._columns - len(classes)))
+        if uncertain is not None:
+            row.append("" if error else str(uncertain).lower())
         row.append(error)
         buffer = io.StringIO(newline="")
         csv.writer(buffer).writerow(row)

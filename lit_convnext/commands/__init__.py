@@ -9,4 +9,5 @@ COMMANDS: dict[str, str] = {
     "doctor": "lit_convnext.commands.doctor:doctor",
     "export": "lit_convnext.commands.export:export",
     "serve": "lit_convnext.commands.serve:serve",
+    "report": "lit_convnext.commands.report:report",
 }

@@ -66,6 +66,7 @@ class OnnxClassifier(LightningModule):
         # The temperature is already inside the graph; what remains (e.g. thresholds) applies as usual.
         self.calibration: dict[str, Any] = dict(card.calibration)
         self.threshold: float | None = None  # multi-label: as ConvNeXtClassifier.threshold
+        self.tta = False  # --tta: as ConvNeXtClassifier.tta
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.session.run(None, {INPUT_NAME: images.detach().float().cpu().numpy()})[0]
@@ -73,6 +74,7 @@ class OnnxClassifier(LightningModule):
 
     multilabel = ConvNeXtClassifier.multilabel
     probabilities = ConvNeXtClassifier.probabilities
+    evaluation_logits = ConvNeXtClassifier.evaluation_logits
     decision_thresholds = ConvNeXtClassifier.decision_thresholds
     decide = ConvNeXtClassifier.decide
     predict_step = ConvNeXtClassifier.predict_step

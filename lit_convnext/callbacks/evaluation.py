@@ -1,0 +1,236 @@
+"""Per-image results of validation and test, and the analysis that follows ``fit``.
+
+``validate`` and ``test`` write ``{stage}_predictions.csv`` (one row per image, also under DDP: each rank's
+logits are gathered and put back in dataset order), ``{stage}_confused_pairs.csv`` and
+``{stage}_calibration.json``. During ``fit`` nothing is collected per epoch; when training ends,
+:meth:`EvaluationReport.analyse_fit` validates the best checkpoint once more and, from its logits,
+fits the temperature (stored in that checkpoint), lists likely label errors (cleanlab), draws a mosaic of
+the augmented training batch and writes ``report.html`` (see ``lit_convnext.report``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lit_convnext.calibration import calibration_summary, fit_temperature
+
+#: Images kept from the first training batch for the augmentation mosaic.
+MOSAIC_IMAGES = 32
+
+
+class EvaluationReport(Callback):
+    """Per-image CSVs for validate/test; after ``fit``: calibration, likely label errors and ``report.html``.
+
+    Args:
+        enabled: Write the per-image files and run the end-of-fit analysis.
+        top_k: Classes (with probabilities) per image in ``{stage}_predictions.csv``.
+        calibrate: Fit a temperature on the best checkpoint's validation logits and store it in that checkpoint
+            (validate, test and predict then report calibrated probabilities).
+        label_issues: List likely label errors of the validation split with cleanlab (``val_label_issues.csv``).
+        report: Write ``report.html`` into the run directory when ``fit`` ends.
+        gallery_size: Images per gallery in the report (worst errors, suspected label errors).
+    """
+
+    def __init__(self, enabled: bool = True, top_k: int = 5, calibrate: bool = True, label_issues: bool = True,
+                 report: bool = True, gallery_size: int = 24) -> None:
+        self.enabled = enabled
+        self.top_k = top_k
+        self.calibrate = calibrate
+        self.label_issues = label_issues
+        self.report = report
+        self.gallery_size = gallery_size
+        self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._final = False  # the validation of the best checkpoint run by analyse_fit
+        self._first_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # --------------------------------------------------------------------------------- collection
+    def _collecting(self, trainer: pl.Trainer) -> bool:
+        # Per-epoch validation during fit is skipped: the files describe the best weights, not every epoch.
+        return self.enabled and not trainer.sanity_checking and trainer.state.fn in (TrainerFn.VALIDATING,
+                                                                                     TrainerFn.TESTING)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._collected["val"] = []
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._collected["test"] = []
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._collecting(trainer) and isinstance(outputs, torch.Tensor):
+            self._collected["val"].append((outputs.detach().float().cpu(), batch[1].detach().cpu()))
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._collecting(trainer) and isinstance(outputs, torch.Tensor):
+            self._collected["test"].append((outputs.detach().float().cpu(), batch[1].detach().cpu()))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.enabled and self._first_batch is None:  # one small copy per run, for the mosaic
+            self._first_batch = (batch[0][:MOSAIC_IMAGES].detach().cpu(), batch[1][:MOSAIC_IMAGES].detach().cpu())
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._collecting(trainer):
+            self._finish("val", trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._collecting(trainer):
+            self._finish("test", trainer, pl_module)
+
+    # ------------------------------------------------------------------------------------ results
+    def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        batches = self._collected.pop(stage, [])
+        classes = len(pl_module.class_names)
+        logits = torch.cat([b[0] for b in batches]) if batches else torch.zeros(0, classes)
+        targets = torch.cat([b[1] for b in batches]) if batches else torch.zeros(0, dtype=torch.long)
+        loader = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        indices = torch.as_tensor(list(iter(loader.sampler)), dtype=torch.long)  # this rank's images, in order
+        # Every rank gets every image (all_gather), so all ranks fit the same temperature without a broadcast.
+        logits, targets, indices = (_gather_rows(pl_module, t) for t in (logits, targets, indices))
+        order = indices.argsort()
+        logits, targets, indices = logits[order], targets[order], indices[order]
+        if self._final and self.calibrate:
+            pl_module.calibration["temperature"] = fit_temperature(logits, targets)
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: every rank asks
+        if not trainer.is_global_zero:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        temperature = float(pl_module.calibration.get("temperature", 1.0))
+        summary = calibration_summary(logits, targets, temperature)
+        (run_dir / f"{stage}_calibration.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        if self._final and self.calibrate:
+            self._store_calibration(trainer, pl_module)
+            rank_zero_info(f"Temperature {temperature:.3f} fitted on {len(targets)} validation images: "
+                           f"ECE {summary['ece_before']:.4f} -> {summary['ece_after']:.4f}")
+        probabilities = pl_module.probabilities(logits)
+        paths = [str(loader.dataset.paths[i]) for i in indices.tolist()]
+        names = list(pl_module.class_names)
+        write_predictions(run_dir / f"{stage}_predictions.csv", paths, names, probabilities, targets, self.top_k)
+        write_confused_pairs(run_dir / f"{stage}_confused_pairs.csv", names, probabilities.argmax(1), targets)
+        if stage == "val" and self.label_issues:
+            write_label_issues(run_dir / "val_label_issues.csv", paths, names, probabilities, targets)
+
+    def _store_calibration(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Add the fitted calibration to the best checkpoint file (written atomically by the run's CheckpointIO)."""
+        path = Path(trainer.checkpoint_callback.best_model_path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint["calibration"] = dict(pl_module.calibration)
+        trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+
+    # -------------------------------------------------------------------------------- after fit
+    def analyse_fit(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:
+        """Validate the best checkpoint (per-image CSV, temperature, label issues), then draw the report.
+
+        Called on every rank after ``fit`` (validation is distributed); only rank 0 writes.
+        """
+        checkpoint = trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "")
+        if not self.enabled or not best:
+            return
+        start = time.perf_counter()
+        self._final = True
+        try:
+            trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+        finally:
+            self._final = False
+        validated = time.perf_counter()
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if trainer.is_global_zero:
+            if self._first_batch is not None:
+                from lit_convnext.report.figures import augmentation_mosaic
+
+                images, targets = self._first_batch
+                augmentation_mosaic(images, targets, model).save(run_dir / "train_batch_mosaic.png")
+            if self.report:
+                from lit_convnext.report import build_report
+
+                path = build_report(run_dir, model, gallery_size=self.gallery_size,
+                                    analysis_seconds=validated - start)
+                rank_zero_info(f"Report: {path}")
+            rank_zero_info(f"End-of-fit analysis: {validated - start:.1f} s validating the best checkpoint, "
+                           f"{time.perf_counter() - validated:.1f} s for the report")
+        trainer.strategy.barrier("EvaluationReport.analyse_fit")
+
+
+def _gather_rows(pl_module: pl.LightningModule, rows: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``rows`` (ranks may hold different counts) in rank order."""
+    trainer = pl_module.trainer
+    if trainer.world_size <= 1:
+        return rows
+    device = pl_module.device
+    sizes = pl_module.all_gather(torch.tensor([len(rows)], device=device)).flatten().tolist()
+    padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=rows.dtype, device=device)
+    padded[: len(rows)] = rows.to(device)
+    gathered = pl_module.all_gather(padded).cpu()
+    return torch.cat([gathered[rank, :size] for rank, size in enumerate(sizes)])
+
+
+def write_predictions(path: Path, paths: list[str], names: list[str], probabilities: torch.Tensor,
+                      targets: torch.Tensor, top_k: int) -> None:
+    """One row per image: path, true, predicted, confidence, loss (-log p(true)), correct, then the top-k."""
+    k = max(1, min(top_k, len(names)))
+    top_p, top_c = probabilities.topk(k, dim=1)
+    true_p = probabilities.gather(1, targets.view(-1, 1)).squeeze(1)
+    loss = -true_p.clamp(min=1e-12).log()
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted", "confidence", "loss", "correct",
+                         *(f"{col}_{r}" for r in range(1, k + 1) for col in ("class", "probability"))])
+        for row, (p, t, ps, cs, nll) in enumerate(zip(paths, targets.tolist(), top_p.tolist(), top_c.tolist(),
+                                                      loss.tolist())):
+            top = [item for c, q in zip(cs, ps) for item in (names[c], f"{q:.6f}")]
+            writer.writerow([p, names[t], names[cs[0]], f"{ps[0]:.6f}", f"{nll:.6f}", int(cs[0] == t), *top])
+
+
+def write_confused_pairs(path: Path, names: list[str], predicted: torch.Tensor, targets: torch.Tensor) -> None:
+    """Off-diagonal cells of the confusion matrix, most frequent first, with their share of the true class."""
+    n = len(names)
+    confusion = torch.bincount(targets * n + predicted, minlength=n * n).view(n, n)
+    totals = confusion.sum(dim=1)
+    confusion.fill_diagonal_(0)
+    counts, cells = confusion.flatten().sort(descending=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["true", "predicted", "count", "share_of_true"])
+        for count, cell in zip(counts.tolist(), cells.tolist()):
+            if count == 0:
+                break
+            true, pred = divmod(cell, n)
+            writer.writerow([names[true], names[pred], count, f"{count / int(totals[true]):.4f}"])
+
+
+def write_label_issues(path: Path, paths: list[str], names: list[str], probabilities: torch.Tensor,
+                       targets: torch.Tensor) -> None:
+    """Likely label errors found by cleanlab's confident learning, most likely first."""
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        rank_zero_warn("val_label_issues.csv not written: pip install 'lit-convnext[report]' (cleanlab) for it")
+        return
+    labels = targets.numpy()
+    probs = probabilities.double()
+    probs = (probs / probs.sum(dim=1, keepdim=True)).numpy()  # cleanlab checks rows sum to 1 in float64
+    present = len(set(labels.tolist()))
+    ranked: list[int] = []
+    if present >= 2:  # confident learning compares classes: a one-class split has nothing to compare
+        ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1).tolist()
+    else:
+        rank_zero_warn(f"label issues: the validation split has {present} class(es); no errors can be estimated")
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["rank", "path", "given", "suggested", "given_probability", "suggested_probability"])
+        for rank, i in enumerate(ranked, start=1):
+            suggested = int(probs[i].argmax())
+            writer.writerow([rank, paths[i], names[labels[i]], names[suggested], f"{probs[i, labels[i]]:.6f}",
+                             f"{probs[i, suggested]:.6f}"])

@@ -1,0 +1,161 @@
+"""The report's pictures, as PIL images or PNG bytes; nothing here reads the run directory."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+from PIL import Image
+
+#: The confusion matrix shows at most this many classes (those with the most confusions) so labels stay legible.
+CONFUSION_MAX_CLASSES = 30
+
+
+def _figure(width: float, height: float) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def png_bytes(figure_or_image: Any, dpi: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    if isinstance(figure_or_image, Image.Image):
+        figure_or_image.save(buffer, format="PNG", optimize=True)
+    else:
+        figure_or_image.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def training_curves(scalars: dict[str, list[tuple[int, float]]]) -> bytes | None:
+    """Loss, accuracy and learning rate against the optimizer step, one panel each, from the logged values."""
+    panels = [
+        ("loss", [k for k in ("train/loss_step", "train/loss_epoch", "val/loss") if k in scalars]),
+        ("accuracy", [k for k in ("train/acc1", "val/acc1", "val/acc5", "val/f1") if k in scalars]),
+        ("learning rate", sorted(k for k in scalars if k.startswith("lr-"))[:3]),
+    ]
+    panels = [(title, keys) for title, keys in panels if keys]
+    if not panels:
+        return None
+    figure = _figure(4.2 * len(panels), 3.2)
+    for axes, (title, keys) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        for key in keys:
+            steps, values = zip(*scalars[key])
+            style = {"marker": "o", "markersize": 3} if len(steps) < 50 else {}
+            axes.plot(steps, values, label=key, **style)
+        axes.set_title(title)
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    return png_bytes(figure)
+
+
+def confusion_classes(confusion: torch.Tensor, limit: int = CONFUSION_MAX_CLASSES) -> list[int]:
+    """All classes when they fit, else the ``limit`` classes with the most errors (as true or as predicted)."""
+    n = confusion.shape[0]
+    if n <= limit:
+        return list(range(n))
+    errors = confusion.clone().fill_diagonal_(0)
+    involvement = errors.sum(dim=0) + errors.sum(dim=1)
+    return sorted(involvement.argsort(descending=True)[:limit].tolist())
+
+
+def normalised_confusion(confusion: torch.Tensor, names: list[str], classes: list[int]) -> bytes:
+    """Heat map of the confusion matrix normalised per true class (rows sum to 1 over *all* classes)."""
+    rows = confusion.double() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
+    shown = rows[classes][:, classes].numpy()
+    n = len(classes)
+    side = min(3.5 + 0.28 * n, 12)
+    figure = _figure(side + 1, side)
+    axes = figure.add_subplot()
+    image = axes.imshow(shown, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true class")
+    labels = [names[i] for i in classes]
+    size = 9 if n <= 15 else 7
+    axes.set_xticks(range(n), labels=labels, rotation=90, fontsize=size)
+    axes.set_yticks(range(n), labels=labels, fontsize=size)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    if n <= 15:
+        for i in range(n):
+            for j in range(n):
+                if shown[i, j] >= 0.005:
+                    axes.text(j, i, f"{shown[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                              color="white" if shown[i, j] > 0.5 else "black")
+    return png_bytes(figure)
+
+
+def reliability_diagram(summary: dict[str, Any]) -> bytes:
+    """Accuracy against confidence per bin, before and after the temperature, with the diagonal of perfect trust."""
+    figure = _figure(8.4, 3.6)
+    for axes, name in zip(figure.subplots(1, 2), ("before", "after")):
+        bins = summary[f"reliability_{name}"]
+        width = 1.0 / summary["bins"]
+        centres = [(i + 0.5) * width for i in range(summary["bins"])]
+        filled = [i for i, c in enumerate(bins["count"]) if c]
+        axes.bar([centres[i] for i in filled], [bins["accuracy"][i] for i in filled], width=width * 0.9,
+                 color="#4c78a8", label="accuracy")
+        axes.plot([bins["confidence"][i] for i in filled], [bins["accuracy"][i] for i in filled], "o",
+                  color="#e45756", markersize=4, label="mean confidence")
+        axes.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
+        t = 1.0 if name == "before" else summary["temperature"]
+        axes.set_title(f"{name}: T = {t:.2f}, ECE = {summary[f'ece_{name}']:.3f}")
+        axes.set_xlabel("confidence")
+        axes.set_ylabel("accuracy")
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.legend(fontsize=7, loc="upper left")
+    return png_bytes(figure)
+
+
+def denormalise(images: torch.Tensor, preprocessing: dict[str, Any]) -> torch.Tensor:
+    """Normalised model input back to 0..1 RGB, for showing what the network was given."""
+    mean = torch.tensor(preprocessing["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing["std"]).view(1, -1, 1, 1)
+    return (images.float().cpu() * std + mean).clamp(0, 1)
+
+
+def augmentation_mosaic(images: torch.Tensor, targets: torch.Tensor, model: Any) -> Image.Image:
+    """A training batch as the network sees it: after the loader's augmentation and the model's Mixup/CutMix.
+
+    Tiles are titled with the label (the two largest shares when Mixup/CutMix mixed them).
+    """
+    images, targets = images.float(), targets
+    mixup = getattr(model, "mixup", None)
+    if mixup is not None and len(images) >= 2:
+        images = images[: len(images) // 2 * 2].clone()  # timm's Mixup pairs images: it needs an even batch
+        images, soft = mixup(images, targets[: len(images)])
+    else:
+        soft = torch.nn.functional.one_hot(targets, len(model.class_names)).float()
+    pictures = denormalise(images, model.preprocessing)
+    columns = 8
+    rows = (len(pictures) + columns - 1) // columns
+    figure = _figure(columns * 1.3, rows * 1.45)
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for i, axes in enumerate(grid.flatten()):
+        axes.axis("off")
+        if i >= len(pictures):
+            continue
+        axes.imshow(pictures[i].permute(1, 2, 0).numpy())
+        shares, classes = soft[i].topk(min(2, soft.shape[1]))
+        title = model.class_names[classes[0]]
+        if len(shares) > 1 and shares[1] > 0.2:
+            title += f" {shares[0]:.0%}/{model.class_names[classes[1]]}"
+        axes.set_title(title, fontsize=7)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def thumbnail(image: Image.Image, size: int = 160) -> bytes:
+    """A JPEG of at most ``size`` pixels per side (galleries stay small with hundreds of images)."""
+    image = image.convert("RGB")
+    scale = size / max(image.size)
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                         Image.Resampling.NEAREST if scale > 2 else Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()

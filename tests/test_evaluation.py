@@ -1,0 +1,191 @@
+"""Per-image results, temperature scaling, --min_confidence, TTA, label issues and report.html."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_convnext.calibration import calibration_error, fit_temperature
+from lit_convnext.cli import main
+from lit_convnext.data.folders import iter_images
+from lit_convnext.model import ConvNeXtClassifier
+from tests.helpers import COLORS, FAST, TINY_MODEL, fit_args, make_folder, write_image
+
+PREDICTION_COLUMNS = ["path", "true", "predicted", "confidence", "loss", "correct",
+                      "class_1", "probability_1", "class_2", "probability_2", "class_3", "probability_3"]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def eval_options() -> list[str]:
+    return [option for option in FAST if option not in ("--model.pretrained", "false")]
+
+
+def test_fit_writes_one_row_per_validation_image_and_stores_the_temperature(fitted: dict[str, Path]) -> None:
+    run = fitted["run"]
+    rows = read_rows(run / "val_predictions.csv")
+    assert list(rows[0]) == PREDICTION_COLUMNS
+    assert [r["path"] for r in rows] == [str(p) for p in iter_images(fitted["root"] / "val")]  # each once, in order
+    for r in rows:
+        assert r["true"] == Path(r["path"]).parent.name
+        assert r["predicted"] == r["class_1"] and float(r["confidence"]) == float(r["probability_1"])
+        assert r["correct"] == str(int(r["true"] == r["predicted"]))
+    checkpoint = torch.load(fitted["best"], map_location="cpu", weights_only=True)
+    summary = json.loads((run / "val_calibration.json").read_text())
+    assert checkpoint["calibration"]["temperature"] == pytest.approx(summary["temperature"])
+    assert summary["nll_after"] <= summary["nll_before"] + 1e-6  # the fitted T minimises the NLL
+    assert (run / "report.html").is_file() and (run / "train_batch_mosaic.png").is_file()
+    assert list(read_rows(run / "val_predictions.csv")[0]) == PREDICTION_COLUMNS
+
+
+def test_temperature_fit_recovers_the_scale_of_overconfident_logits() -> None:
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 5, (2000,), generator=generator)
+    calibrated = torch.randn(2000, 5, generator=generator) + 2.0 * torch.nn.functional.one_hot(targets, 5)
+    # Sample labels from the calibrated probabilities, so T=1 is right for `calibrated` and T=4 for 4x the logits.
+    labels = torch.multinomial(calibrated.softmax(1), 1, generator=generator).squeeze(1)
+    temperature = fit_temperature(4.0 * calibrated, labels)
+    assert temperature == pytest.approx(4.0, rel=0.15)
+    before = calibration_error((4.0 * calibrated).softmax(1), labels)
+    after = calibration_error((4.0 * calibrated / temperature).softmax(1), labels)
+    assert after < before / 3
+
+
+def test_temperature_calibrates_an_overconfident_model_and_predict_applies_it(image_root: Path) -> None:
+    # A large random head and a negligible lr: confident logits that are right only by chance.
+    main(fit_args(image_root, "--model.head_init_scale", "100", "--model.lr", "1e-9",
+                  "--evaluation.label_issues", "false", "--evaluation.report", "false"))
+    run = Path("runs/convnext/version_0")
+    summary = json.loads((run / "val_calibration.json").read_text())
+    assert summary["temperature"] > 2
+    assert summary["ece_after"] < summary["ece_before"] - 0.1
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    assert checkpoint["calibration"]["temperature"] == pytest.approx(summary["temperature"])
+
+    main(["predict", "--ckpt_path", str(best), "--data.predict_dir", str(image_root / "val"), "--output", "cal.csv",
+          *eval_options()])
+    checkpoint["calibration"] = {}
+    torch.save(checkpoint, "raw.ckpt")
+    main(["predict", "--ckpt_path", "raw.ckpt", "--data.predict_dir", str(image_root / "val"), "--output", "raw.csv",
+          *eval_options()])
+    calibrated = {r["path"]: r for r in read_rows(Path("cal.csv"))}
+    validated = {r["path"]: float(r["confidence"]) for r in read_rows(run / "val_predictions.csv")}
+    for row in read_rows(Path("raw.csv")):
+        cal = calibrated[row["path"]]
+        assert cal["class_1"] == row["class_1"]  # a temperature never changes the ranking
+        assert float(cal["probability_1"]) < float(row["probability_1"])
+        assert float(cal["probability_1"]) == pytest.approx(validated[row["path"]], abs=1e-5)
+
+
+def test_min_confidence_marks_rows_below_it_uncertain(fitted: dict[str, Path]) -> None:
+    args = ["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir", str(fitted["root"] / "val"),
+            *eval_options()]
+    main([*args, "--output", "plain.csv"])
+    confidences = sorted(float(r["probability_1"]) for r in read_rows(Path("plain.csv")))
+    threshold = (confidences[5] + confidences[6]) / 2
+    main([*args, "--output", "routed.csv", "--min_confidence", str(threshold)])
+    rows = read_rows(Path("routed.csv"))
+    assert list(rows[0])[-2:] == ["uncertain", "error"]
+    assert [r["uncertain"] for r in rows] == [str(float(r["probability_1"]) < threshold).lower() for r in rows]
+    assert sum(r["uncertain"] == "true" for r in rows) == 6
+
+
+def test_min_confidence_outside_zero_to_one_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                                fitted: dict[str, Path]) -> None:
+    from tests.helpers import one_line_error
+
+    line = one_line_error(capsys, ["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir",
+                                   str(fitted["root"]), "--min_confidence", "1.5", *eval_options()])
+    assert "--min_confidence 1.5: must be less than or equal to 1" in line
+
+
+def test_tta_averages_the_probabilities_of_the_image_and_its_mirror() -> None:
+    torch.manual_seed(0)
+    model = ConvNeXtClassifier(TINY_MODEL, pretrained=False, class_names=["a", "b", "c"], image_size=32,
+                               head_init_scale=10.0).eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        plain = model.evaluation_logits(images).softmax(-1)
+        model.tta = True
+        averaged = model.evaluation_logits(images).softmax(-1)
+        expected = (model(images).softmax(-1) + model(images.flip(-1)).softmax(-1)) / 2
+    assert torch.allclose(averaged, expected, atol=1e-6)
+    assert not torch.allclose(plain, averaged, atol=1e-4)
+
+
+def test_tta_option_of_predict_and_validate(fitted: dict[str, Path]) -> None:
+    common = ["--ckpt_path", str(fitted["best"]), *eval_options()]
+    predict = ["predict", "--data.predict_dir", str(fitted["root"] / "val"), *common]
+    main([*predict, "--output", "plain.csv"])
+    main([*predict, "--output", "tta.csv", "--tta", "true"])
+    plain, tta = read_rows(Path("plain.csv")), read_rows(Path("tta.csv"))
+    assert [r["path"] for r in plain] == [r["path"] for r in tta]
+    assert any(abs(float(a["probability_1"]) - float(b["probability_1"])) > 1e-5 for a, b in zip(plain, tta))
+    main(["validate", "--data.root", str(fitted["root"]), "--tta", "true", *common])
+    rows = read_rows(Path("runs/convnext/version_0/val_predictions.csv"))
+    assert len(rows) == 12
+
+
+def flipped_folder(root: Path) -> list[str]:
+    """``root/train`` and ``root/val`` with 3 validation images of one colour filed under another class."""
+    make_folder(root / "train", 2)
+    make_folder(root / "val", 6, seed=500)
+    names = list(COLORS)
+    flipped = []
+    for i, (name, color) in enumerate(COLORS.items()):
+        wrong = names[(i + 1) % len(names)]
+        flipped.append(str(write_image(root / "val" / wrong / f"flipped_{name}.png", color, seed=7000 + i)))
+    return flipped
+
+
+def test_label_issues_find_the_flipped_labels_and_the_report_renders(fitted: dict[str, Path], tmp_path: Path) -> None:
+    flipped = flipped_folder(tmp_path / "flipped")
+    main(["validate", "--data.root", str(tmp_path / "flipped"), "--ckpt_path", str(fitted["best"]), *eval_options()])
+    run = Path("runs/convnext/version_0")
+    issues = read_rows(run / "val_label_issues.csv")
+    assert {r["path"] for r in issues[:3]} == set(flipped)
+    for r in issues[:3]:
+        assert r["suggested"] == Path(r["path"]).stem.removeprefix("flipped_")  # the colour it really is
+    pairs = read_rows(run / "val_confused_pairs.csv")
+    assert sum(int(p["count"]) for p in pairs) == sum(r["correct"] == "0" for r in read_rows(run / "val_predictions.csv"))
+
+    with pytest.raises(SystemExit) as done:
+        main(["report", str(run), "--ckpt_path", str(fitted["best"]), "--gallery_size", "4"])
+    assert done.value.code == 0
+    check_in_browser(run / "report.html", expected_text=["flipped_red.png", *COLORS], min_images=10)
+
+
+def check_in_browser(report: Path, expected_text: list[str], min_images: int) -> None:
+    """Open the report in headless Chromium: every image decodes and the expected text is on the page."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    probe = report.with_name("probe.html")  # a copy with a script that records what loaded
+    script = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+              "document.body.setAttribute('data-images',i.length);"
+              "document.body.setAttribute('data-broken',i.filter(x=>!(x.complete&&x.naturalWidth>0)).length);});</script>")
+    probe.write_text(report.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", probe.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    images = re.search(r'data-images="(\d+)"', dom)
+    broken = re.search(r'data-broken="(\d+)"', dom)
+    assert images and broken, dom[:500]
+    assert int(images.group(1)) >= min_images and broken.group(1) == "0"
+    for text in expected_text:
+        assert text in dom
+    screenshot = report.with_name("report.png")  # kept for a person to look at (pytest --basetemp)
+    subprocess.run([*flags, "--hide-scrollbars", "--window-size=1200,3000", f"--screenshot={screenshot}",
+                    report.resolve().as_uri()], capture_output=True, timeout=120)
+    assert screenshot.stat().st_size > 10_000
