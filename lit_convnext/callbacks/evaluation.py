@@ -56,8 +56,9 @@ class EvaluationReport(Callback):
     # --------------------------------------------------------------------------------- collection
     def _collecting(self, trainer: pl.Trainer) -> bool:
         # Per-epoch validation during fit is skipped: the files describe the best weights, not every epoch.
-        return self.enabled and not trainer.sanity_checking and trainer.state.fn in (TrainerFn.VALIDATING,
-                                                                                     TrainerFn.TESTING)
+        # Multi-label models have their own per-class report and thresholds; this analysis is single-label.
+        return (self.enabled and not trainer.sanity_checking and not _multilabel(trainer.lightning_module)
+                and trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING))
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._collected["val"] = []
@@ -95,7 +96,8 @@ class EvaluationReport(Callback):
         logits = torch.cat([b[0] for b in batches]) if batches else torch.zeros(0, classes)
         targets = torch.cat([b[1] for b in batches]) if batches else torch.zeros(0, dtype=torch.long)
         loader = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
-        indices = torch.as_tensor(list(iter(loader.sampler)), dtype=torch.long)  # this rank's images, in order
+        # This rank's images, in order; --trainer.limit_val_batches stops after the first batches.
+        indices = torch.as_tensor(list(iter(loader.sampler)), dtype=torch.long)[: len(targets)]
         # Every rank gets every image (all_gather), so all ranks fit the same temperature without a broadcast.
         logits, targets, indices = (_gather_rows(pl_module, t) for t in (logits, targets, indices))
         order = indices.argsort()
@@ -136,7 +138,7 @@ class EvaluationReport(Callback):
         """
         checkpoint = trainer.checkpoint_callback
         best = getattr(checkpoint, "best_model_path", "")
-        if not self.enabled or not best:
+        if not self.enabled or not best or _multilabel(model):
             return
         start = time.perf_counter()
         self._final = True
@@ -234,3 +236,7 @@ def write_label_issues(path: Path, paths: list[str], names: list[str], probabili
             suggested = int(probs[i].argmax())
             writer.writerow([rank, paths[i], names[labels[i]], names[suggested], f"{probs[i, labels[i]]:.6f}",
                              f"{probs[i, suggested]:.6f}"])
+
+
+def _multilabel(module: pl.LightningModule | None) -> bool:
+    return bool(getattr(module, "multilabel", False))
