@@ -8,12 +8,18 @@ on the best checkpoint's validation logits at the end of ``fit`` and stored as
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 #: Confidence bins of the expected calibration error and the reliability diagram.
 ECE_BINS = 15
+
+
+#: The temperature is kept in [0.05, 20]: beyond that the validation set says nothing reliable about it.
+LOG_T_MIN, LOG_T_MAX = math.log(0.05), math.log(20.0)
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_images: int = 20_000) -> float:
@@ -33,13 +39,15 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_images: int
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
-            loss = F.cross_entropy(logits / log_t.exp(), targets)
+            # Bounded inside the objective: a set the model gets all right drives T towards 0, and unbounded
+            # LBFGS line searches then overflow.
+            loss = F.cross_entropy(logits / log_t.clamp(LOG_T_MIN, LOG_T_MAX).exp(), targets)
             loss.backward()
             return loss
 
         optimizer.step(closure)
     # The bounds guard against a degenerate set: all correct drives T to 0, all wrong to infinity.
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
+    return float(log_t.detach().clamp(LOG_T_MIN, LOG_T_MAX).exp())
 
 
 def calibration_error(probabilities: torch.Tensor, targets: torch.Tensor) -> float:
