@@ -38,8 +38,7 @@ class ConvNeXtTrainer(Trainer):
                 (twice the compute).
             threshold: Multi-label: one decision threshold for every class instead of the tuned ones.
         """
-        _set_threshold(model or self.lightning_module, threshold)
-        with _test_time_augmentation(model or self.lightning_module, tta):
+        with _evaluation_settings(model or self.lightning_module, tta, threshold):
             return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(  # type: ignore[override]
@@ -60,8 +59,7 @@ class ConvNeXtTrainer(Trainer):
                 (twice the compute).
             threshold: Multi-label: one decision threshold for every class instead of the tuned ones.
         """
-        _set_threshold(model or self.lightning_module, threshold)
-        with _test_time_augmentation(model or self.lightning_module, tta):
+        with _evaluation_settings(model or self.lightning_module, tta, threshold):
             return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(  # type: ignore[override]
@@ -96,12 +94,11 @@ class ConvNeXtTrainer(Trainer):
 
             # The exported model replaces the module; the same loader and writer produce the same rows.
             model, ckpt_path = OnnxClassifier(Path(ckpt_path), str(self.strategy.root_device)), None
-        _set_threshold(model or self.lightning_module, threshold)
         separator = getattr(datamodule, "label_separator", ";")  # multi-label: how the ``labels`` column joins names
         writer = PredictionWriter(Path(output), top_k=top_k, separator=separator, min_confidence=min_confidence)
         self.callbacks.append(writer)
         try:
-            with _test_time_augmentation(model or self.lightning_module, tta):
+            with _evaluation_settings(model or self.lightning_module, tta, threshold):
                 result = super().predict(
                     model, dataloaders, datamodule, return_predictions=bool(return_predictions),
                     ckpt_path=ckpt_path, weights_only=weights_only,
@@ -112,19 +109,19 @@ class ConvNeXtTrainer(Trainer):
         return result
 
 
-def _set_threshold(model: pl.LightningModule | None, threshold: float | None) -> None:
-    if model is not None and hasattr(model, "threshold"):
-        model.threshold = threshold
-
-
 @contextmanager
-def _test_time_augmentation(model: pl.LightningModule | None, enabled: bool) -> Iterator[None]:
-    """Switch the model's ``tta`` on for one evaluation run only."""
-    if model is None or not enabled:
+def _evaluation_settings(model: pl.LightningModule | None, tta: bool, threshold: float | None) -> Iterator[None]:
+    """For one validate/test/predict run: test-time augmentation on, and (multi-label) one decision threshold."""
+    if model is None:
         yield
         return
-    model.tta = True
+    saved = {name: getattr(model, name) for name in ("tta", "threshold") if hasattr(model, name)}
+    if tta:
+        model.tta = True
+    if threshold is not None and "threshold" in saved:
+        model.threshold = threshold
     try:
         yield
     finally:
-        model.tta = False
+        for name, value in saved.items():
+            setattr(model, name, value)
