@@ -10,7 +10,8 @@ from tests.bad_corpus import BAD, PIXEL_BAD, build_corpus, write_bad_files
 from tests.helpers import make_folder
 
 from lit_convnext.cli import main
-from lit_convnext.data.scan import check_file, scan
+from lit_convnext.data.file_checks import check_file
+from lit_convnext.data.scan import scan
 from lit_convnext.data.images import load_rgb
 
 
@@ -81,7 +82,7 @@ def test_doctor_reports_bombs_and_pixel_errors_and_header_only_is_opt_in(
 
 def test_parallel_scan_matches_serial(corpus: tuple[Path, dict[str, Path]]) -> None:
     root, _ = corpus
-    serial, parallel = scan(root, workers=1), scan(root, workers=2)
+    serial, parallel = scan(root, workers=1, cache=False), scan(root, workers=2, cache=False)
     assert serial.to_dict() == parallel.to_dict()
 
 

@@ -1,7 +1,7 @@
 """``lit-convnext doctor``: run the data checks with a progress bar and print them as Rich tables.
 
 This module holds only the command's signature so that ``lit-convnext doctor --help`` starts at once;
-the scan (Pillow, numpy) and the tables (:mod:`lit_convnext.commands.doctor_tables`) load when it runs.
+the scan (Pillow) and the tables (:mod:`lit_convnext.commands.doctor_tables`) load when it runs.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 The DataModule calls :func:`check_samples` in ``setup``. By default a bad file stops the run with one
 error that lists them (the doctor explains more); with ``skip_bad_files`` they are dropped and a summary
-is logged. Threads are used, not processes: this runs inside the training process.
+is logged. The check runs in worker processes, like the loader's (they only run Pillow, so starting them
+from a process that already holds a GPU is as safe as starting loader workers), and files unchanged since
+an earlier check are not read again.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lit_convnext.data.folders import Sample
-from lit_convnext.data.scan import inspect_files
+from lit_convnext.data.file_checks import inspect_files
 from lit_convnext.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: in
     Every image is decoded (see :mod:`lit_convnext.data.scan`); the bad ones are also appended to
     ``bad_file_list`` (the run directory's ``bad_files.csv``).
     """
-    checks = inspect_files([s.path for s in samples], workers=workers, processes=False)
+    checks = inspect_files([s.path for s in samples], workers=workers)
     bad = {c.path: c.error for c in checks if c.error}
     if not bad:
         return list(samples)

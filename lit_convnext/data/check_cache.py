@@ -9,14 +9,13 @@ writers such as several ranks or two runs) under ``$LIT_CONVNEXT_CACHE_DIR``, by
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-#: Bump when the per-file check changes what it finds, so older results are not reused.
-CHECK_VERSION = 2
+#: Bump when the per-file check changes what it finds, or how a result is stored, so older rows are not reused.
+CHECK_VERSION = 3
 FILE_NAME = "file_checks.sqlite"
 
 
@@ -28,48 +27,47 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lit-convnext"
 
 
-def file_key(path: str) -> tuple[str, int, int] | None:
-    """``(absolute path, size, mtime_ns)``, or ``None`` when the file cannot be stat'ed (never cached)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return os.path.abspath(path), stat.st_size, stat.st_mtime_ns
-
-
 class CheckCache:
-    """Check results keyed by :func:`file_key`; a decoded result also answers a header-only request."""
+    """Check results by absolute path, each with the size and mtime of the file it describes.
+
+    A result is stored as JSON text (the checker decides what it holds); a decoded result also answers a
+    header-only request, never the other way round.
+    """
 
     def __init__(self, directory: Path | None = None) -> None:
         directory = directory or cache_dir()
         directory.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(directory / FILE_NAME, timeout=30)
+        # A lost write only costs a re-check, so commits need not wait for the disk (home folders on network
+        # filesystems make each sync slow).
+        self._db.execute("PRAGMA synchronous = OFF")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS checks (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
             "version INTEGER, decoded INTEGER, result TEXT)"
         )
 
-    def lookup(self, keys: Iterable[tuple[str, int, int]], header_only: bool) -> dict[str, dict]:
-        """Stored results (as dicts) for the keys whose file is unchanged, by absolute path."""
-        found: dict[str, dict] = {}
-        wanted = {key[0]: key for key in keys}
-        names = list(wanted)
-        for start in range(0, len(names), 500):  # SQLite's limit on bound parameters
-            part = names[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT path, size, mtime_ns, version, decoded, result FROM checks "
-                f"WHERE path IN ({','.join('?' * len(part))})", part)
-            for path, size, mtime_ns, version, decoded, result in rows:
-                if (path, size, mtime_ns) == wanted[path] and version == CHECK_VERSION and (decoded or header_only):
-                    found[path] = json.loads(result)
-        return found
+    def lookup(self, paths: Sequence[str], header_only: bool) -> dict[str, tuple[int, int, str]]:
+        """``{path: (size, mtime_ns, result)}`` for the absolute ``paths`` with a usable stored result (the JSON
+        text as stored); the caller compares size and mtime with the file's."""
+        wanted = set(paths)
+        if not wanted:
+            return {}
+        # One range scan of the primary key over the folder that holds them all, instead of a query per path.
+        common = os.path.commonpath(list(wanted)) if len(wanted) > 1 else os.path.dirname(next(iter(wanted)))
+        low = common.rstrip(os.sep) + os.sep
+        high = low[:-1] + chr(ord(os.sep) + 1)  # every string that starts with `low` sorts below this one
+        rows = self._db.execute(
+            "SELECT path, size, mtime_ns, result FROM checks WHERE path >= ? AND path < ? AND version = ? "
+            "AND decoded >= ?", (low, high, CHECK_VERSION, int(not header_only)))
+        return {path: (size, mtime_ns, result) for path, size, mtime_ns, result in rows if path in wanted}
 
-    def store(self, entries: Iterable[tuple[tuple[str, int, int], dict]], header_only: bool) -> None:
-        """Save ``(key, result)`` pairs."""
+    def store(self, entries: Iterable[tuple[str, int, int, str]], header_only: bool) -> None:
+        """Save ``(absolute path, size, mtime_ns, result as JSON text)`` entries."""
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?)",
-                [(*key, CHECK_VERSION, int(not header_only), json.dumps(result)) for key, result in entries],
+                [(path, size, mtime_ns, CHECK_VERSION, int(not header_only), result)
+                 for path, size, mtime_ns, result in entries],
             )
 
     def close(self) -> None:

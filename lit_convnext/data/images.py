@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-import numpy as np
 from PIL import Image, ImageOps
 
 #: Background that transparent pixels are composited onto. Fixed (not random) so a transparent
@@ -39,6 +38,9 @@ MAX_PIXELS = 150_000_000
 # would announce files that are fine by our limit, is silenced.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+#: EXIF orientation values that ``ImageOps.exif_transpose`` acts on (1 and unknown values leave the image as is).
+ROTATING_ORIENTATIONS = frozenset(range(2, 9))
 
 
 @contextlib.contextmanager
@@ -69,6 +71,12 @@ def load_rgb(path: str | Path, min_size: int | None = None) -> Image.Image:
 
 def decode(img: Image.Image, min_size: int | None = None) -> Image.Image:
     """Decode an opened image (see :func:`load_rgb`) into upright RGB."""
+    load_pixels(img, min_size)
+    return to_rgb(img)
+
+
+def load_pixels(img: Image.Image, min_size: int | None = None) -> None:
+    """Decode the pixels of an opened image in its own mode (the step of :func:`decode` that reads the file)."""
     if min_size is not None and img.format == "JPEG":
         draft_to_short_side(img, min_size)
     if img.format == "TIFF":
@@ -76,7 +84,12 @@ def decode(img: Image.Image, min_size: int | None = None) -> Image.Image:
             img.load()
     else:
         img.load()
-    return to_rgb(img)
+
+
+def needs_conversion(img: Image.Image, orientation: int | None) -> bool:
+    """Whether :func:`to_rgb` does more than copy this decoded image: a mode other than RGB, transparency, or
+    an EXIF orientation that rotates or mirrors it (``orientation`` as read by ``img.getexif()``)."""
+    return img.mode != "RGB" or "transparency" in img.info or orientation in ROTATING_ORIENTATIONS
 
 
 _STDERR_LOCK = threading.Lock()
@@ -134,6 +147,8 @@ def _has_transparency(img: Image.Image) -> bool:
 
 def _high_depth_to_l(img: Image.Image) -> Image.Image:
     """Scale a 16/32-bit integer or float single-channel image to 8-bit grayscale."""
+    import numpy as np  # here, not at the top: the file checks (doctor) start faster without it
+
     array = np.asarray(img)
     if array.dtype.kind == "f":
         lo, hi = float(np.nanmin(array)), float(np.nanmax(array))

@@ -1,0 +1,108 @@
+"""The per-file check: what it finds, and that a file is only read again when it changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+from tests.bad_corpus import write_bad_files
+from tests.helpers import make_folder
+
+from lit_convnext.data import file_checks
+from lit_convnext.data.check_cache import CheckCache
+from lit_convnext.data.file_checks import check_file, inspect_files
+from lit_convnext.data.images import load_rgb
+
+
+def test_second_check_of_unchanged_files_reads_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = make_folder(tmp_path / "data", 3)
+    write_bad_files(folder / "red")
+    paths = sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    first = inspect_files(paths, workers=1)
+    checked: list[str] = []
+    original = file_checks._check
+
+    def counting(path: str, header_only: bool) -> file_checks.FileCheck:
+        checked.append(path)
+        return original(path, header_only)
+
+    monkeypatch.setattr(file_checks, "_check", counting)
+    assert inspect_files(paths, workers=1) == first and checked == []
+    assert inspect_files(paths, workers=1, header_only=True) == first and checked == []  # a decode answers both
+
+    changed = folder / "red" / "img0.png"
+    changed.write_bytes((folder / "red" / "bmp_palette_too_long.bmp").read_bytes())  # new size and mtime
+    again = inspect_files(paths, workers=1)
+    assert checked == [str(changed)]
+    assert again[paths.index(str(changed))].error and "palette" in again[paths.index(str(changed))].error
+
+    checked.clear()
+    inspect_files(paths, workers=1, cache=False)
+    assert len(checked) == len(paths)
+
+
+def test_header_only_results_do_not_answer_a_decoding_check(tmp_path: Path) -> None:
+    write_bad_files(tmp_path / "f")
+    path = str(tmp_path / "f" / "bmp_palette_too_long.bmp")
+    assert inspect_files([path], header_only=True, workers=1)[0].error is None  # headers are fine
+    assert "palette" in inspect_files([path], workers=1)[0].error  # so the decode still runs
+
+
+def test_parallel_workers_and_cache_give_the_serial_answers(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "data", 40)  # enough files for several chunks per worker
+    write_bad_files(folder / "red")
+    paths = sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    serial = inspect_files(paths, workers=1, cache=False)
+    assert any(c.error for c in serial) and any(c.error is None for c in serial)
+    assert inspect_files(paths, workers=2, cache=False) == serial  # worker processes
+    assert inspect_files(paths, workers=2) == serial  # first run: checked in workers, then stored
+    assert inspect_files(paths, workers=2) == serial  # repeat run: every answer from the cache
+
+
+def test_cache_lookup_finds_exactly_the_paths_asked_for(tmp_path: Path) -> None:
+    """Rows are fetched by a range over the folder the paths share: neighbours with a common prefix stay out."""
+    cache = CheckCache(tmp_path / "cache")
+    rows = {str(tmp_path / name): (len(name), 1, f'["{name}"]')
+            for name in ("cats/a.png", "cats2/b.png", "cats-x/c.png", "cats/deep/d.png", "other/e.png")}
+    cache.store([(path, *row) for path, row in rows.items()], header_only=False)
+    cats = [str(tmp_path / "cats/a.png"), str(tmp_path / "cats/deep/d.png")]
+    assert cache.lookup(cats, header_only=False) == {path: rows[path] for path in cats}
+    spread = [str(tmp_path / "cats2/b.png"), str(tmp_path / "other/e.png")]  # as a label file may list them
+    assert cache.lookup(spread, header_only=True) == {path: rows[path] for path in spread}
+    single = [str(tmp_path / "cats-x/c.png")]
+    assert cache.lookup(single, header_only=False) == {single[0]: rows[single[0]]}
+    assert cache.lookup([str(tmp_path / "cats/missing.png")], header_only=False) == {}
+    cache.close()
+
+
+def test_a_file_that_cannot_be_stat_ed_or_read_is_a_bad_file_and_not_remembered(tmp_path: Path) -> None:
+    missing = str(tmp_path / "gone.png")
+    first = inspect_files([missing], workers=1)[0]
+    assert first.error and first.error.startswith("cannot read file")
+    cache = CheckCache()
+    assert cache.lookup([missing], header_only=True) == {}
+    cache.close()
+
+
+@pytest.mark.parametrize("orientation_in", ["xmp", "exif"])
+def test_orientation_is_read_where_the_loader_reads_it(tmp_path: Path, orientation_in: str) -> None:
+    """An orientation in a PNG's XMP packet or EXIF chunk rotates the image in training: the check says so and
+    reports the upright size; a plain PNG is not rotated."""
+    path = tmp_path / f"{orientation_in}.png"
+    info = PngImagePlugin.PngInfo()
+    extra = {}
+    if orientation_in == "xmp":
+        info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>')
+    else:
+        exif = Image.Exif()
+        exif[file_checks.ORIENTATION_TAG] = 6
+        extra["exif"] = exif.tobytes()
+    Image.new("RGB", (40, 20), (10, 120, 200)).save(path, pnginfo=info, **extra)
+    assert load_rgb(path).size == (20, 40)
+    check = check_file(path)
+    assert check.error is None and check.exif_rotated and (check.width, check.height) == (20, 40)
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (40, 20)).save(plain)
+    assert not check_file(plain).exif_rotated and (check_file(plain).width, check_file(plain).height) == (40, 20)
+
