@@ -49,15 +49,21 @@ def test_header_only_results_do_not_answer_a_decoding_check(tmp_path: Path) -> N
     assert "palette" in inspect_files([path], workers=1)[0].error  # so the decode still runs
 
 
-def test_parallel_workers_and_cache_give_the_serial_answers(tmp_path: Path) -> None:
-    folder = make_folder(tmp_path / "data", 40)  # enough files for several chunks per worker
+def test_parallel_workers_and_cache_give_the_serial_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = make_folder(tmp_path / "data", 60)  # enough files for several chunks per worker
     write_bad_files(folder / "red")
     paths = sorted(str(p) for p in folder.rglob("*") if p.is_file())
     serial = inspect_files(paths, workers=1, cache=False)
     assert any(c.error for c in serial) and any(c.error is None for c in serial)
+    pools: list[int] = []
+    real_pool = file_checks.ProcessPoolExecutor
+    monkeypatch.setattr(file_checks, "ProcessPoolExecutor", lambda max_workers: pools.append(max_workers) or
+                        real_pool(max_workers=max_workers))
     assert inspect_files(paths, workers=2, cache=False) == serial  # worker processes
     assert inspect_files(paths, workers=2) == serial  # first run: checked in workers, then stored
     assert inspect_files(paths, workers=2) == serial  # repeat run: every answer from the cache
+    assert pools == [2, 2, 2]
+    assert inspect_files(paths[:10], workers=2) == serial[:10] and len(pools) == 3  # a few files: no processes
 
 
 def test_cache_lookup_finds_exactly_the_paths_asked_for(tmp_path: Path) -> None:

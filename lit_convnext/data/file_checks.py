@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -98,7 +98,9 @@ def _check(path: str, header_only: bool) -> FileCheck:
     if not data:
         result.error = "empty file (0 bytes)"
         return result
-    result.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    # SHA-256 (OpenSSL, with the CPU's SHA instructions where present: twice BLAKE2's speed on small files),
+    # 128 bits kept: duplicates are found by digest.
+    result.digest = hashlib.sha256(data).hexdigest()[:32]
     try:
         _inspect(data, result, header_only)
     except UnidentifiedImageError:
@@ -229,45 +231,88 @@ def inspect_files(
         cache: Reuse the result of files whose size and modification time are unchanged since an earlier
             check, and remember the new ones (:mod:`lit_convnext.data.check_cache`).
     """
-    paths = [os.fspath(p) for p in paths]
-    absolute = [os.path.abspath(p) for p in paths]
-    store = CheckCache() if cache else None
-    known = store.lookup(absolute, header_only) if store else {}
-    jobs = [(path, *known[key][:2]) if key in known else (path, -1, -1) for path, key in zip(paths, absolute)]
-    results: list[FileCheck] = []
-    fresh: list[tuple[str, int, int, str]] = []
-    for index, answer in enumerate(_run(jobs, header_only, workers or _cpu_count(), progress)):
-        if answer is None:
-            results.append(FileCheck(paths[index], *json.loads(known[absolute[index]][2])))
-            continue
-        size, mtime_ns, values, stored = answer
-        check = FileCheck(paths[index], *values)
-        results.append(check)
-        # A file that could not be opened (permissions, a vanished mount) may be fine later at the same mtime.
-        if size >= 0 and not (check.error or "").startswith("cannot read file"):
-            fresh.append((absolute[index], size, mtime_ns, stored))
-    if store:
-        store.store(fresh, header_only)
-        store.close()
-    return results
+    with FileChecker(header_only, workers, progress, cache) as checker:
+        checker.add(paths)
+        return checker.results()
 
 
-def _run(jobs: list[Job], header_only: bool, workers: int, progress: Callable[[int], None] | None
-         ) -> Iterable[Answer]:
-    """The answers for ``jobs`` in order, from ``workers`` processes (or this one)."""
-    chunk = max(1, min(CHUNK, math.ceil(len(jobs) / (4 * workers))))
-    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
-    if workers <= 1 or len(chunks) <= 1:
-        for part in chunks:
-            yield from _check_jobs(part, header_only)
-            if progress:
-                progress(len(part))
-        return
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-        for part, answers in zip(chunks, pool.map(_check_jobs, chunks, [header_only] * len(chunks))):
-            yield from answers
-            if progress:
-                progress(len(part))
+class FileChecker:
+    """:func:`inspect_files` for files listed bit by bit: the workers start on the first files while the
+    caller is still listing folders (``add`` each batch, then ``results`` once)."""
+
+    def __init__(self, header_only: bool = False, workers: int | None = None,
+                 progress: Callable[[int], None] | None = None, cache: bool = True) -> None:
+        self.header_only, self.progress = header_only, progress
+        self.workers = workers or _cpu_count()
+        self._store = CheckCache() if cache else None
+        self._paths: list[str] = []
+        self._absolute: list[str] = []
+        self._known: dict[str, tuple[int, int, str]] = {}
+        self._waiting: list[Job] = []  # not yet handed to a worker
+        self._parts: list[tuple[int, Any]] = []  # (files, answers or a future of them), in order
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> FileChecker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+        if self._store is not None:
+            self._store.close()
+
+    def add(self, paths: Iterable[str | Path]) -> None:
+        """Queue more files (their cached results are looked up now, with one query)."""
+        paths = [os.fspath(p) for p in paths]
+        absolute = [os.path.abspath(p) for p in paths]
+        if self._store is not None and paths:
+            self._known.update(self._store.lookup(absolute, self.header_only))
+        known = self._known
+        self._paths += paths
+        self._absolute += absolute
+        self._waiting += [(path, *known[key][:2]) if key in known else (path, -1, -1)
+                          for path, key in zip(paths, absolute)]
+        # Worker processes pay off from a few chunks on; fewer files are checked here, in `results`.
+        if self.workers > 1 and (self._pool is not None or len(self._waiting) >= 2 * CHUNK):
+            self._send(full_chunks_only=True)
+
+    def _send(self, full_chunks_only: bool) -> None:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers)
+        while len(self._waiting) >= CHUNK or (self._waiting and not full_chunks_only):
+            part, self._waiting = self._waiting[:CHUNK], self._waiting[CHUNK:]
+            self._parts.append((len(part), self._pool.submit(_check_jobs, part, self.header_only)))
+
+    def results(self) -> list[FileCheck]:
+        """Every file's check, in the order added; new results are stored in the cache."""
+        if self._pool is not None:
+            self._send(full_chunks_only=False)
+        elif self._waiting:
+            self._parts += [(len(self._waiting[i : i + CHUNK]), self._waiting[i : i + CHUNK])
+                            for i in range(0, len(self._waiting), CHUNK)]
+            self._waiting = []
+        results: list[FileCheck] = []
+        fresh: list[tuple[str, int, int, str]] = []
+        index = 0
+        for count, work in self._parts:
+            answers = work.result() if isinstance(work, Future) else _check_jobs(work, self.header_only)
+            for answer in answers:
+                path, key = self._paths[index], self._absolute[index]
+                index += 1
+                if answer is None:
+                    results.append(FileCheck(path, *json.loads(self._known[key][2])))
+                    continue
+                size, mtime_ns, values, stored = answer
+                check = FileCheck(path, *values)
+                results.append(check)
+                # A file that could not be opened (permissions, a vanished mount) may be fine later at the same mtime.
+                if size >= 0 and not (check.error or "").startswith("cannot read file"):
+                    fresh.append((key, size, mtime_ns, stored))
+            if self.progress:
+                self.progress(count)
+        if self._store is not None:
+            self._store.store(fresh, self.header_only)
+        return results
 
 
 def _cpu_count() -> int:

@@ -28,9 +28,12 @@ IMAGE_SUFFIXES = frozenset(
 SPLIT_NAMES = ("train", "val", "test")
 
 
+_DIGIT_RUNS = re.compile(r"(\d+)")
+
+
 def natural_key(text: str) -> list[int | str]:
     """Sort key that orders embedded numbers by value: ``class2`` before ``class10``."""
-    return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", text)]
+    return [int(part) if part.isdigit() else part.casefold() for part in _DIGIT_RUNS.split(text)]
 
 
 def is_hidden(name: str) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_convnext.data.file_checks import FileCheck, inspect_files
+from lit_convnext.data.file_checks import FileCheck, FileChecker, inspect_files
 from lit_convnext.data.folders import IMAGE_SUFFIXES, SPLIT_NAMES, class_folders, is_hidden, natural_key
 
 
@@ -31,8 +31,9 @@ class ClassFolder:
     ignored: list[str]  # files training skips: non-image extensions (hidden files are not listed)
 
 
-def discover(root: Path) -> tuple[str, list[ClassFolder]]:
-    """The layout of ``root`` and its class folders, tolerating every problem :func:`scan` reports."""
+def discover(root: Path, on_folder: Callable[[ClassFolder], None] | None = None) -> tuple[str, list[ClassFolder]]:
+    """The layout of ``root`` and its class folders, tolerating every problem :func:`scan` reports;
+    ``on_folder`` sees each class folder as soon as it is listed."""
     if (root / "train").is_dir() or any((root / s).is_dir() for s in SPLIT_NAMES[1:]):
         layout = "splits"
         split_dirs = [(s, root / s) for s in SPLIT_NAMES if (root / s).is_dir()]
@@ -44,6 +45,8 @@ def discover(root: Path) -> tuple[str, list[ClassFolder]]:
         for folder in class_folders(split_dir):
             images, ignored = _walk(folder)
             folders.append(ClassFolder(split, folder.name, images, ignored))
+            if on_folder:
+                on_folder(folders[-1])
     return layout, folders
 
 
@@ -56,8 +59,8 @@ def _walk(folder: Path) -> tuple[list[str], list[str]]:
         for name in sorted(filenames, key=natural_key):
             if is_hidden(name):
                 continue
-            path = os.path.join(dirpath, name)
-            (images if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES else ignored).append(path)
+            suffix = name[name.rfind("."):].lower() if "." in name else ""
+            (images if suffix in IMAGE_SUFFIXES else ignored).append(f"{dirpath}{os.sep}{name}")
     return images, ignored
 
 
@@ -104,12 +107,12 @@ def scan(root: str | Path, image_size: int | None = None, header_only: bool = Fa
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist or is not a folder")
-    layout, folders = discover(root)
-    files = [(f, p) for f in folders for p in f.images]
-    if on_total:
-        on_total(len(files))
-    checks = inspect_files([p for _, p in files], header_only=header_only, workers=workers, progress=progress,
-                           cache=cache)
+    with FileChecker(header_only, workers, progress, cache) as checker:  # checks start while folders are listed
+        layout, folders = discover(root, on_folder=lambda folder: checker.add(folder.images))
+        files = [(f, p) for f in folders for p in f.images]
+        if on_total:
+            on_total(len(files))
+        checks = checker.results()
     split_of = {p: f.split for f, p in files}
 
     train_split = "train" if layout == "splits" else "all"
