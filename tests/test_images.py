@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from lit_convnext.data.images import ALPHA_BACKGROUND, load_rgb
@@ -34,6 +35,23 @@ def test_alpha_is_composited_on_the_fixed_background(tmp_path: Path) -> None:
     Image.new("RGBA", (4, 4), (255, 0, 0, 255)).save(tmp_path / "solid.png")
     assert load_rgb(tmp_path / "clear.png").getpixel((0, 0)) == ALPHA_BACKGROUND
     assert load_rgb(tmp_path / "solid.png").getpixel((0, 0)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_partial_transparency_blends_as_alpha_compositing_does(tmp_path: Path, mode: str) -> None:
+    """Every alpha value, in every mode with transparency, gives the pixels of compositing over the background."""
+    values, alphas = np.meshgrid(np.arange(256), np.arange(256))
+    rgba = Image.fromarray(np.stack([values, 255 - values, values // 2, alphas], -1).astype(np.uint8), "RGBA")
+    if mode == "LA":
+        rgba = rgba.convert("LA")
+    elif mode == "P":  # a palette image with one transparent index
+        rgba = rgba.convert("RGB").quantize(64)
+        rgba.info["transparency"] = 3
+    rgba.save(tmp_path / "ramp.png")
+    reference = Image.open(tmp_path / "ramp.png").convert("RGBA")
+    background = Image.new("RGBA", reference.size, ALPHA_BACKGROUND + (255,))
+    expected = Image.alpha_composite(background, reference).convert("RGB")
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "ramp.png")), np.asarray(expected))
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
