@@ -279,9 +279,11 @@ class FileChecker:
     def _send(self, full_chunks_only: bool) -> None:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self.workers)
-        while len(self._waiting) >= CHUNK or (self._waiting and not full_chunks_only):
-            part, self._waiting = self._waiting[:CHUNK], self._waiting[CHUNK:]
+        end = len(self._waiting) if not full_chunks_only else len(self._waiting) // CHUNK * CHUNK
+        for start in range(0, end, CHUNK):
+            part = self._waiting[start : min(start + CHUNK, end)]
             self._parts.append((len(part), self._pool.submit(_check_jobs, part, self.header_only)))
+        del self._waiting[:end]
 
     def results(self) -> list[FileCheck]:
         """Every file's check, in the order added; new results are stored in the cache."""
