@@ -22,7 +22,7 @@ The cases run in alternating order over ``--runs`` repetitions. The app's run is
 checkpoint writes, the end-of-fit analysis). Last, alpha compositing is timed in isolation: the app's
 ``load_rgb`` against ``Image.open(p).convert("RGB")`` (what torchvision's and timm's loaders do).
 
-    python benchmarks/whole_run.py --timm_train /tmp/timm_train.py                 # defaults: 2,000 images, 2 epochs
+    python benchmarks/whole_run.py --timm_train /tmp/timm_train.py    # 2,000 images, 2 epochs, 2 runs: ~8 minutes
     python benchmarks/whole_run.py --images 200 --epochs 1 --timm_train /tmp/timm_train.py   # a quick look
 """
 
@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="PNGs in all (a fifth go to val/)")
     parser.add_argument("--size", type=int, default=64, help="image side and training resolution, pixels")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=1, help="repetitions of every case, order alternating")
+    parser.add_argument("--runs", type=int, default=2, help="repetitions of every case, order alternating")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timm_train", "--timm-train", type=Path, help="timm's train.py (else that case is left out)")
