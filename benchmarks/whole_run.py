@@ -134,14 +134,17 @@ def generate(root: Path, count: int, size: int) -> None:
         Image.fromarray(pixels, "RGBA").save(folder / f"img{i:05d}.png")
 
 
-def run(command: list[str], env: dict[str, str], log: Path) -> tuple[float, dict]:
-    """Wall time of ``command`` as a whole process, and the phases it wrote to ``$WHOLE_RUN_PHASES``."""
+def run(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> tuple[float, dict]:
+    """Wall time of ``command`` as a whole process in ``cwd``, and the phases it wrote to ``$WHOLE_RUN_PHASES``.
+
+    ``cwd`` is the case's own folder: ``python -m`` puts the working directory first on ``sys.path``, so
+    ``$PYTHONPATH`` alone decides which ``lit_convnext`` runs."""
     phases = log.with_suffix(".json")
     phases.unlink(missing_ok=True)
     start = time.time()
     with open(log, "w") as out:
         done = subprocess.run(command, env={**env, "WHOLE_RUN_T0": repr(start), "WHOLE_RUN_PHASES": str(phases)},
-                              stdout=out, stderr=subprocess.STDOUT, check=False)
+                              stdout=out, stderr=subprocess.STDOUT, check=False, cwd=cwd)
     wall = time.time() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command[:4])} ... exited {done.returncode}; see {log}:\n"
@@ -243,14 +246,14 @@ def main() -> None:
                 log = tmp / f"{case.replace(' ', '_')}-{repetition}.log"
                 if case.startswith("app"):
                     command = app_command(args, root, work)
-                    wall, phases = run(command, {**env, "LIT_CONVNEXT_CACHE_DIR": str(cache)}, log)
+                    wall, phases = run(command, {**env, "LIT_CONVNEXT_CACHE_DIR": str(cache)}, log, work)
                     app_phases[case].append(phases)
                 elif case == "plain":
                     command = [sys.executable, str(tmp / "plain.py"), str(root), str(work), str(args.epochs),
                                str(args.batch_size), str(args.workers), str(args.size)]
-                    wall, phases = run(command, env, log)
+                    wall, phases = run(command, env, log, work)
                 else:
-                    wall, phases = run(timm_command(args, root, work), env, log)
+                    wall, phases = run(timm_command(args, root, work), env, log, work)
                 walls[case].append(wall)
                 extra = f"; {breakdown(phases)}" if case.startswith("app") else ""
                 if case == "plain":
