@@ -39,11 +39,17 @@ def _folder(tmp_path: Path) -> Path:
     return root
 
 
+#: EMA on: validation and the checkpoint's weights are the average (3 steps at batch 4, spanning half of them).
+EMA = ["--data.batch_size", "4", "--trainer.callbacks+=lit_convnext.callbacks.ema.EMA",
+       "--trainer.callbacks.horizon", "0.5"]
+
+
+@pytest.mark.parametrize("extra", [[], EMA], ids=["raw", "ema"])
 def test_best_checkpoint_from_the_last_validation_is_not_validated_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]) -> None:
     root = _folder(tmp_path)
     calls = _count_validations(monkeypatch)
-    main(fit_args(root))  # one epoch: its validation is the best checkpoint's
+    main(fit_args(root, *extra))  # one epoch: its validation is the best checkpoint's
     assert calls == []
     run = Path("runs/convnext/version_0")
     best = next((run / "checkpoints").glob("best-*.ckpt"))
