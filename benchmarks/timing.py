@@ -102,3 +102,74 @@ def quartiles(values: list[float]) -> tuple[float, float]:
         return values[0], values[0]
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q1, q3
+
+
+class PhaseTimer(pl.Callback):
+    """Where a whole ``fit`` process spends its time, written as JSON to ``$WHOLE_RUN_PHASES`` at exit.
+
+    Times are seconds since ``$WHOLE_RUN_T0`` (the launcher's ``time.time()`` just before it started the
+    process), so start-up (interpreter, imports, parsing) counts. The file check, checkpoint writes and the
+    end-of-fit analysis are timed by wrapping the app's functions for them in this process (instrumentation
+    only; nothing the app does changes).
+    """
+
+    def __init__(self) -> None:
+        import atexit
+        import json
+        import os
+
+        from lit_convnext.callbacks.evaluation import EvaluationReport
+        from lit_convnext.data import datamodule
+
+        self.t0 = float(os.environ.get("WHOLE_RUN_T0", time.time()))
+        self.record: dict = {"instantiated": self._now(), "check": 0.0, "checkpoint_writes": 0.0,
+                             "epochs": [], "analysis": 0.0}
+        self._epoch: dict = {}
+        datamodule.check_samples = self._timed(datamodule.check_samples, "check")
+        EvaluationReport.analyse_fit = self._timed(EvaluationReport.analyse_fit, "analysis")
+        path = os.environ.get("WHOLE_RUN_PHASES")
+        if path:
+            atexit.register(lambda: open(path, "w").write(json.dumps({**self.record, "exit": self._now()})))
+
+    def _now(self) -> float:
+        return time.time() - self.t0
+
+    def _timed(self, function, key: str):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.record[key] += time.perf_counter() - start
+        return wrapper
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        io = trainer.strategy.checkpoint_io
+        io.save_checkpoint = self._timed(io.save_checkpoint, "checkpoint_writes")
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.record["fit_start"] = self._now()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.record.setdefault("first_step", self._now())
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch = {"start": self._now(), "val": 0.0}
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._val_start = self._now()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            self.record["sanity_check"] = self._now() - self._val_start
+        elif self._epoch:
+            self._epoch["val"] += self._now() - self._val_start
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Lightning validates before on_train_epoch_end; the checkpoint callback saves right after it.
+        self._epoch["end"] = self._now()
+        self.record["epochs"].append(self._epoch)
+        self._epoch = {}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.record["fit_end"] = self._now()

@@ -2,10 +2,11 @@
 
 ``validate`` and ``test`` write ``{stage}_predictions.csv`` (one row per image, also under DDP: each rank's
 logits are gathered and put back in dataset order), ``{stage}_confused_pairs.csv`` and
-``{stage}_calibration.json``. During ``fit`` nothing is collected per epoch; when training ends,
-:meth:`EvaluationReport.analyse_fit` validates the best checkpoint once more and, from its logits,
-fits the temperature (stored in that checkpoint), lists likely label errors (cleanlab), draws a mosaic of
-the augmented training batch and writes ``report.html`` (see ``lit_convnext.report``).
+``{stage}_calibration.json``. During ``fit`` only the latest validation's logits are kept; when training
+ends, :meth:`EvaluationReport.analyse_fit` takes the best checkpoint's validation logits (those kept, when the
+best checkpoint was saved from that validation, else by validating it once more) and from them fits the
+temperature (stored in that checkpoint), lists likely label errors (cleanlab), draws a mosaic of the augmented
+training batch and writes ``report.html`` (see ``lit_convnext.report``).
 """
 
 from __future__ import annotations
@@ -51,14 +52,15 @@ class EvaluationReport(Callback):
         self.gallery_size = gallery_size
         self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._final = False  # the validation of the best checkpoint run by analyse_fit
+        # The latest validation during fit: global step, then ordered logits, targets and image paths.
+        self._fit_val: tuple[int, torch.Tensor, torch.Tensor, list[str]] | None = None
         self._first_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --------------------------------------------------------------------------------- collection
     def _collecting(self, trainer: pl.Trainer) -> bool:
-        # Per-epoch validation during fit is skipped: the files describe the best weights, not every epoch.
         # Multi-label models have their own per-class report and thresholds; this analysis is single-label.
         return (self.enabled and not trainer.sanity_checking and not _multilabel(trainer.lightning_module)
-                and trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING))
+                and trainer.state.fn in (TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING))
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._collected["val"] = []
@@ -82,7 +84,14 @@ class EvaluationReport(Callback):
             self._first_batch = (batch[0][:MOSAIC_IMAGES].detach().cpu(), batch[1][:MOSAIC_IMAGES].detach().cpu())
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._collecting(trainer):
+        if not self._collecting(trainer):
+            return
+        if trainer.state.fn == TrainerFn.FITTING:
+            # No files per epoch (they describe the best weights): keep this validation's logits, which
+            # analyse_fit uses instead of validating again when the best checkpoint is saved from it.
+            logits, targets, paths = self._gathered("val", trainer, pl_module)
+            self._fit_val = (trainer.global_step, logits, targets, paths)
+        else:
             self._finish("val", trainer, pl_module)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -90,7 +99,9 @@ class EvaluationReport(Callback):
             self._finish("test", trainer, pl_module)
 
     # ------------------------------------------------------------------------------------ results
-    def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _gathered(self, stage: str, trainer: pl.Trainer,
+                  pl_module: pl.LightningModule) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Every rank's collected logits and targets of ``stage``, in dataset order, with the images' paths."""
         batches = self._collected.pop(stage, [])
         classes = len(pl_module.class_names)
         logits = torch.cat([b[0] for b in batches]) if batches else torch.zeros(0, classes)
@@ -101,7 +112,12 @@ class EvaluationReport(Callback):
         # Every rank gets every image (all_gather), so all ranks fit the same temperature without a broadcast.
         logits, targets, indices = (_gather_rows(pl_module, t) for t in (logits, targets, indices))
         order = indices.argsort()
-        logits, targets, indices = logits[order], targets[order], indices[order]
+        paths = [str(loader.dataset.paths[i]) for i in indices[order].tolist()]
+        return logits[order], targets[order], paths
+
+    def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                gathered: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None) -> None:
+        logits, targets, paths = gathered or self._gathered(stage, trainer, pl_module)
         if self._final and self.calibrate:
             pl_module.calibration["temperature"] = fit_temperature(logits, targets)
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: every rank asks
@@ -116,7 +132,6 @@ class EvaluationReport(Callback):
             rank_zero_info(f"Temperature {temperature:.3f} fitted on {len(targets)} validation images: "
                            f"ECE {summary['ece_before']:.4f} -> {summary['ece_after']:.4f}")
         probabilities = pl_module.probabilities(logits)
-        paths = [str(loader.dataset.paths[i]) for i in indices.tolist()]
         names = list(pl_module.class_names)
         write_predictions(run_dir / f"{stage}_predictions.csv", paths, names, probabilities, targets, self.top_k)
         write_confused_pairs(run_dir / f"{stage}_confused_pairs.csv", names, probabilities.argmax(1), targets)
@@ -132,18 +147,28 @@ class EvaluationReport(Callback):
 
     # -------------------------------------------------------------------------------- after fit
     def analyse_fit(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:
-        """Validate the best checkpoint (per-image CSV, temperature, label issues), then draw the report.
+        """The best checkpoint's validation results (per-image CSV, temperature, label issues), then the report.
 
-        Called on every rank after ``fit`` (validation is distributed); only rank 0 writes.
+        Called on every rank after ``fit`` (validation is distributed); only rank 0 writes. When the best
+        checkpoint was saved from the last validation of a single-process fit, its logits are the ones kept
+        then, and the checkpoint's weights are loaded without validating again (one validation pass less).
         """
         checkpoint = trainer.checkpoint_callback
         best = getattr(checkpoint, "best_model_path", "")
         if not self.enabled or not best or _multilabel(model):
             return
         start = time.perf_counter()
+        kept, self._fit_val = self._fit_val, None
+        saved = _load_checkpoint(best) if kept is not None and trainer.world_size == 1 else None
         self._final = True
         try:
-            trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+            if saved is not None and saved.get("global_step") == kept[0]:
+                # The same weights as trainer.validate(ckpt_path=best) would restore (EMA ones under EMA).
+                model.on_load_checkpoint(saved)
+                trainer.strategy.load_model_state_dict(saved)
+                self._finish("val", trainer, model, kept[1:])
+            else:
+                trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
         finally:
             self._final = False
         validated = time.perf_counter()
@@ -160,9 +185,14 @@ class EvaluationReport(Callback):
                 path = build_report(run_dir, model, gallery_size=self.gallery_size,
                                     analysis_seconds=validated - start)
                 rank_zero_info(f"Report: {path}")
-            rank_zero_info(f"End-of-fit analysis: {validated - start:.1f} s validating the best checkpoint, "
+            rank_zero_info(f"End-of-fit analysis: {validated - start:.1f} s for the best checkpoint's validation results, "
                            f"{time.perf_counter() - validated:.1f} s for the report")
         trainer.strategy.barrier("EvaluationReport.analyse_fit")
+
+
+def _load_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint of this run, memory-mapped (only what is read is loaded)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def _gather_rows(pl_module: pl.LightningModule, rows: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,80 @@
+"""The end-of-fit analysis reuses the last validation's logits when the best checkpoint was saved from it."""
+
+from __future__ import annotations
+
+import csv
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_convnext.cli import main
+from lit_convnext.trainer import ConvNeXtTrainer
+from tests.helpers import FAST, fit_args, make_folder
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _count_validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    validate = ConvNeXtTrainer.validate
+
+    @functools.wraps(validate)  # LightningCLI builds the `validate` options from this signature
+    def counted(self, *args, **kwargs):
+        calls.append(str(kwargs.get("ckpt_path")))
+        return validate(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConvNeXtTrainer, "validate", counted)
+    return calls
+
+
+def _folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    make_folder(root / "train", 4)
+    make_folder(root / "val", 3, seed=500)
+    return root
+
+
+#: EMA on: validation and the checkpoint's weights are the average (3 steps at batch 4, spanning half of them).
+EMA = ["--data.batch_size", "4", "--trainer.callbacks+=lit_convnext.callbacks.ema.EMA",
+       "--trainer.callbacks.horizon", "0.5"]
+
+
+@pytest.mark.parametrize("extra", [[], EMA], ids=["raw", "ema"])
+def test_best_checkpoint_from_the_last_validation_is_not_validated_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]) -> None:
+    root = _folder(tmp_path)
+    calls = _count_validations(monkeypatch)
+    main(fit_args(root, *extra))  # one epoch: its validation is the best checkpoint's
+    assert calls == []
+    run = Path("runs/convnext/version_0")
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    fitted = _rows(run / "val_predictions.csv")
+    temperature = torch.load(best, map_location="cpu", weights_only=True)["calibration"]["temperature"]
+
+    # What validating the best checkpoint gives (it reads the stored temperature) is what fit wrote.
+    options = [option for option in FAST if option not in ("--model.pretrained", "false")]
+    main(["validate", "--data.root", str(root), "--ckpt_path", str(best), *options,
+          "--trainer.default_root_dir", "again"])
+    again = _rows(next(Path("again").rglob("val_predictions.csv")))
+    assert temperature != 1.0
+    assert [r["path"] for r in fitted] == [r["path"] for r in again] and len(fitted) == 9
+    for mine, theirs in zip(fitted, again):
+        assert mine["predicted"] == theirs["predicted"]
+        assert float(mine["probability_1"]) == pytest.approx(float(theirs["probability_1"]), abs=1e-4)
+
+
+def test_best_checkpoint_from_an_earlier_epoch_is_validated_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _folder(tmp_path)
+    calls = _count_validations(monkeypatch)
+    # An lr too small to change any prediction: epoch 2 ties epoch 1, so the best checkpoint stays epoch 1's.
+    main(fit_args(root, "--trainer.max_epochs", "2", "--model.lr", "1e-12"))
+    best = next(Path("runs/convnext/version_0/checkpoints").glob("best-*.ckpt"))
+    assert "epoch000" in best.name
+    assert calls == [str(best)]
+    assert len(_rows(best.parent.parent / "val_predictions.csv")) == 9

@@ -1,0 +1,36 @@
+"""The augmentation mosaic of the run report: every tile shows its image under its label."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from lit_convnext.report.figures import MOSAIC_CAPTION, MOSAIC_COLUMNS, MOSAIC_TILE, augmentation_mosaic
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def test_mosaic_shows_each_image_denormalised_in_its_tile_under_a_caption() -> None:
+    names = ["cat", "a_class_name_far_too_long_for_one_tile", "dog"]
+    model = SimpleNamespace(mixup=None, class_names=names, preprocessing={"mean": MEAN, "std": STD})
+    colours = torch.rand(11, 3)  # one flat colour per image, 11 tiles: one full row and a partial one
+    pictures = colours.view(11, 3, 1, 1).expand(11, 3, 20, 20)
+    normalised = (pictures - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    targets = torch.arange(11) % 3
+
+    mosaic = np.asarray(augmentation_mosaic(normalised, targets, model).convert("RGB")).astype(int)
+
+    step = MOSAIC_TILE + 4
+    for i, colour in enumerate(colours):
+        left, top = 4 + (i % MOSAIC_COLUMNS) * step, 4 + (i // MOSAIC_COLUMNS) * (step + MOSAIC_CAPTION)
+        tile = mosaic[top + MOSAIC_CAPTION: top + MOSAIC_CAPTION + MOSAIC_TILE, left: left + MOSAIC_TILE]
+        assert np.abs(tile - (colour * 255).round().numpy()).max() <= 1  # the image, upscaled, not resampled
+        caption = mosaic[top: top + MOSAIC_CAPTION, left: left + MOSAIC_TILE]
+        assert (caption.sum(axis=2) < 200).any()  # dark text on white
+        beside = mosaic[top: top + MOSAIC_CAPTION, left + MOSAIC_TILE: left + MOSAIC_TILE + 4]
+        assert (beside == 255).all()  # the long name is cut to its tile, not drawn over the gap
+    last_left = 4 + (MOSAIC_COLUMNS - 1) * step
+    empty = mosaic[4 + step + MOSAIC_CAPTION:, last_left: last_left + MOSAIC_TILE]
+    assert (empty == 255).all()  # no tile where there is no image
