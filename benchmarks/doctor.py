@@ -4,16 +4,18 @@ Generates ``--images`` small PNGs (10 classes, train/val) in a temporary folder,
 whole process from start-up to exit (so import time counts):
 
 - the baseline: a plain one-core Python loop that opens, verifies and hashes every file (no decode);
-- ``python -m lit_convnext doctor ROOT`` decoding every image, with an empty cache and again (repeat run);
+- ``python -m lit_convnext doctor ROOT`` decoding every image, with an empty cache and again (repeat run), and
+  with one process (its CPU time against the default's shows what running processes side by side costs);
 - the same with ``--header_only true``;
 - the check ``fit`` runs before the first step (threads, as in training), first run and repeat run;
 - ``python -c pass``, ``lit-convnext --help`` and ``lit-convnext doctor --help``.
 
-Each case runs ``--repeat`` times (a first run with a new, empty cache each time) and the fastest wall time is
-reported, with the CPU time of that run (the process and its workers): on a shared machine the minimum is the
-figure least disturbed by other jobs, and CPU time shows the work done whatever the machine was doing.
+Single whole-process timings on a small machine scatter by 20% or more, so every case runs once per round,
+``--rounds`` times (a first run with a new, empty cache each round), and each case's speed is the median over
+the rounds of the naive loop's time divided by the case's time in the same round; the CPU time (the process and
+its workers) shows the work done whatever else the machine was doing.
 
-Usage: ``python benchmarks/doctor.py [--images 20000] [--size 48] [--repeat 3]``.
+Usage: ``python benchmarks/doctor.py [--images 20000] [--size 48] [--rounds 5]``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+NAIVE_NAME = "naive loop: open + verify + hash, 1 core"
 NAIVE = """
 import hashlib, sys
 from pathlib import Path
@@ -62,28 +66,23 @@ def generate(root: Path, count: int, size: int) -> None:
         Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"img{i}.png")
 
 
-def timed(command: list[str], env: dict[str, str], repeat: int, fresh_cache: bool) -> tuple[float, float]:
-    """Fastest wall time of ``repeat`` runs and the CPU seconds (user + system, workers included) of that run."""
-    best = (float("inf"), 0.0)
-    for attempt in range(repeat):
-        run_env = {**env, "LIT_CONVNEXT_CACHE_DIR": f"{env['LIT_CONVNEXT_CACHE_DIR']}-{attempt}"} if fresh_cache else env
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        done = subprocess.run(command, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-        wall = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if done.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        best = min(best, (wall, cpu))
-    return best
+def run(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, worker processes included) of one whole process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=48)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per case; the fastest is reported")
+    parser.add_argument("--rounds", type=int, default=5, help="each case runs once per round")
     args = parser.parse_args()
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,30 +90,35 @@ def main() -> None:
         start = time.perf_counter()
         generate(root, args.images, args.size)
         print(f"generated {args.images} PNGs of {args.size} px in {time.perf_counter() - start:.1f}s")
-        env = {**os.environ, "LIT_CONVNEXT_CACHE_DIR": str(Path(tmp) / "cache")}
-        header_env = {**env, "LIT_CONVNEXT_CACHE_DIR": str(Path(tmp) / "cache-header")}
-        fit_env = {**env, "LIT_CONVNEXT_CACHE_DIR": str(Path(tmp) / "cache-fit")}
         doctor = [py, "-m", "lit_convnext", "doctor", str(root)]
-        cases = [  # (name, command, environment, each run with an empty cache)
-            ("python -c pass", [py, "-c", "pass"], env, False),
-            ("lit-convnext --help", [py, "-m", "lit_convnext", "--help"], env, False),
-            ("lit-convnext doctor --help", [py, "-m", "lit_convnext", "doctor", "--help"], env, False),
-            ("naive loop: open + verify + hash, 1 core", [py, "-c", NAIVE, str(root)], env, False),
-            ("doctor, pixels decoded, first run", doctor, env, True),
-            ("doctor, repeat run (cached)", doctor, {**env, "LIT_CONVNEXT_CACHE_DIR": f"{env['LIT_CONVNEXT_CACHE_DIR']}-0"},
-             False),
-            ("doctor --header_only true, first run", [*doctor, "--header_only", "true"], header_env, True),
-            ("fit's pre-training check, first run", [py, "-c", FIT_CHECK, str(root)], fit_env, True),
-            ("fit's pre-training check, repeat run", [py, "-c", FIT_CHECK, str(root)],
-             {**fit_env, "LIT_CONVNEXT_CACHE_DIR": f"{fit_env['LIT_CONVNEXT_CACHE_DIR']}-0"}, False),
+        fit_check = [py, "-c", FIT_CHECK, str(root)]
+        cases = [  # (name, command, cache folder: a new one each round for a first run, reused for a repeat run)
+            ("python -c pass", [py, "-c", "pass"], "none"),
+            ("lit-convnext --help", [py, "-m", "lit_convnext", "--help"], "none"),
+            ("lit-convnext doctor --help", [py, "-m", "lit_convnext", "doctor", "--help"], "none"),
+            (NAIVE_NAME, [py, "-c", NAIVE, str(root)], "none"),
+            ("doctor, pixels decoded, first run", doctor, "doctor"),
+            ("doctor, repeat run (cached)", doctor, "doctor"),
+            ("doctor --workers 1, first run", [*doctor, "--workers", "1"], "one"),  # CPU time: the work done alone
+            ("doctor --header_only true, first run", [*doctor, "--header_only", "true"], "header"),
+            ("fit's pre-training check, first run", fit_check, "fit"),
+            ("fit's pre-training check, repeat run", fit_check, "fit"),
         ]
-        results = [(name, *timed(command, case_env, args.repeat, fresh)) for name, command, case_env, fresh in cases]
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in cases}
+        for round_ in range(args.rounds):  # every case once per round: a slow spell hits all of them alike
+            for name, command, cache in cases:
+                env = {**os.environ, "LIT_CONVNEXT_CACHE_DIR": str(Path(tmp) / f"cache-{cache}-{round_}")}
+                times[name].append(run(command, env))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{cores} cores, {platform.machine()}, Python {platform.python_version()}; whole process, fastest of "
-          f"{args.repeat}:")
-    naive = next(wall for name, wall, _ in results if name.startswith("naive"))
-    for name, wall, cpu in results:
-        print(f"  {name:42s} {wall:6.2f} s wall {cpu:6.2f} s CPU  ({naive / wall:5.2f}x the naive loop's speed)")
+    print(f"{cores} cores, {platform.machine()}, Python {platform.python_version()}; whole processes, "
+          f"{args.rounds} rounds; speed vs the naive loop = median over rounds of (naive wall / case wall):")
+    naive = [wall for wall, _ in times[NAIVE_NAME]]
+    for name, runs in times.items():
+        walls = [wall for wall, _ in runs]
+        ratios = sorted(n / w for n, w in zip(naive, walls))
+        print(f"  {name:42s} wall median {statistics.median(walls):5.2f} s (min {min(walls):5.2f}), CPU "
+              f"{statistics.median(cpu for _, cpu in runs):5.2f} s, speed {statistics.median(ratios):4.2f}x "
+              f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})")
 
 
 if __name__ == "__main__":
