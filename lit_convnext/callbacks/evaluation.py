@@ -59,8 +59,11 @@ class EvaluationReport(Callback):
     # --------------------------------------------------------------------------------- collection
     def _collecting(self, trainer: pl.Trainer) -> bool:
         # Multi-label models have their own per-class report and thresholds; this analysis is single-label.
+        # During fit the logits are kept for analyse_fit, which uses them only in a single process: several
+        # processes would gather every rank's logits after each validation for nothing.
+        fitting = trainer.state.fn == TrainerFn.FITTING and trainer.world_size == 1
         return (self.enabled and not trainer.sanity_checking and not _multilabel(trainer.lightning_module)
-                and trainer.state.fn in (TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING))
+                and (fitting or trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)))
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._collected["val"] = []
