@@ -325,7 +325,12 @@ def main(args: ArgsType = None) -> None:
     if argv and argv[0] in COMMANDS:
         run_command(argv[0], argv[1:])
     try:
-        build_cli(args)
+        with warnings.catch_warnings():
+            if argv and argv[0] in ("validate", "test", "predict"):
+                # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters
+                # when resuming training, not when only its weights are evaluated.
+                warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
+            build_cli(args)
     except UserError as err:
         fail(str(err))
     except pickle.UnpicklingError as err:
