@@ -79,6 +79,8 @@ def test_cache_lookup_finds_exactly_the_paths_asked_for(tmp_path: Path) -> None:
     single = [str(tmp_path / "cats-x/c.png")]
     assert cache.lookup(single, header_only=False) == {single[0]: rows[single[0]]}
     assert cache.lookup([str(tmp_path / "cats/missing.png")], header_only=False) == {}
+    # Paths without a common folder (here absolute and relative; on Windows, two drives): every row is read.
+    assert cache.lookup([cats[0], "relative/a.png"], header_only=False) == {cats[0]: rows[cats[0]]}
     cache.close()
 
 

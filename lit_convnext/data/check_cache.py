@@ -53,9 +53,12 @@ class CheckCache:
         if not wanted:
             return {}
         # One range scan of the primary key over the folder that holds them all, instead of a query per path.
-        common = os.path.commonpath(list(wanted)) if len(wanted) > 1 else os.path.dirname(next(iter(wanted)))
-        low = common.rstrip(os.sep) + os.sep
-        high = low[:-1] + chr(ord(os.sep) + 1)  # every string that starts with `low` sorts below this one
+        try:
+            common = os.path.commonpath(list(wanted)) if len(wanted) > 1 else os.path.dirname(next(iter(wanted)))
+            low = common.rstrip(os.sep) + os.sep
+            high = low[:-1] + chr(ord(os.sep) + 1)  # every string that starts with `low` sorts below this one
+        except ValueError:  # no common folder (Windows paths on different drives): read every row
+            low, high = "", chr(0x10FFFF)
         rows = self._db.execute(
             "SELECT path, size, mtime_ns, result FROM checks WHERE path >= ? AND path < ? AND version = ? "
             "AND decoded >= ?", (low, high, CHECK_VERSION, int(not header_only)))
