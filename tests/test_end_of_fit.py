@@ -49,8 +49,14 @@ def test_best_checkpoint_from_the_last_validation_is_not_validated_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]) -> None:
     root = _folder(tmp_path)
     calls = _count_validations(monkeypatch)
+    reads: list[str] = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(str(path)) or load(path, *a, **k))
     main(fit_args(root, *extra))  # one epoch: its validation is the best checkpoint's
+    monkeypatch.setattr(torch, "load", load)
     assert calls == []
+    # The best checkpoint is read once: for its weights and to add the temperature.
+    assert len([r for r in reads if Path(r).name.startswith("best-")]) == 1
     run = Path("runs/convnext/version_0")
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     fitted = _rows(run / "val_predictions.csv")

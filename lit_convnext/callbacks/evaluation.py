@@ -52,6 +52,7 @@ class EvaluationReport(Callback):
         self.gallery_size = gallery_size
         self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._final = False  # the validation of the best checkpoint run by analyse_fit
+        self._final_checkpoint: dict[str, Any] | None = None  # the best checkpoint's content, when analyse_fit read it
         # The latest validation during fit: global step, then ordered logits, targets and image paths.
         self._fit_val: tuple[int, torch.Tensor, torch.Tensor, list[str]] | None = None
         self._first_batch: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -131,7 +132,7 @@ class EvaluationReport(Callback):
         summary = calibration_summary(logits, targets, temperature)
         (run_dir / f"{stage}_calibration.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         if self._final and self.calibrate:
-            self._store_calibration(trainer, pl_module)
+            self._store_calibration(trainer, pl_module, self._final_checkpoint)
             rank_zero_info(f"Temperature {temperature:.3f} fitted on {len(targets)} validation images: "
                            f"ECE {summary['ece_before']:.4f} -> {summary['ece_after']:.4f}")
         probabilities = pl_module.probabilities(logits)
@@ -141,10 +142,12 @@ class EvaluationReport(Callback):
         if stage == "val" and self.label_issues:
             write_label_issues(run_dir / "val_label_issues.csv", paths, names, probabilities, targets)
 
-    def _store_calibration(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Add the fitted calibration to the best checkpoint file (written atomically by the run's CheckpointIO)."""
+    def _store_calibration(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any] | None = None) -> None:
+        """Add the fitted calibration to the best checkpoint file (written atomically by the run's CheckpointIO);
+        ``checkpoint`` is that file's content when it was already read."""
         path = Path(trainer.checkpoint_callback.best_model_path)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = dict(checkpoint if checkpoint is not None else _load_checkpoint(path))
         checkpoint["calibration"] = dict(pl_module.calibration)
         trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
 
@@ -169,11 +172,12 @@ class EvaluationReport(Callback):
                 # The same weights as trainer.validate(ckpt_path=best) would restore (EMA ones under EMA).
                 model.on_load_checkpoint(saved)
                 trainer.strategy.load_model_state_dict(saved)
+                self._final_checkpoint = saved  # read once: the temperature is added to this content
                 self._finish("val", trainer, model, kept[1:])
             else:
                 trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
         finally:
-            self._final = False
+            self._final, self._final_checkpoint = False, None
         validated = time.perf_counter()
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
@@ -193,9 +197,10 @@ class EvaluationReport(Callback):
         trainer.strategy.barrier("EvaluationReport.analyse_fit")
 
 
-def _load_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint of this run, memory-mapped (only what is read is loaded)."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+def _load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint of this run (read whole, not memory-mapped: the temperature is written back to the same file,
+    and a user's own CheckpointIO may overwrite it in place)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _gather_rows(pl_module: pl.LightningModule, rows: torch.Tensor) -> torch.Tensor:
