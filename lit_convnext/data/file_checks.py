@@ -30,7 +30,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from lit_convnext.data.check_cache import CheckCache
-from lit_convnext.data.images import load_pixels, needs_conversion, open_image, to_rgb
+from lit_convnext.data.images import (ALPHA_MODES, HIGH_DEPTH_MODES, load_pixels, needs_conversion, open_image,
+                                      to_rgb)
 
 #: Which extensions are normal for each Pillow format (a mismatch is reported, it still loads).
 FORMAT_SUFFIXES = {
@@ -43,8 +44,6 @@ FORMAT_SUFFIXES = {
     "WEBP": (".webp",),
     "PPM": (".ppm", ".pgm", ".pbm"),
 }
-HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 #: EXIF orientation tag; values 5-8 swap width and height.
 ORIENTATION_TAG = 0x0112
 #: ``Image.info`` keys that Pillow's ``getexif`` reads an orientation from (besides a TIFF's own tags).
@@ -160,7 +159,7 @@ def _conversions(img: Image.Image) -> list[str]:
         found.append("16-bit/float")
     if mode == "1":
         found.append("1-bit")
-    if mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1"):
+    if mode in HIGH_DEPTH_MODES or mode in ("L", "LA", "1"):
         found.append("grayscale")
     if mode in ("P", "PA"):
         found.append("palette")
@@ -204,12 +203,12 @@ def _check_jobs(jobs: Sequence[Job], header_only: bool) -> list[Answer]:
                 answers.append(None)
                 continue
             # stat before reading: a file changed in between gets a newer mtime, so it is checked again
-            values = astuple_shallow(_check(path, header_only))
+            values = _stored_values(_check(path, header_only))
             answers.append((size_now, mtime_now, values, json.dumps(values)))
     return answers
 
 
-def astuple_shallow(check: FileCheck) -> tuple:
+def _stored_values(check: FileCheck) -> tuple:
     """The fields of ``check`` after ``path``, in order (``dataclasses.astuple`` deep-copies: 3x slower)."""
     return tuple(getattr(check, name) for name in STORED_FIELDS)
 

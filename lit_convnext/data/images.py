@@ -39,6 +39,10 @@ MAX_PIXELS = 150_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
+#: Modes :func:`to_rgb` scales to 8 bits, and modes with an alpha channel (composited onto the background).
+HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+
 #: EXIF orientation values that ``ImageOps.exif_transpose`` acts on (1 and unknown values leave the image as is).
 ROTATING_ORIENTATIONS = frozenset(range(2, 9))
 
@@ -89,7 +93,7 @@ def load_pixels(img: Image.Image, min_size: int | None = None) -> None:
 def needs_conversion(img: Image.Image, orientation: int | None) -> bool:
     """Whether :func:`to_rgb` does more than copy this decoded image: a mode other than RGB, transparency, or
     an EXIF orientation that rotates or mirrors it (``orientation`` as read by ``img.getexif()``)."""
-    return img.mode != "RGB" or "transparency" in img.info or orientation in ROTATING_ORIENTATIONS
+    return img.mode != "RGB" or _has_transparency(img) or orientation in ROTATING_ORIENTATIONS
 
 
 _STDERR_LOCK = threading.Lock()
@@ -132,7 +136,7 @@ def draft_to_short_side(img: Image.Image, min_size: int) -> None:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert an opened image of any mode to upright 8-bit RGB."""
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if img.mode in HIGH_DEPTH_MODES:
         img = _high_depth_to_l(img)
     if _has_transparency(img):
         rgba = img.convert("RGBA")
@@ -145,7 +149,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _has_transparency(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    return img.mode in ALPHA_MODES or "transparency" in img.info
 
 
 def _high_depth_to_l(img: Image.Image) -> Image.Image:
