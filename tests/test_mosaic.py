@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from lit_convnext.report.figures import MOSAIC_CAPTION, MOSAIC_COLUMNS, MOSAIC_TILE, augmentation_mosaic
+from lit_convnext.report.figures import MOSAIC_CAPTION, MOSAIC_COLUMNS, MOSAIC_TILE, augmentation_mosaic, fit_caption
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -34,3 +34,10 @@ def test_mosaic_shows_each_image_denormalised_in_its_tile_under_a_caption() -> N
     last_left = 4 + (MOSAIC_COLUMNS - 1) * step
     empty = mosaic[4 + step + MOSAIC_CAPTION:, last_left: last_left + MOSAIC_TILE]
     assert (empty == 255).all()  # no tile where there is no image
+
+
+def test_a_mixed_tile_keeps_both_classes_and_the_share_when_names_are_long() -> None:
+    caption = fit_caption(("n072_long_species_name", " 66%/", "n019_other_long_name"), 20, len)
+    assert len(caption) <= 20 and " 66%/" in caption
+    assert caption.startswith("n0") and caption.split("/")[1].startswith("n0")  # each name cut, neither dropped
+    assert fit_caption(("cat", " 60%/", "dog"), 20, len) == "cat 60%/dog"  # short captions untouched
