@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def test_second_check_of_unchanged_files_reads_nothing(tmp_path: Path, monkeypat
     checked: list[str] = []
     original = file_checks._check
 
-    def counting(path: str, header_only: bool) -> file_checks.FileCheck:
+    def counting(path: str, header_only: bool) -> tuple[file_checks.FileCheck, int, int]:
         checked.append(path)
         return original(path, header_only)
 
@@ -91,6 +92,26 @@ def test_a_file_that_cannot_be_stat_ed_or_read_is_a_bad_file_and_not_remembered(
     cache = CheckCache()
     assert cache.lookup([missing], header_only=True) == {}
     cache.close()
+
+
+def test_a_folder_named_like_an_image_is_a_bad_file(tmp_path: Path) -> None:
+    (tmp_path / "folder.png").mkdir()
+    assert inspect_files([str(tmp_path / "folder.png")], workers=1)[0].error.startswith("cannot read file")
+
+
+def test_read_returns_the_whole_file_with_the_stat_taken_when_it_was_opened(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(range(256)) * 9000)  # larger than one buffer
+    data, size, mtime_ns = file_checks._read(str(path))
+    assert data == path.read_bytes() and size == len(data) and mtime_ns == path.stat().st_mtime_ns
+
+
+@pytest.mark.parametrize("path", ["a/b.png", "b.png", "./a/b.png", "../q/r.png", "a//b.png", "a/./b.png", "a/../b.png",
+                                  "/b.png", "//b.png", "/x/y/z.png", "a/b/..", "a/.", "x/", "a/b/", "~/b.png"])
+def test_absolute_paths_are_those_of_abspath(path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache is keyed by absolute path; the per-folder shortcut must give exactly ``os.path.abspath``."""
+    monkeypatch.chdir(tmp_path)
+    assert file_checks._absolute_paths([path, path]) == [os.path.abspath(path)] * 2
 
 
 @pytest.mark.parametrize("orientation_in", ["xmp", "exif"])

@@ -54,7 +54,8 @@ class CheckCache:
             return {}
         # One range scan of the primary key over the folder that holds them all, instead of a query per path.
         try:
-            common = os.path.commonpath(list(wanted)) if len(wanted) > 1 else os.path.dirname(next(iter(wanted)))
+            # The common folder of the first and last path in sort order is the common folder of them all.
+            common = os.path.commonpath([min(wanted), max(wanted)]) if len(wanted) > 1 else os.path.dirname(next(iter(wanted)))
             low = common.rstrip(os.sep) + os.sep
             high = low[:-1] + chr(ord(os.sep) + 1)  # every string that starts with `low` sorts below this one
         except ValueError:  # no common folder (Windows paths on different drives): read every row
