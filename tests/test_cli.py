@@ -11,7 +11,7 @@ import torch
 import yaml
 from tests.helpers import FAST, TINY_MODEL, make_folder, one_line_error
 
-from lit_convnext.cli import main
+from lit_convnext.cli import ConvNeXtCLI, main
 
 
 def test_fit_writes_best_and_last_checkpoints_with_class_names(fitted: dict[str, Path]) -> None:
@@ -97,6 +97,20 @@ def test_printed_config_runs_again_unchanged(image_root: Path, capsys: pytest.Ca
     main(["fit", "--config", "printed.yaml"])
 
 
+
+
+def test_only_the_named_subcommand_gets_a_parser(image_root: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each subcommand's parser takes a fraction of a second to build; a wrong name still lists every choice."""
+    built: list[str] = []
+    original = ConvNeXtCLI._prepare_subcommand_parser
+    monkeypatch.setattr(ConvNeXtCLI, "_prepare_subcommand_parser",
+                        lambda self, klass, subcommand, **kw: built.append(subcommand) or original(self, klass, subcommand, **kw))
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", "--help"])
+    assert exit_.value.code == 0 and built == ["validate"] and "--ckpt_path" in capsys.readouterr().out
+    line = one_line_error(capsys, ["fitt", "--data.root", str(image_root)])
+    assert "invalid choice: 'fitt'" in line and all(name in line for name in ("fit", "validate", "test", "predict"))
 
 
 def test_missing_root_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
