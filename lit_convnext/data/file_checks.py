@@ -30,8 +30,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from lit_convnext.data.check_cache import CheckCache
-from lit_convnext.data.images import (ALPHA_MODES, HIGH_DEPTH_MODES, load_pixels, needs_conversion, open_image,
-                                      to_rgb)
+from lit_convnext.data.images import (ALPHA_MODES, HIGH_DEPTH_MODES, ORIENTATION_TAG, load_pixels, needs_conversion,
+                                      open_image, to_rgb)
 
 #: Which extensions are normal for each Pillow format (a mismatch is reported, it still loads).
 FORMAT_SUFFIXES = {
@@ -44,8 +44,6 @@ FORMAT_SUFFIXES = {
     "WEBP": (".webp",),
     "PPM": (".ppm", ".pgm", ".pbm"),
 }
-#: EXIF orientation tag; values 5-8 swap width and height.
-ORIENTATION_TAG = 0x0112
 #: ``Image.info`` keys that Pillow's ``getexif`` reads an orientation from (besides a TIFF's own tags).
 ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 #: Files per task sent to a worker: large enough that inter-process traffic stays small, small enough that

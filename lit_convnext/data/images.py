@@ -43,7 +43,9 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 
-#: EXIF orientation values that ``ImageOps.exif_transpose`` acts on (1 and unknown values leave the image as is).
+#: EXIF orientation tag, and the values that ``ImageOps.exif_transpose`` acts on (1 and unknown values leave the
+#: image as is).
+ORIENTATION_TAG = 0x0112
 ROTATING_ORIENTATIONS = frozenset(range(2, 9))
 
 
@@ -134,18 +136,19 @@ def draft_to_short_side(img: Image.Image, min_size: int) -> None:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert an opened image of any mode to upright 8-bit RGB."""
-    img = ImageOps.exif_transpose(img)
+    """Convert an opened image of any mode to upright 8-bit RGB (always a new image: the opened one may be closed)."""
+    if img.getexif().get(ORIENTATION_TAG, 1) in ROTATING_ORIENTATIONS:
+        img = ImageOps.exif_transpose(img)  # a new, upright image (for other orientations it would only copy)
     if img.mode in HIGH_DEPTH_MODES:
         img = _high_depth_to_l(img)
     if _has_transparency(img):
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGB", rgba.size, ALPHA_BACKGROUND)
         # Pasting through the alpha channel gives exactly the pixels of Image.alpha_composite over an opaque
         # background (checked for every value and alpha) at a fifth of its cost: 0.2 ms instead of 1 ms at 224 px.
         background.paste(rgba, None, rgba)
         return background
-    return img.convert("RGB") if img.mode != "RGB" else img
+    return img.convert("RGB")  # a copy for RGB images
 
 
 def _has_transparency(img: Image.Image) -> bool:
