@@ -7,7 +7,10 @@ failures into messages a user can act on.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -84,9 +87,11 @@ HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 def hub_weights_file(model_name: str) -> Path:
     """The local path of ``model_name``'s pretrained weights in the Hugging Face cache, downloaded if needed.
 
-    timm's pretrained config names the repository; huggingface_hub resolves the cache and the download.
+    timm's pretrained config names the repository; huggingface_hub resolves the cache and the download. A cached
+    file is used without asking the hub again (timm's weights do not change under a tag), so runs start without a
+    network round trip and work offline once the weights are there.
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError
 
     cfg = timm.models.get_pretrained_cfg(model_name)
@@ -97,13 +102,18 @@ def hub_weights_file(model_name: str) -> Path:
                         "or pass --model.pretrained false")
     repo_id, _, revision = cfg.hf_hub_id.partition("@")
     names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_FILES
+    for name in names:
+        cached = try_to_load_from_cache(repo_id, name, revision=revision or None)
+        if isinstance(cached, str):
+            return Path(cached)
     try:
-        for name in names[:-1]:
-            try:
-                return Path(hf_hub_download(repo_id, name, revision=revision or None))
-            except EntryNotFoundError:
-                continue
-        return Path(hf_hub_download(repo_id, names[-1], revision=revision or None))
+        with _retries_said_once(model_name):
+            for name in names[:-1]:
+                try:
+                    return Path(hf_hub_download(repo_id, name, revision=revision or None))
+                except EntryNotFoundError:
+                    continue
+            return Path(hf_hub_download(repo_id, names[-1], revision=revision or None))
     except OSError as err:  # huggingface_hub's offline / not-cached / connection errors are OSErrors
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise UserError(
@@ -112,3 +122,41 @@ def hub_weights_file(model_name: str) -> Path:
             "download them once on a connected machine (same HF_HOME), or pass a weights file with "
             "--model.pretrained PATH"
         ) from err
+
+
+#: The logger of huggingface_hub's HTTP retries.
+HUB_HTTP_LOGGER = "huggingface_hub.utils._http"
+
+
+class _RetriesSaidOnce(logging.Filter):
+    """huggingface_hub logs two lines per failed attempt to reach the hub (five retries with growing waits, twice:
+    47 s on a machine without DNS); this keeps the first, reworded to say what is happening and how to skip it,
+    and drops the rest."""
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__()
+        self.model_name, self.said = model_name, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if " thrown while requesting " not in message and not message.startswith(("Retrying in ", "Rate limited.")):
+            return True
+        if self.said:
+            return False
+        self.said = True
+        reason = message.split(" thrown while requesting ")[0].strip("'") if "thrown" in message else message
+        record.msg, record.args = (f"Cannot reach the Hugging Face hub for the weights of {self.model_name!r} "
+                                   f"({reason}); huggingface_hub retries for up to about a minute. Set HF_HUB_OFFLINE=1 on "
+                                   "machines without a connection."), ()
+        return True
+
+
+@contextmanager
+def _retries_said_once(model_name: str) -> Iterator[None]:
+    logger = logging.getLogger(HUB_HTTP_LOGGER)
+    notice = _RetriesSaidOnce(model_name)
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)

@@ -114,3 +114,39 @@ def test_hub_weights_that_lack_tensors_are_refused_like_a_file(tmp_path: Path) -
     refused = next(line for line in result.stdout.splitlines() if line.startswith("REFUSED"))
     assert "gamma" in refused and "allow_missing" in refused
     assert "REPORT" in result.stdout and "True" in result.stdout.split("REPORT")[1]
+
+
+def test_cached_hub_weights_are_used_without_asking_the_hub(hub_cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network round trip (and no retries on a machine without one) when the weights are in the cache."""
+    import huggingface_hub
+
+    from lit_convnext.backbone import hub_weights_file
+
+    cache, _ = hub_cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("the hub was asked"))
+    path = hub_weights_file("convnext_atto.d2_in1k")
+    assert path.name == "model.safetensors" and path.is_relative_to(cache)
+
+
+def test_hub_retries_are_one_line_of_ours(caplog: pytest.LogCaptureFixture) -> None:
+    """huggingface_hub logs two lines per retry for up to a minute; the user gets one that says what to do."""
+    import logging
+
+    from lit_convnext.backbone import HUB_HTTP_LOGGER, _retries_said_once
+
+    logger = logging.getLogger(HUB_HTTP_LOGGER)
+    url = "https://huggingface.co/timm/convnext_atto.d2_in1k/resolve/main/model.safetensors"
+    with caplog.at_level(logging.WARNING, logger=HUB_HTTP_LOGGER), _retries_said_once("convnext_atto.d2_in1k"):
+        for attempt in range(1, 6):  # as huggingface_hub.utils._http.http_backoff words them
+            logger.warning(f"'[Errno -2] Name or service not known' thrown while requesting HEAD {url}")
+            logger.warning(f"Retrying in {2 ** attempt}s [Retry {attempt}/5].")
+        logger.warning("Some other warning")
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and lines[1] == "Some other warning"
+    assert "convnext_atto.d2_in1k" in lines[0] and "Name or service not known" in lines[0]
+    assert "HF_HUB_OFFLINE=1" in lines[0]
+    logger.warning("Retrying in 1s [Retry 1/5].")  # outside a download: untouched
+    assert caplog.records[-1].getMessage() == "Retrying in 1s [Retry 1/5]."
