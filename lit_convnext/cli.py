@@ -36,7 +36,7 @@ from lit_convnext.commands import COMMANDS
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import label_columns
 from lit_convnext.entry import fail, run_command
-from lit_convnext.errors import UserError, out_of_memory_message
+from lit_convnext.errors import UserError, out_of_memory_message, show_warnings_as_one_line
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
 from lit_convnext.weights.classes import stored_class_names
@@ -337,6 +337,7 @@ def main(args: ArgsType = None) -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisement())
+    show_warnings_as_one_line()
     if argv and argv[0] in COMMANDS:
         run_command(argv[0], argv[1:])
     try:

@@ -12,7 +12,7 @@ import sys
 from typing import NoReturn
 
 from lit_convnext.commands import COMMANDS
-from lit_convnext.errors import UserError
+from lit_convnext.errors import UserError, show_warnings_as_one_line
 
 HELP = """\
 usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve,report} ...
@@ -34,6 +34,7 @@ subcommands (`lit-convnext SUBCOMMAND --help` lists each one's options):
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
     argv = list(sys.argv[1:] if args is None else args)
+    show_warnings_as_one_line()
     if argv and argv[0] in COMMANDS:
         run_command(argv[0], argv[1:])
     if argv in (["-h"], ["--help"]):

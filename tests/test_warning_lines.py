@@ -1,0 +1,23 @@
+"""The app's own warnings reach the terminal as one line of ours, without Python's file, line and code."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+import lit_convnext
+from lit_convnext.errors import show_warnings_as_one_line
+
+
+def test_our_warnings_are_one_line_and_others_keep_their_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    show_warnings_as_one_line()
+    show_warnings_as_one_line()  # idempotent: not wrapped twice
+    ours = str(Path(lit_convnext.__file__).parent / "callbacks" / "evaluation.py")
+    line = 'rank_zero_warn("val_label_issues.csv not written")'
+    assert (warnings.formatwarning("val_label_issues.csv not written", UserWarning, ours, 259, line)
+            == "lit-convnext: warning: val_label_issues.csv not written\n")
+    other = warnings.formatwarning("something else", UserWarning, "/elsewhere/module.py", 7, "warn()")
+    assert other.startswith("/elsewhere/module.py:7: UserWarning: something else") and "warn()" in other
