@@ -187,6 +187,12 @@ class ConvNeXtCLI(LightningCLI):
                                               and config.model.pretrained in (False, None, "", "false")):
             also = "" if self.subcommand == "predict" else " or --model.pretrained WEIGHTS with a head for the classes"
             raise UserError(f"`{self.subcommand}` needs a trained model: pass --ckpt_path CHECKPOINT.ckpt{also}")
+        elif self.subcommand in ("validate", "test") and config.model.pretrained is True:
+            # Refused before anything is downloaded: timm's hub weights carry a head for their own classes
+            # (ImageNet's), never names for the folder's.
+            raise UserError(f"`{self.subcommand}` needs a model trained on the folder's classes, and --model.pretrained "
+                            "true means timm's hub weights, whose head is for ImageNet's classes: pass --ckpt_path "
+                            "CHECKPOINT.ckpt or --model.pretrained WEIGHTS fine-tuned on these classes")
         if self.subcommand != "fit":
             self.save_config_callback = None  # only training runs get a run directory with config.yaml
             # Nothing to save; and a restored ModelCheckpoint only warns that its dirpath changed.
@@ -260,14 +266,14 @@ class ConvNeXtCLI(LightningCLI):
     def _check_head_fits(self, pretrained: bool | str) -> None:
         """``validate``/``test`` on ``--model.pretrained`` weights: only a trained head for these classes counts."""
         names = self.model.class_names
-        source = "the hub weights" if pretrained is True else str(pretrained)
+        source = str(pretrained)  # a file: hub weights are refused before they are read
         head = (self.model.load_report or {}).get("head")
         if head != "kept":
             reason = (self.model.load_report or {}).get("head_reason", "no head was loaded")
             raise UserError(f"--model.pretrained {source} has no head for the {len(names)} classes of the folder "
                             f"({reason}), so `{self.subcommand}` would measure a new, untrained head: pass weights "
                             "fine-tuned on these classes, or a --ckpt_path")
-        stored = None if pretrained is True else stored_class_names(pretrained)
+        stored = stored_class_names(pretrained)
         if stored != names:
             found = (f"its classes are {stored}" if stored else
                      "it carries no class names (a checkpoint of this app or an export with its .json sidecar does)")

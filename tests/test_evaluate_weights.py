@@ -54,3 +54,17 @@ def test_weights_whose_head_does_not_fit_are_refused(fitted: dict[str, Path], tm
 def test_validate_without_any_weights_says_how(fitted: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     line = one_line_error(capsys, ["validate", "--data.root", str(fitted["root"]), *FAST])
     assert "--ckpt_path" in line and "--model.pretrained" in line
+
+
+def test_validate_on_hub_weights_is_refused_before_any_download(fitted: dict[str, Path],
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default ``--model.pretrained true`` is ImageNet's head: say so at once instead of fetching it first."""
+    import lit_convnext.backbone
+
+    monkeypatch.setattr(lit_convnext.backbone, "hub_weights_file", lambda name: pytest.fail("weights were fetched"))
+    args = ["--data.root", str(fitted["root"]), *[a if a != "false" else "true" for a in FAST]]
+    for subcommand in ("validate", "test"):
+        line = one_line_error(capsys, [subcommand, *args])
+        assert f"`{subcommand}` needs a model trained on the folder's classes" in line
+        assert "--ckpt_path" in line and "ImageNet" in line
