@@ -236,7 +236,9 @@ class ConvNeXtCLI(LightningCLI):
             init.save_dir = str(root)
 
     def _resume_into_last_run(self, config) -> Path:
-        """Resolve ``--ckpt_path last`` to the newest run's last.ckpt and log into that run again."""
+        """Resolve ``--ckpt_path last`` to the newest run's last.ckpt and log into that run again (whose checkpoint
+        folder is not empty, by design: Lightning's warning about that is dropped)."""
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         self._follow_default_root_dir(config.trainer)
         logger = config.trainer.get("logger")
         init = getattr(logger, "init_args", None)
@@ -342,6 +344,10 @@ def main(args: ArgsType = None) -> None:
     # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    # Lightning asks for a shorter log interval when an epoch has fewer batches than it: the app logs every training
+    # metric per epoch as well (the report's curves draw them), so small datasets lose nothing worth a warning.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
+                                              r"interval")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisement())
     show_warnings_as_one_line()
     if argv and argv[0] in COMMANDS:

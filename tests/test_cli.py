@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests.helpers import FAST, TINY_MODEL, make_folder, one_line_error
+from tests.helpers import FAST, TINY_MODEL, fit_args, make_folder, one_line_error
 
 from lit_convnext.cli import ConvNeXtCLI, main
 
@@ -67,6 +67,17 @@ def test_validate_and_test_use_the_checkpoint(fitted: dict[str, Path], capsys: p
     noise = [str(w.message) for w in recwarn
              if any(text in str(w.message) for text in ("dirpath has changed", "LeafSpec", "when using `ckpt_path`"))]
     assert not noise
+
+
+def test_a_small_fit_and_its_resume_get_no_lightning_advice_that_does_not_apply(image_root: Path,
+                                                                                  recwarn: pytest.WarningsRecorder) -> None:
+    """24 images make 3 batches, fewer than Lightning's 50-step log interval (the app logs per epoch too), and a
+    resume writes into its own run's checkpoint folder: neither is worth a warning to the user."""
+    main(fit_args(image_root, "--trainer.limit_val_batches", "1"))
+    main(fit_args(image_root, "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    assert len(list(Path("runs/convnext").iterdir())) == 1  # resumed in place
+    shown = [str(w.message) for w in recwarn]
+    assert not [m for m in shown if "logging interval" in m or "exists and is not empty" in m], shown
 
 
 def test_rerunning_the_same_command_makes_a_new_version(image_root: Path) -> None:

@@ -8,6 +8,7 @@ import re
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,20 @@ def check_in_browser(report: Path, expected_text: list[str], min_images: int) ->
     subprocess.run([*flags, "--hide-scrollbars", "--window-size=1200,3000", f"--screenshot={screenshot}",
                     report.resolve().as_uri()], capture_output=True, timeout=120)
     assert screenshot.stat().st_size > 10_000
+
+
+def test_classes_too_small_for_cleanlab_are_one_warning_with_their_names(tmp_path: Path) -> None:
+    """cleanlab warns once per class with a single validation image; a user gets one line naming the classes."""
+    pytest.importorskip("cleanlab", reason="the label-issue search needs the report extra (cleanlab)")
+    from lit_convnext.callbacks.evaluation import write_label_issues
+
+    names = ["cat", "dog", "fox", "owl"]
+    targets = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 3])  # fox and owl: one image each
+    probabilities = torch.full((10, 4), 0.1).scatter_(1, targets[:, None], 0.7)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_label_issues(tmp_path / "issues.csv", [f"{i}.png" for i in range(10)], names, probabilities, targets)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert "2 class(es) have too few validation images" in messages[0] and "fox, owl" in messages[0]
+    assert (tmp_path / "issues.csv").read_text().startswith("rank,path,given")

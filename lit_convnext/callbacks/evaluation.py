@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +252,10 @@ def write_confused_pairs(path: Path, names: list[str], predicted: torch.Tensor, 
             writer.writerow([names[true], names[pred], count, f"{count / int(totals[true]):.4f}"])
 
 
+#: cleanlab's warning about one class with too few examples (it names the class by index).
+SMALL_CLASS_WARNING = re.compile(r"May not flag all label issues in class: (\d+), it has too few examples")
+
+
 def write_label_issues(path: Path, paths: list[str], names: list[str], probabilities: torch.Tensor,
                        targets: torch.Tensor) -> None:
     """Likely label errors found by cleanlab's confident learning, most likely first."""
@@ -264,7 +270,15 @@ def write_label_issues(path: Path, paths: list[str], names: list[str], probabili
     present = len(set(labels.tolist()))
     ranked: list[int] = []
     if present >= 2:  # confident learning compares classes: a one-class split has nothing to compare
-        ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1).tolist()
+        with warnings.catch_warnings(record=True) as caught:  # one line per small class: summarised below
+            warnings.simplefilter("always")
+            ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1).tolist()
+        small = [names[int(match[1])] for w in caught if (match := SMALL_CLASS_WARNING.search(str(w.message)))]
+        for other in (w for w in caught if not SMALL_CLASS_WARNING.search(str(w.message))):
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+        if small:
+            rank_zero_warn(f"label issues: {len(small)} class(es) have too few validation images for cleanlab to "
+                           f"flag every likely label error ({', '.join(small[:10])}{', ...' if len(small) > 10 else ''})")
     else:
         rank_zero_warn(f"label issues: the validation split has {present} class(es); no errors can be estimated")
     with path.open("w", newline="", encoding="utf-8") as handle:
