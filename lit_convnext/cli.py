@@ -331,11 +331,16 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
 
 
 
-class _DropAdvertisement(logging.Filter):
-    """Lightning 2.6 advertises a cloud logger on every run: not a line about the user's run."""
+class _DropLightningNoise(logging.Filter):
+    """Lines Lightning logs on every run that are not about the user's run: its advertisement for a cloud logger,
+    and its note that it loads the training data early to count the steps (the app's own line that follows gives
+    the count, the warm-up and the learning rate)."""
+
+    NOISE = ("litlogger", "Loading `train_dataloader` to estimate number of stepping batches")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return not any(text in message for text in self.NOISE)
 
 
 def main(args: ArgsType = None) -> None:
@@ -348,7 +353,9 @@ def main(args: ArgsType = None) -> None:
     # metric per epoch as well (the report's curves draw them), so small datasets lose nothing worth a warning.
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
                                               r"interval")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisement())
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningNoise) for f in rank_zero_logger.filters):
+        rank_zero_logger.addFilter(_DropLightningNoise())
     show_warnings_as_one_line()
     if argv and argv[0] in COMMANDS:
         run_command(argv[0], argv[1:])

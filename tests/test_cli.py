@@ -69,15 +69,28 @@ def test_validate_and_test_use_the_checkpoint(fitted: dict[str, Path], capsys: p
     assert not noise
 
 
-def test_a_small_fit_and_its_resume_get_no_lightning_advice_that_does_not_apply(image_root: Path,
-                                                                                  recwarn: pytest.WarningsRecorder) -> None:
+def test_a_small_fit_and_its_resume_get_no_lightning_advice_that_does_not_apply(
+        image_root: Path, recwarn: pytest.WarningsRecorder) -> None:
     """24 images make 3 batches, fewer than Lightning's 50-step log interval (the app logs per epoch too), and a
-    resume writes into its own run's checkpoint folder: neither is worth a warning to the user."""
-    main(fit_args(image_root, "--trainer.limit_val_batches", "1"))
-    main(fit_args(image_root, "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    resume writes into its own run's checkpoint folder: neither is worth a warning to the user. Lightning's note
+    that it loads the data early to count the steps is not shown either (the app's line gives the count)."""
+    import logging
+
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's info lines go
+    logger.addHandler(handler)
+    try:
+        main(fit_args(image_root, "--trainer.limit_val_batches", "1"))
+        main(fit_args(image_root, "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    finally:
+        logger.removeHandler(handler)
     assert len(list(Path("runs/convnext").iterdir())) == 1  # resumed in place
     shown = [str(w.message) for w in recwarn]
     assert not [m for m in shown if "logging interval" in m or "exists and is not empty" in m], shown
+    assert any(m.startswith("Effective batch") for m in logged), logged
+    assert not [m for m in logged if "to estimate number of stepping batches" in m or "litlogger" in m]
 
 
 def test_rerunning_the_same_command_makes_a_new_version(image_root: Path) -> None:
