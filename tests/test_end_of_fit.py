@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import logging
 from pathlib import Path
 
 import pytest
@@ -78,9 +79,20 @@ def test_best_checkpoint_from_an_earlier_epoch_is_validated_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _folder(tmp_path)
     calls = _count_validations(monkeypatch)
-    # An lr too small to change any prediction: epoch 2 ties epoch 1, so the best checkpoint stays epoch 1's.
-    main(fit_args(root, "--trainer.max_epochs", "2", "--model.lr", "1e-12"))
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's info lines go
+    logger.addHandler(handler)
+    try:
+        # An lr too small to change any prediction: epoch 2 ties epoch 1, so the best checkpoint stays epoch 1's.
+        main(fit_args(root, "--trainer.max_epochs", "2", "--model.lr", "1e-12"))
+    finally:
+        logger.removeHandler(handler)
     best = next(Path("runs/convnext/version_0/checkpoints").glob("best-*.ckpt"))
     assert "epoch000" in best.name
     assert calls == [str(best)]
     assert len(_rows(best.parent.parent / "val_predictions.csv")) == 9
+    # Said in the app's words, not as Lightning's "Restoring states ...", which would read as a restart.
+    assert f"Validating the best checkpoint again for the end-of-fit analysis: {best}" in logged
+    assert not [line for line in logged if line.startswith(("Restoring states", "Loaded model weights"))]

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +180,9 @@ class EvaluationReport(Callback):
                 self._final_checkpoint = saved  # read once: the temperature is added to this content
                 self._finish("val", trainer, model, kept[1:])
             else:
-                trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+                rank_zero_info(f"Validating the best checkpoint again for the end-of-fit analysis: {best}")
+                with _restore_lines_dropped():  # Lightning's "Restoring states ..." would read as a restart
+                    trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
         finally:
             self._final, self._final_checkpoint = False, None
         validated = time.perf_counter()
@@ -197,6 +202,25 @@ class EvaluationReport(Callback):
             rank_zero_info(f"End-of-fit analysis: {validated - start:.1f} s for the best checkpoint's validation results, "
                            f"{time.perf_counter() - validated:.1f} s for the report")
         trainer.strategy.barrier("EvaluationReport.analyse_fit")
+
+
+class _DropRestoreLines(logging.Filter):
+    RESTORE_LINES = ("Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.RESTORE_LINES)
+
+
+@contextmanager
+def _restore_lines_dropped() -> Iterator[None]:
+    """Lightning's two lines about restoring a checkpoint, left out while the analysis validates the best one."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info writes
+    drop = _DropRestoreLines()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _load_checkpoint(path: str | Path) -> dict[str, Any]:
