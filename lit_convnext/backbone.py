@@ -9,8 +9,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_convnext.errors import UserError
+from lit_convnext.terminal import log_filter
 
 
 @lru_cache(maxsize=1)
@@ -107,7 +106,7 @@ def hub_weights_file(model_name: str) -> Path:
         if isinstance(cached, str):
             return Path(cached)
     try:
-        with _retries_said_once(model_name):
+        with log_filter(HUB_HTTP_LOGGER, _RetriesSaidOnce(model_name)):
             for name in names[:-1]:
                 try:
                     return Path(hf_hub_download(repo_id, name, revision=revision or None))
@@ -149,14 +148,3 @@ class _RetriesSaidOnce(logging.Filter):
                                    f"({reason}); huggingface_hub retries for up to about a minute. Set HF_HUB_OFFLINE=1 on "
                                    "machines without a connection."), ()
         return True
-
-
-@contextmanager
-def _retries_said_once(model_name: str) -> Iterator[None]:
-    logger = logging.getLogger(HUB_HTTP_LOGGER)
-    notice = _RetriesSaidOnce(model_name)
-    logger.addFilter(notice)
-    try:
-        yield
-    finally:
-        logger.removeFilter(notice)

@@ -7,7 +7,6 @@ one-line errors.
 
 from __future__ import annotations
 
-import logging
 import pickle
 import re
 import sys
@@ -36,7 +35,8 @@ from lit_convnext.commands import COMMANDS
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import label_columns
 from lit_convnext.entry import fail, run_command
-from lit_convnext.errors import UserError, out_of_memory_message, show_warnings_as_one_line
+from lit_convnext.errors import UserError, out_of_memory_message
+from lit_convnext.terminal import LIGHTNING_INFO_LOGGER, DropLines, log_filter, show_warnings_as_one_line
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
 from lit_convnext.weights.classes import stored_class_names
@@ -331,36 +331,27 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
 
 
 
-class _DropLightningNoise(logging.Filter):
-    """Lines Lightning logs on every run that are not about the user's run: its advertisement for a cloud logger,
-    and its note that it loads the training data early to count the steps (the app's own line that follows gives
-    the count, the warm-up and the learning rate)."""
-
-    NOISE = ("litlogger", "Loading `train_dataloader` to estimate number of stepping batches")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(text in message for text in self.NOISE)
+#: Lines Lightning logs on every run that are not about the user's run: its advertisement for a cloud logger, and
+#: its note that it loads the training data early to count the steps (the app's "Effective batch" line that follows
+#: gives the count, the warm-up and the learning rate).
+LIGHTNING_NOISE = ("litlogger", "Loading `train_dataloader` to estimate number of stepping batches")
 
 
 def main(args: ArgsType = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
     argv = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, list) else None
-    # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run; nothing a user can act on.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                            category=FutureWarning)
-    # Lightning asks for a shorter log interval when an epoch has fewer batches than it: the app logs every training
-    # metric per epoch as well (the report's curves draw them), so small datasets lose nothing worth a warning.
-    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging "
-                                              r"interval")
-    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropLightningNoise) for f in rank_zero_logger.filters):
-        rank_zero_logger.addFilter(_DropLightningNoise())
     show_warnings_as_one_line()
     if argv and argv[0] in COMMANDS:
         run_command(argv[0], argv[1:])
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), log_filter(LIGHTNING_INFO_LOGGER, DropLines(*LIGHTNING_NOISE)):
+            # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run; nothing to act on.
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
+            # Lightning asks for a shorter log interval when an epoch has fewer batches than it: the app logs every
+            # training metric per epoch as well (the report's curves draw them), so small datasets lose nothing.
+            warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
+                                                      r"logging interval")
             if argv and argv[0] in ("validate", "test", "predict"):
                 # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters
                 # when resuming training, not when only its weights are evaluated.

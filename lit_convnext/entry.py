@@ -12,7 +12,8 @@ import sys
 from typing import NoReturn
 
 from lit_convnext.commands import COMMANDS
-from lit_convnext.errors import UserError, show_warnings_as_one_line
+from lit_convnext.errors import UserError
+from lit_convnext.terminal import show_warnings_as_one_line
 
 HELP = """\
 usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve,report} ...

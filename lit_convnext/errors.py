@@ -2,11 +2,8 @@
 
 The CLI turns a ``UserError`` into a one-line message and exit status 2 instead of a traceback,
 so every message must say what was wrong, the offending path or value, and what to do. The app's own
-warnings print as one line of the same kind (:func:`show_warnings_as_one_line`).
+warnings print as one line of the same kind (:func:`lit_convnext.terminal.show_warnings_as_one_line`).
 """
-
-import os
-import warnings
 
 
 class UserError(Exception):
@@ -28,24 +25,3 @@ def out_of_memory_message(subcommand: str, batch_size: int, accumulation: int) -
         " (or use --trainer.precision bf16-mixed)"
     )
 
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def show_warnings_as_one_line() -> None:
-    """Print warnings raised by lit-convnext's own code as ``lit-convnext: warning: MESSAGE``.
-
-    Python's default format adds the source file, line number and the line of code that warned, which tell a user
-    nothing (Lightning shortens its own warnings the same way). Other packages' warnings keep their format.
-    """
-    previous = warnings.formatwarning
-    if getattr(previous, "lit_convnext", False):
-        return
-
-    def format_warning(message, category, filename, lineno, line=None) -> str:
-        if os.path.abspath(filename).startswith(_PACKAGE_DIR):
-            return f"lit-convnext: warning: {message}\n"
-        return previous(message, category, filename, lineno, line)
-
-    format_warning.lit_convnext = True
-    warnings.formatwarning = format_warning

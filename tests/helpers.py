@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +61,20 @@ def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
     lines = [line for line in err.splitlines() if line.startswith("lit-convnext: error:")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+@contextmanager
+def lightning_info_lines() -> Iterator[list[str]]:
+    """The info lines Lightning (and the app, through ``rank_zero_info``) log during the block, after the app's
+    filters: its logger does not propagate to pytest's log capture, so a handler is put on it directly."""
+    from lit_convnext.terminal import LIGHTNING_INFO_LOGGER
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger(LIGHTNING_INFO_LOGGER)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests.helpers import FAST, TINY_MODEL, fit_args, make_folder, one_line_error
+from tests.helpers import FAST, TINY_MODEL, fit_args, lightning_info_lines, make_folder, one_line_error
 
 from lit_convnext.cli import ConvNeXtCLI, main
 
@@ -74,18 +74,9 @@ def test_a_small_fit_and_its_resume_get_no_lightning_advice_that_does_not_apply(
     """24 images make 3 batches, fewer than Lightning's 50-step log interval (the app logs per epoch too), and a
     resume writes into its own run's checkpoint folder: neither is worth a warning to the user. Lightning's note
     that it loads the data early to count the steps is not shown either (the app's line gives the count)."""
-    import logging
-
-    logged: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: logged.append(record.getMessage())
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's info lines go
-    logger.addHandler(handler)
-    try:
+    with lightning_info_lines() as logged:
         main(fit_args(image_root, "--trainer.limit_val_batches", "1"))
         main(fit_args(image_root, "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "2", "--ckpt_path", "last"))
-    finally:
-        logger.removeHandler(handler)
     assert len(list(Path("runs/convnext").iterdir())) == 1  # resumed in place
     shown = [str(w.message) for w in recwarn]
     assert not [m for m in shown if "logging interval" in m or "exists and is not empty" in m], shown

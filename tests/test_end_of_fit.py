@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from lit_convnext.cli import main
 from lit_convnext.trainer import ConvNeXtTrainer
-from tests.helpers import FAST, fit_args, make_folder
+from tests.helpers import FAST, fit_args, lightning_info_lines, make_folder
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -79,16 +78,9 @@ def test_best_checkpoint_from_an_earlier_epoch_is_validated_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _folder(tmp_path)
     calls = _count_validations(monkeypatch)
-    logged: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: logged.append(record.getMessage())
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's info lines go
-    logger.addHandler(handler)
-    try:
+    with lightning_info_lines() as logged:
         # An lr too small to change any prediction: epoch 2 ties epoch 1, so the best checkpoint stays epoch 1's.
         main(fit_args(root, "--trainer.max_epochs", "2", "--model.lr", "1e-12"))
-    finally:
-        logger.removeHandler(handler)
     best = next(Path("runs/convnext/version_0/checkpoints").glob("best-*.ckpt"))
     assert "epoch000" in best.name
     assert calls == [str(best)]

@@ -135,11 +135,12 @@ def test_hub_retries_are_one_line_of_ours(caplog: pytest.LogCaptureFixture) -> N
     """huggingface_hub logs two lines per retry for up to a minute; the user gets one that says what to do."""
     import logging
 
-    from lit_convnext.backbone import HUB_HTTP_LOGGER, _retries_said_once
+    from lit_convnext.backbone import HUB_HTTP_LOGGER, _RetriesSaidOnce
+    from lit_convnext.terminal import log_filter
 
     logger = logging.getLogger(HUB_HTTP_LOGGER)
     url = "https://huggingface.co/timm/convnext_atto.d2_in1k/resolve/main/model.safetensors"
-    with caplog.at_level(logging.WARNING, logger=HUB_HTTP_LOGGER), _retries_said_once("convnext_atto.d2_in1k"):
+    with caplog.at_level(logging.WARNING, logger=HUB_HTTP_LOGGER), log_filter(HUB_HTTP_LOGGER, _RetriesSaidOnce("convnext_atto.d2_in1k")):
         for attempt in range(1, 6):  # as huggingface_hub.utils._http.http_backoff words them
             logger.warning(f"'[Errno -2] Name or service not known' thrown while requesting HEAD {url}")
             logger.warning(f"Retrying in {2 ** attempt}s [Retry {attempt}/5].")

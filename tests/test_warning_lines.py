@@ -8,13 +8,17 @@ from pathlib import Path
 import pytest
 
 import lit_convnext
-from lit_convnext.errors import show_warnings_as_one_line
+from lit_convnext import terminal
+from lit_convnext.terminal import show_warnings_as_one_line
 
 
 def test_our_warnings_are_one_line_and_others_keep_their_format(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    monkeypatch.setattr(terminal, "_warnings_shown_as_one_line", False)  # as in a new process
     show_warnings_as_one_line()
-    show_warnings_as_one_line()  # idempotent: not wrapped twice
+    installed = warnings.formatwarning
+    show_warnings_as_one_line()
+    assert warnings.formatwarning is installed  # once per process: not wrapped twice
     ours = str(Path(lit_convnext.__file__).parent / "callbacks" / "evaluation.py")
     line = 'rank_zero_warn("val_label_issues.csv not written")'
     assert (warnings.formatwarning("val_label_issues.csv not written", UserWarning, ours, 259, line)

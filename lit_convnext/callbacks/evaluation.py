@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import re
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.calibration import calibration_summary, fit_temperature
+from lit_convnext.terminal import LIGHTNING_INFO_LOGGER, DropLines, log_filter
 
 #: Images kept from the first training batch for the augmentation mosaic.
 MOSAIC_IMAGES = 32
@@ -181,7 +179,7 @@ class EvaluationReport(Callback):
                 self._finish("val", trainer, model, kept[1:])
             else:
                 rank_zero_info(f"Validating the best checkpoint again for the end-of-fit analysis: {best}")
-                with _restore_lines_dropped():  # Lightning's "Restoring states ..." would read as a restart
+                with log_filter(LIGHTNING_INFO_LOGGER, DropLines(*RESTORE_LINES)):
                     trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
         finally:
             self._final, self._final_checkpoint = False, None
@@ -204,23 +202,9 @@ class EvaluationReport(Callback):
         trainer.strategy.barrier("EvaluationReport.analyse_fit")
 
 
-class _DropRestoreLines(logging.Filter):
-    RESTORE_LINES = ("Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.RESTORE_LINES)
-
-
-@contextmanager
-def _restore_lines_dropped() -> Iterator[None]:
-    """Lightning's two lines about restoring a checkpoint, left out while the analysis validates the best one."""
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info writes
-    drop = _DropRestoreLines()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
+#: Lightning's lines about restoring a checkpoint: while the analysis validates the best one they would read as a
+#: restart of training, so the analysis says what it does in its own line instead.
+RESTORE_LINES = ("Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
 
 
 def _load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -297,9 +281,13 @@ def write_label_issues(path: Path, paths: list[str], names: list[str], probabili
         with warnings.catch_warnings(record=True) as caught:  # one line per small class: summarised below
             warnings.simplefilter("always")
             ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1).tolist()
-        small = [names[int(match[1])] for w in caught if (match := SMALL_CLASS_WARNING.search(str(w.message)))]
-        for other in (w for w in caught if not SMALL_CLASS_WARNING.search(str(w.message))):
-            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+        small = []
+        for caught_warning in caught:
+            if match := SMALL_CLASS_WARNING.search(str(caught_warning.message)):
+                small.append(names[int(match[1])])
+            else:  # anything else cleanlab says is passed on as it was
+                warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                                       caught_warning.lineno)
         if small:
             rank_zero_warn(f"label issues: {len(small)} class(es) have too few validation images for cleanlab to "
                            f"flag every likely label error ({', '.join(small[:10])}{', ...' if len(small) > 10 else ''})")

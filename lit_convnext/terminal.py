@@ -1,0 +1,63 @@
+"""What reaches the user's terminal from other code: the app's warnings as one line, and library log lines that
+are not about the user's run left out (or said once, in the app's words).
+
+Every such rule lives here, so a newcomer finds in one place why a Lightning or huggingface_hub line is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: The logger of Lightning's ``rank_zero_info`` lines (and of the app's own, which go through the same function).
+LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_warnings_shown_as_one_line = False
+
+
+class DropLines(logging.Filter):
+    """Drops the log records whose message contains any of ``texts``."""
+
+    def __init__(self, *texts: str) -> None:
+        super().__init__()
+        self.texts = texts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in self.texts)
+
+
+@contextmanager
+def log_filter(logger_name: str, log_filter_: logging.Filter) -> Iterator[None]:
+    """``log_filter_`` on the logger ``logger_name`` for the duration of the block."""
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(log_filter_)
+    try:
+        yield
+    finally:
+        logger.removeFilter(log_filter_)
+
+
+def show_warnings_as_one_line() -> None:
+    """Print warnings raised by lit-convnext's own code as ``lit-convnext: warning: MESSAGE``.
+
+    Python's default format adds the source file, line number and the line of code that warned, which tell a user
+    nothing (Lightning shortens its own warnings the same way). Other packages' warnings keep their format.
+    Installed once per process; Lightning, imported later, wraps it and still hands other files' warnings on.
+    """
+    global _warnings_shown_as_one_line
+    if _warnings_shown_as_one_line:
+        return
+    previous = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if os.path.abspath(filename).startswith(_PACKAGE_DIR):
+            return f"lit-convnext: warning: {message}\n"
+        return previous(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    _warnings_shown_as_one_line = True
