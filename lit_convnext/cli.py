@@ -36,7 +36,8 @@ from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import label_columns
 from lit_convnext.entry import fail, run_command
 from lit_convnext.errors import UserError, out_of_memory_message
-from lit_convnext.terminal import LIGHTNING_INFO_LOGGER, DropLines, log_filter, show_warnings_as_one_line
+from lit_convnext.terminal import (LIGHTNING_INFO_LOGGER, DropLines, hide_pillow_file_warnings, log_filter,
+                                   show_warnings_as_one_line)
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
 from lit_convnext.weights.classes import stored_class_names
@@ -352,6 +353,7 @@ def main(args: ArgsType = None) -> None:
             # training metric per epoch as well (the report's curves draw them), so small datasets lose nothing.
             warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
                                                       r"logging interval")
+            hide_pillow_file_warnings()
             if argv and argv[0] in ("validate", "test", "predict"):
                 # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters
                 # when resuming training, not when only its weights are evaluated.

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from typing import NoReturn
 
 from lit_convnext.commands import COMMANDS
 from lit_convnext.errors import UserError
-from lit_convnext.terminal import show_warnings_as_one_line
+from lit_convnext.terminal import hide_pillow_file_warnings, show_warnings_as_one_line
 
 HELP = """\
 usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve,report} ...
@@ -53,7 +54,9 @@ def run_command(name: str, argv: list[str]) -> NoReturn:
     module_name, function_name = COMMANDS[name].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     try:
-        result = auto_cli(function, args=argv, prog=f"lit-convnext {name}")
+        with warnings.catch_warnings():
+            hide_pillow_file_warnings()
+            result = auto_cli(function, args=argv, prog=f"lit-convnext {name}")
     except UserError as err:
         fail(str(err))
     raise SystemExit(result if isinstance(result, int) else 0)

@@ -42,6 +42,15 @@ def log_filter(logger_name: str, log_filter_: logging.Filter) -> Iterator[None]:
         logger.removeFilter(log_filter_)
 
 
+def hide_pillow_file_warnings() -> None:
+    """Leave Pillow's warnings about a damaged file that still decodes out of the terminal ("Corrupt EXIF data",
+    "Invalid APNG, will use default PNG image if possible", "Tag data larger than file"): raised in the loader they
+    print as bare lines that name no file, once per file and epoch. The file checks record them per file instead
+    (``doctor`` lists each, ``fit`` says which before the first step). Call inside ``warnings.catch_warnings`` to
+    scope it; loader workers inherit it when forked and set it themselves otherwise (:mod:`lit_convnext.data.datasets`)."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+
 def show_warnings_as_one_line() -> None:
     """Print warnings raised by lit-convnext's own code as ``lit-convnext: warning: MESSAGE``.
 

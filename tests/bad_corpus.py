@@ -34,7 +34,14 @@ PIXEL_BAD = {
 }
 HEADER_BAD = {
     "bmp_bitfields.bmp": "bitfields",  # BI_BITFIELDS on a 24-bit BMP
-    "apng_bad_sequence.png": "not an image",  # fcTL sequence numbers out of order
+    "apng_bad_sequence.png": "a PNG file that Pillow cannot open",  # fcTL sequence numbers out of order
+    # SamplesPerPixel 65535: Pillow logs "More samples per pixel than can be decoded" and refuses the file.
+    "tiff_samples_per_pixel.tif": "More samples per pixel than can be decoded: 65535",
+}
+#: Files that decode, about which Pillow warns (damaged metadata or frames), with a word of the warning.
+WARNED = {
+    "corrupt_exif.jpg": "Corrupt EXIF data",  # an EXIF directory entry cut short
+    "apng_zero_frames.png": "Invalid APNG",  # acTL says 0 frames: Pillow uses the default image
 }
 BOMBS = {f"bomb.{suffix}": "decompression bomb" for suffix in ("png", "jpg", "gif", "bmp", "tif", "webp", "ppm")}
 
@@ -112,6 +119,10 @@ def write_pixel_bad_files(folder: Path) -> None:
             struct.pack_into(">I", apng, offset + 8, 7)
             _fix_png_crc(apng, offset)
     (folder / "apng_bad_sequence.png").write_bytes(apng)
+    tiff = _encoded(base, "TIFF")
+    entry = tiff.index(struct.pack("<HHIH", 277, 3, 1, 3))  # SamplesPerPixel, SHORT, 1 value: 3
+    struct.pack_into("<H", tiff, entry + 8, 65535)
+    (folder / "tiff_samples_per_pixel.tif").write_bytes(tiff)
     for name, fmt in (("gif_truncated.gif", "GIF"), ("webp_truncated.webp", "WEBP"), ("ppm_truncated.ppm", "PPM")):
         data = _encoded(base, fmt)
         (folder / name).write_bytes(data[: len(data) * 2 // 3])
@@ -174,9 +185,24 @@ def write_awkward_files(folder: Path, color: tuple[int, int, int] = (220, 30, 30
     save("webp", "picture.webp", base, format="WEBP")
     save("upper_case", "UPPER.JPG", _rgb((48, 48), color, 9), format="JPEG")
     save("unicode", "chat é 猫 photo.png", base)
+    files.update(write_warned_files(folder, color))
     (folder / ".hidden.png").write_bytes(b"hidden files are ignored")
     (folder / "notes.txt").write_text("not an image", encoding="utf-8")
     return files
+
+
+def write_warned_files(folder: Path, color: tuple[int, int, int] = (220, 30, 30)) -> dict[str, Path]:
+    """The files of :data:`WARNED`, by kind: they decode, and Pillow warns while opening them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x02\x00\x12\x01\x03\x00\x01\x00"  # 2 entries, 6 bytes of one
+    (folder / "corrupt_exif.jpg").write_bytes(_encoded(_rgb((48, 48), color, 10), "JPEG", exif=exif))
+    frames = [_rgb((48, 48), color, s) for s in range(11, 13)]
+    apng = _encoded(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    offset = next(o for o, _, kind in _png_chunks(apng) if kind == b"acTL")
+    struct.pack_into(">I", apng, offset + 8, 0)  # num_frames
+    _fix_png_crc(apng, offset)
+    (folder / "apng_zero_frames.png").write_bytes(apng)
+    return {"corrupt_exif": folder / "corrupt_exif.jpg", "apng_zero_frames": folder / "apng_zero_frames.png"}
 
 
 def build_corpus(root: Path, structural_problems: bool = True) -> dict[str, Path]:

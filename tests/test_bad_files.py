@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from tests.bad_corpus import BAD, build_corpus, write_bad_files
+from tests.bad_corpus import BAD, WARNED, build_corpus, write_bad_files
 from tests.helpers import TINY_MODEL
 
 from lit_convnext.cli import main
@@ -48,17 +50,26 @@ def _bad_file_list() -> dict[str, str]:
 def test_fit_skips_bad_files_then_predict_reports_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "data"
     awkward = build_corpus(root, structural_problems=False)
-    with caplog.at_level(logging.WARNING, logger="lit_convnext"):
+    with caplog.at_level(logging.WARNING, logger="lit_convnext"), warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
         main(_fit_args(root, "--data.skip_bad_files", "true"))
     summary = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
     assert len(summary) == 1 and f"skipping {len(BAD)} undecodable train file(s)" in summary[0]
+    # The files Pillow warns about are used, and named once before the first step with what Pillow said.
+    noted = [r.getMessage() for r in caplog.records if "warnings from Pillow" in r.getMessage()]
+    assert len(noted) == 1 and noted[0].startswith(f"{len(WARNED)} train file(s)")
+    assert all(name in noted[0] and word in noted[0] for name, word in WARNED.items())
     checkpoint = next(Path("runs").rglob("last.ckpt"))
 
     predict_dir = root / "train" / "red"
-    for output in ("preds.csv", "preds.jsonl"):
-        main(["predict", "--ckpt_path", str(checkpoint), "--data.predict_dir", str(predict_dir),
-              "--data.num_workers", "0", "--data.batch_size", "4", "--trainer.accelerator", "cpu",
-              "--progress_bar.refresh_rate", "0", "--output", output, "--top_k", "2"])
+    with warnings.catch_warnings(record=True) as shown_by_predict:
+        warnings.simplefilter("always")
+        for output in ("preds.csv", "preds.jsonl"):
+            main(["predict", "--ckpt_path", str(checkpoint), "--data.predict_dir", str(predict_dir),
+                  "--data.num_workers", "0", "--data.batch_size", "4", "--trainer.accelerator", "cpu",
+                  "--progress_bar.refresh_rate", "0", "--output", output, "--top_k", "2"])
+    # Pillow's warnings about damaged files (corrupt EXIF, invalid APNG) are not printed as bare lines.
+    assert [str(w.message) for w in shown + shown_by_predict if f"{os.sep}PIL{os.sep}" in w.filename] == []
     with open("preds.csv", newline="", encoding="utf-8") as handle:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(handle)}
     records = {Path(r["path"]).name: r for r in map(json.loads, Path("preds.jsonl").read_text("utf-8").splitlines())}
@@ -67,6 +78,7 @@ def test_fit_skips_bad_files_then_predict_reports_them(tmp_path: Path, caplog: p
     in_order = [path.name for path in iter_images(predict_dir)]
     with open("preds.csv", newline="", encoding="utf-8") as handle:
         assert [Path(row["path"]).name for row in csv.DictReader(handle)] == in_order
+    assert "More samples per pixel than can be decoded" in rows["tiff_samples_per_pixel.tif"]["error"]
     for name in BAD:
         assert rows[name]["error"] and rows[name]["class_1"] == ""
         assert records[name]["error"] and records[name]["top_k"] == []

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.bad_corpus import BAD, PIXEL_BAD, build_corpus, write_bad_files
+from tests.bad_corpus import BAD, PIXEL_BAD, WARNED, build_corpus, write_bad_files
 from tests.helpers import make_folder
 
 from lit_convnext.cli import main
@@ -35,9 +35,15 @@ def test_scan_reports_every_problem(corpus: tuple[Path, dict[str, Path]]) -> Non
     assert report.conversions == {"1-bit": 1, "16-bit/float": 1, "CMYK": 1, "alpha": 2, "grayscale": 2, "palette": 2}
     assert report.exif_rotated == 1 and report.multi_frame == 2
     assert report.ignored_files == [str(root / "train/red/notes.txt")]  # the hidden file is not even listed
-    # 6 plain PNGs + 12 awkward files (unicode, upper-case, webp, ... included) are usable; bad ones are not counted.
-    assert report.counts["train"] == {"blue": 6, "empty_class": 0, "red": 18}
-    assert report.imbalance["train"] == 3.0
+    # 6 plain PNGs + 14 awkward files (unicode, upper-case, webp, ... included) are usable; bad ones are not counted.
+    assert report.counts["train"] == {"blue": 6, "empty_class": 0, "red": 20}
+    assert report.imbalance["train"] == 3.33
+    # Files Pillow warns about are usable, listed with the warning (which never reaches the terminal bare).
+    notes = {Path(p).name: note for p, note in report.decoder_notes}
+    assert set(notes) == set(WARNED)
+    for name, word in WARNED.items():
+        assert word in notes[name], (name, notes[name])
+    assert any("2 file(s) decode with warnings from Pillow" in w for w in report.warnings)
     # The EXIF-rotated file is reported with its upright size (stored 64x32, upright 32x64).
     assert (str(files["exif_rotated"]), 32, 64) in report.too_small
     assert report.size_stats["height"]["max"] == 64
@@ -64,6 +70,7 @@ def test_every_undecodable_file_is_found_and_header_only_misses_pixel_errors(
     assert missed <= set(PIXEL_BAD)
     out, err = capfd.readouterr()
     assert "Fax4Decode" not in err + out and "Using code not yet in table" not in err + out  # libtiff kept quiet
+    assert "More samples per pixel" not in err + out  # Pillow's log line is the file's reason, not a bare line
 
 
 def test_doctor_reports_bombs_and_pixel_errors_and_header_only_is_opt_in(
@@ -94,6 +101,7 @@ def test_doctor_command_exit_status_and_json(corpus: tuple[Path, dict[str, Path]
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert "truncated.jpg" in out and "copy of train.png" in out and "empty_class" in out
+    assert "Decoded with warnings from Pillow" in out and "corrupt_exif.jpg" in out
     saved = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert len(saved["bad_files"]) == len(BAD) and saved["leakage"]
 

@@ -24,9 +24,9 @@ def test_second_check_of_unchanged_files_reads_nothing(tmp_path: Path, monkeypat
     checked: list[str] = []
     original = file_checks._check
 
-    def counting(path: str, header_only: bool) -> tuple[file_checks.FileCheck, int, int]:
+    def counting(path: str, *args) -> tuple[file_checks.FileCheck, int, int]:
         checked.append(path)
-        return original(path, header_only)
+        return original(path, *args)
 
     monkeypatch.setattr(file_checks, "_check", counting)
     assert inspect_files(paths, workers=1) == first and checked == []

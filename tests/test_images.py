@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+from tests.bad_corpus import write_pixel_bad_files, write_warned_files
 
-from lit_convnext.data.images import ALPHA_BACKGROUND, load_rgb
+from lit_convnext.data import datasets
+from lit_convnext.data.images import ALPHA_BACKGROUND, DamagedImageError, load_rgb, open_image
 
 
 def test_grayscale_palette_cmyk_and_one_bit_become_rgb(tmp_path: Path) -> None:
@@ -60,3 +64,43 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     img.save(tmp_path / "rotated.jpg", exif=exif)
     assert load_rgb(tmp_path / "rotated.jpg").size == (20, 40)
+
+
+def test_a_file_with_a_known_signature_that_pillow_refuses_says_why(tmp_path: Path,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """Pillow logs why it refuses some files, then raises "cannot identify image file": the reason names the
+    format and keeps Pillow's words, whether the file is opened by path or from bytes, and nothing is printed."""
+    write_pixel_bad_files(tmp_path)
+    tiff = tmp_path / "tiff_samples_per_pixel.tif"
+    for source in (tiff, io.BytesIO(tiff.read_bytes())):
+        with pytest.raises(DamagedImageError, match=r"a TIFF file that Pillow cannot open: More samples per pixel"):
+            with open_image(source):
+                pass
+    with pytest.raises(DamagedImageError, match=r"a PNG file that Pillow cannot open: damaged or unsupported header"):
+        load_rgb(tmp_path / "apng_bad_sequence.png")
+    (tmp_path / "noise.png").write_bytes(bytes(range(256)) * 4)  # no known signature: Pillow's own error
+    with pytest.raises(UnidentifiedImageError) as refused:
+        load_rgb(tmp_path / "noise.png")
+    assert not isinstance(refused.value, DamagedImageError)
+    out, err = capfd.readouterr()
+    assert out + err == ""
+
+
+def test_loader_workers_leave_pillow_file_warnings_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loader worker started by spawn or forkserver does not inherit the command's warning filters: the dataset
+    sets the filter itself, so Pillow's notes about a damaged file that decodes print no bare lines."""
+    files = write_warned_files(tmp_path)
+    monkeypatch.setattr(datasets, "get_worker_info", lambda: object())  # as inside a worker
+    monkeypatch.setattr(datasets, "_worker_quiet", False)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        for path in files.values():
+            image, reason = datasets.decode_error(path)
+            assert image is not None and reason == ""
+    assert shown == []
+    with warnings.catch_warnings(record=True) as shown:  # outside a worker (and outside the CLI) they still show
+        warnings.simplefilter("always")
+        monkeypatch.setattr(datasets, "get_worker_info", lambda: None)
+        monkeypatch.setattr(datasets, "_worker_quiet", False)
+        datasets.decode_error(files["corrupt_exif"])
+    assert any("Corrupt EXIF data" in str(w.message) for w in shown)

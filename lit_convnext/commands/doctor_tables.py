@@ -33,6 +33,7 @@ def render(report: DoctorReport, console: Console) -> None:
     _rows(console, "Files that cannot be used", ("path", "reason"), report.bad_files, style="red")
     _rows(console, "Train / val-test leakage (identical files)", ("train", "val/test"), report.leakage, style="red")
     _rows(console, "Extension does not match content", ("path", "actual format"), report.wrong_extension)
+    _rows(console, "Decoded with warnings from Pillow (still used)", ("path", "warning"), report.decoder_notes)
     _rows(console, "Duplicates within a split", ("files",), [(" = ".join(g),) for g in report.duplicates])
     _rows(console, f"Smaller than {report.image_size} px", ("path", "width", "height"),
           [(p, str(w), str(h)) for p, w, h in report.too_small])

@@ -16,13 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lit_convnext.data.folders import Sample
-from lit_convnext.data.file_checks import inspect_files
+from lit_convnext.data.file_checks import FileCheck, inspect_files
 from lit_convnext.errors import UserError
 
 log = logging.getLogger(__name__)
 
 #: Bad files named in the error / summary; the rest are counted.
 LISTED = 10
+#: Files named in the line about Pillow's warnings (each with its first warning).
+NOTED = 3
 
 #: File in the run directory listing every file left out or that stopped the run: ``path,reason,found``.
 BAD_FILES_NAME = "bad_files.csv"
@@ -36,6 +38,7 @@ def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: in
     ``bad_file_list`` (the run directory's ``bad_files.csv``).
     """
     checks = inspect_files([s.path for s in samples], workers=workers)
+    _mention_decoder_notes(checks, split)
     bad = {c.path: c.error for c in checks if c.error}
     if not bad:
         return list(samples)
@@ -49,6 +52,16 @@ def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: in
         )
     log.warning("skipping %d undecodable %s file(s): %s%s", len(bad), split, listed, more)
     return [s for s in samples if str(s.path) not in bad]
+
+
+def _mention_decoder_notes(checks: Sequence[FileCheck], split: str) -> None:
+    """One line for the files that decode with warnings from Pillow (left out of the terminal while loading)."""
+    noted = [c for c in checks if c.notes and not c.error]
+    if noted:
+        named = "; ".join(f"{c.path} ({c.notes[0]})" for c in noted[:NOTED])
+        more = f" and {len(noted) - NOTED} more" if len(noted) > NOTED else ""
+        log.warning("%d %s file(s) decode with warnings from Pillow and are used as decoded: %s%s "
+                    "(`lit-convnext doctor` lists them)", len(noted), split, named, more)
 
 
 def append_bad_files(listing: Path | None, rows: Sequence[tuple[str, str]], found: str) -> None:

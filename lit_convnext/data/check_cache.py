@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 #: Bump when the per-file check changes what it finds, or how a result is stored, so older rows are not reused.
-CHECK_VERSION = 3
+CHECK_VERSION = 4
 FILE_NAME = "file_checks.sqlite"
 
 

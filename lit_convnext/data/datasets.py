@@ -14,18 +14,27 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from lit_convnext.data.bad_files import append_bad_files
 from lit_convnext.data.images import load_rgb
 from lit_convnext.errors import UserError
+from lit_convnext.terminal import hide_pillow_file_warnings
 
 log = logging.getLogger(__name__)
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
+_worker_quiet = False
+
+
 def decode_error(path: Path, min_size: int | None = None) -> tuple[Image.Image | None, str]:
     """``(image, "")`` or ``(None, reason)``: any exception while decoding makes the file a bad file."""
+    global _worker_quiet
+    if not _worker_quiet and get_worker_info() is not None:
+        # A loader worker started by spawn or forkserver does not inherit the command's warning filters.
+        hide_pillow_file_warnings()
+        _worker_quiet = True
     try:
         return load_rgb(path, min_size), ""
     except Exception as err:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError, struct.error, ...

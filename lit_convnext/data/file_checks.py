@@ -6,7 +6,10 @@ the header is parsed by ``PIL.Image.open``, and the pixels are decoded as traini
 reads every coded block), then converted to RGB where training would convert them, so every file that would
 fail in training fails here. ``header_only=True`` replaces the decode by ``verify()``, a check of the container
 (chunk CRCs for PNG, the end-of-image marker for JPEG): faster, but it misses files whose headers are fine and
-whose pixel data is corrupt (bad palettes, broken compressed streams).
+whose pixel data is corrupt (bad palettes, broken compressed streams). What Pillow warns about while it
+opens and decodes a file that still loads (corrupt EXIF, an invalid APNG frame sequence, tags pointing past the
+end of the file) is kept in the file's ``notes``: outside the checks those warnings are left out of the
+terminal (:func:`lit_convnext.terminal.hide_pillow_file_warnings`), so this is where they are reported.
 
 :func:`inspect_files` spreads the files over worker processes (the start method is the platform's, as for
 PyTorch's loader workers: the workers only run Pillow) and skips files whose size and modification time are
@@ -30,8 +33,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from lit_convnext.data.check_cache import CheckCache
-from lit_convnext.data.images import (ALPHA_MODES, HIGH_DEPTH_MODES, ORIENTATION_TAG, load_pixels, needs_conversion,
-                                      open_image, to_rgb)
+from lit_convnext.data.images import (ALPHA_MODES, HIGH_DEPTH_MODES, ORIENTATION_TAG, DamagedImageError, load_pixels,
+                                      needs_conversion, open_image, to_rgb)
 
 #: Which extensions are normal for each Pillow format (a mismatch is reported, it still loads).
 FORMAT_SUFFIXES = {
@@ -49,6 +52,8 @@ ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xm
 #: Files per task sent to a worker: large enough that inter-process traffic stays small, small enough that
 #: the workers finish together and the progress bar moves.
 CHUNK = 64
+#: At most this many distinct Pillow warnings are kept per file (a damaged TIFF can warn once per tag).
+MAX_NOTES = 3
 
 
 @dataclass(slots=True)
@@ -70,6 +75,7 @@ class FileCheck:
     wrong_extension: bool = False
     conversions: list[str] = field(default_factory=list)
     digest: str | None = None
+    notes: list[str] = field(default_factory=list)  # Pillow's warnings about a file that still decodes
 
 
 #: FileCheck's fields after ``path``, in order: how a result is stored in the cache (a JSON list).
@@ -78,14 +84,14 @@ STORED_FIELDS = tuple(f.name for f in fields(FileCheck))[1:]
 
 def check_file(path: str | Path, header_only: bool = False) -> FileCheck:
     """Inspect one file (never raises for a bad file: the problem goes into ``error``)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. palette transparency notes: not problems of the file
-        return _check(os.fspath(path), header_only)[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # recorded, never printed: Pillow's warnings become the file's notes
+        return _check(os.fspath(path), header_only, caught)[0]
 
 
-def _check(path: str, header_only: bool) -> tuple[FileCheck, int, int]:
-    """:func:`check_file` without its warning filter (the workers set it once for all their files), with the
-    size and modification time the file had when it was read (size -1 when it could not be read)."""
+def _check(path: str, header_only: bool, caught: list[warnings.WarningMessage]) -> tuple[FileCheck, int, int]:
+    """:func:`check_file` inside the caller's warning recorder ``caught`` (the workers set one up for all their
+    files), with the size and modification time the file had when it was read (size -1 when it could not be read)."""
     result = FileCheck(path)
     try:
         data, size, mtime_ns = _read(path)
@@ -98,13 +104,18 @@ def _check(path: str, header_only: bool) -> tuple[FileCheck, int, int]:
     # SHA-256 (OpenSSL, with the CPU's SHA instructions where present: twice BLAKE2's speed on small files),
     # 128 bits kept: duplicates are found by digest.
     result.digest = hashlib.sha256(data).hexdigest()[:32]
+    caught.clear()
     try:
-        _inspect(data, result, header_only)
+        _inspect(data, result, header_only, caught)
+    except DamagedImageError as err:
+        result.error = f"cannot decode ({err})"
     except UnidentifiedImageError:
         result.error = _not_an_image(data)
     except Exception as err:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
         result.error = f"cannot decode ({type(err).__name__}: {err})"
-    if result.error is None and result.format in FORMAT_SUFFIXES:
+    if result.error is not None:
+        result.notes = []
+    elif result.format in FORMAT_SUFFIXES:
         result.wrong_extension = not path.lower().endswith(FORMAT_SUFFIXES[result.format])
     return result, size, mtime_ns
 
@@ -131,8 +142,9 @@ def _read(path: str) -> tuple[bytes, int, int]:
         os.close(fd)
 
 
-def _inspect(data: bytes, result: FileCheck, header_only: bool) -> None:
-    """Fill ``result`` from one open of the file: header fields, then the decode (or ``verify``)."""
+def _inspect(data: bytes, result: FileCheck, header_only: bool, caught: list[warnings.WarningMessage]) -> None:
+    """Fill ``result`` from one open of the file: header fields, then the decode (or ``verify``); Pillow's warnings
+    recorded in ``caught`` until the conversion to RGB (which warns about the app's own conversions) become notes."""
     with open_image(io.BytesIO(data)) as img:
         result.format, result.mode = img.format, img.mode
         result.conversions = _conversions(img)
@@ -143,6 +155,7 @@ def _inspect(data: bytes, result: FileCheck, header_only: bool) -> None:
         if not header_only:
             load_pixels(img, min_size=1)  # min_size=1: JPEGs at the smallest DCT scale, every coded block still read
         orientation = _orientation(img, decoded=not header_only)
+        result.notes = _notes(caught)
         if not header_only and needs_conversion(img, orientation):
             to_rgb(img)  # the conversion training applies (it can fail); a plain upright RGB image needs none
     if header_only:
@@ -154,6 +167,17 @@ def _inspect(data: bytes, result: FileCheck, header_only: bool) -> None:
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     result.width, result.height = width, height
+
+
+def _notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The distinct messages of the user warnings recorded so far (Pillow's notes about the file), at most
+    :data:`MAX_NOTES`."""
+    notes: list[str] = []
+    for warning in caught:
+        message = " ".join(str(warning.message).split())
+        if issubclass(warning.category, UserWarning) and message not in notes:
+            notes.append(message)
+    return notes[:MAX_NOTES]
 
 
 def _orientation(img: Image.Image, decoded: bool) -> int | None:
@@ -211,8 +235,8 @@ Answer = tuple[int, int, tuple, str] | None
 def _check_jobs(jobs: Sequence[Job], header_only: bool) -> list[Answer]:
     """Check each file, unless its cached result still holds (same size and mtime); runs in a worker."""
     answers: list[Answer] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # see check_file
         for path, size, mtime_ns in jobs:
             if size >= 0:  # a cached result: one stat tells whether it still holds
                 try:
@@ -222,7 +246,7 @@ def _check_jobs(jobs: Sequence[Job], header_only: bool) -> list[Answer]:
                         continue
                 except OSError:
                     pass  # the check says why the file cannot be read
-            check, size_now, mtime_now = _check(path, header_only)
+            check, size_now, mtime_now = _check(path, header_only, caught)
             values = _stored_values(check)
             answers.append((size_now, mtime_now, values, json.dumps(values)))
     return answers

@@ -5,13 +5,16 @@ identically in each: EXIF orientation applied, first frame of animations and mul
 16-bit and float images scaled to 8 bits, transparency composited onto a fixed background.
 
 Every failure to decode a file surfaces here as an exception, never as stray output: the pixel limit
-raises :class:`PIL.Image.DecompressionBombError` and libtiff's complaints (which it writes to the
-process's stderr, not to Python) are captured and raised as an ``OSError`` naming them.
+raises :class:`PIL.Image.DecompressionBombError`, libtiff's complaints (which it writes to the
+process's stderr, not to Python) are captured and raised as an ``OSError`` naming them, and so is what
+Pillow logs about a file it then refuses (a file that carries a known format's signature but cannot be
+opened raises :class:`DamagedImageError` with that reason, not a bare "cannot identify image file").
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
@@ -21,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Background that transparent pixels are composited onto. Fixed (not random) so a transparent
 #: PNG looks the same in training and prediction; white matches how such images are displayed.
@@ -49,9 +52,43 @@ ORIENTATION_TAG = 0x0112
 ROTATING_ORIENTATIONS = frozenset(range(2, 9))
 
 
+#: Formats the app reads, whose signature (first bytes, tested by Pillow's own plugin) names a file that Pillow
+#: failed to open as damaged or unsupported rather than "not an image".
+SIGNATURE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+
+
+class DamagedImageError(UnidentifiedImageError):
+    """A file that starts like an image format the app reads but that Pillow cannot open (damaged or unsupported
+    header); the message names the format and, when Pillow said why, the reason."""
+
+
+class _PillowLog(logging.Handler):
+    """Keeps what Pillow logs (warnings and errors, on its ``PIL`` logger) while this thread opens an image.
+
+    A few plugins log why they refuse a file and then raise ("More samples per pixel than can be decoded:
+    303169682"); with no handler configured Python would print that line bare on stderr, with no file named.
+    Having this handler also stops that print; the message goes into the file's error instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        messages = getattr(self.local, "messages", None)
+        if messages is not None:
+            messages.append(record.getMessage())
+
+
+_PILLOW_LOG = _PillowLog()
+logging.getLogger("PIL").addHandler(_PILLOW_LOG)
+
+
 @contextlib.contextmanager
 def open_image(source: str | Path | IO[bytes]) -> Iterator[Image.Image]:
-    """``Image.open`` whose refusal of too large images says what the limit is and what to do."""
+    """``Image.open`` whose refusals say what was wrong: the pixel limit and what to do about it, or why a file with
+    a known format's signature cannot be opened (:class:`DamagedImageError`)."""
+    messages = _PILLOW_LOG.local.messages = []
     try:
         opened = Image.open(source)
     except Image.DecompressionBombError as err:
@@ -59,8 +96,42 @@ def open_image(source: str | Path | IO[bytes]) -> Iterator[Image.Image]:
             f"{str(err).split(', could be')[0]}: a decompression bomb, or too large to train on "
             "(downscale the image or remove it)"
         ) from None
+    except UnidentifiedImageError as err:
+        claimed = signature_format(_prefix(source))
+        if claimed is None:
+            raise
+        reason = "; ".join(messages) or "damaged or unsupported header"
+        raise DamagedImageError(f"a {claimed} file that Pillow cannot open: {reason}") from err
+    finally:
+        _PILLOW_LOG.local.messages = None
     with opened as img:
         yield img
+
+
+def signature_format(prefix: bytes) -> str | None:
+    """The first of :data:`SIGNATURE_FORMATS` whose Pillow plugin accepts ``prefix`` (a file's first 16 bytes)."""
+    Image.init()  # every plugin registered (Image.open did this already when it failed to identify a file)
+    for name in SIGNATURE_FORMATS:
+        accept = Image.OPEN.get(name, (None, None))[1]
+        if accept is not None and len(prefix) >= 2:
+            try:
+                if accept(prefix):
+                    return name
+            except Exception:  # an accept test that cannot handle a short prefix: not this format
+                continue
+    return None
+
+
+def _prefix(source: str | Path | IO[bytes]) -> bytes:
+    """The first 16 bytes of a file, by path or from a seekable file object."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as handle:
+                return handle.read(16)
+        source.seek(0)
+        return source.read(16)
+    except (OSError, ValueError):
+        return b""
 
 
 def load_rgb(path: str | Path, min_size: int | None = None) -> Image.Image:

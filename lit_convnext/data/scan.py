@@ -88,6 +88,7 @@ class DoctorReport:
     duplicates: list[list[str]]  # groups of identical files within one split
     leakage: list[tuple[str, str]]  # (train path, val/test path) with identical content
     files_checked: int
+    decoder_notes: list[tuple[str, str]] = field(default_factory=list)  # (path, Pillow's warnings) of usable files
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     label_file_problems: list[tuple[int, str, str]] = field(default_factory=list)  # (line, value, problem)
@@ -159,7 +160,7 @@ def _report(root: Path, layout: str, entries: Sequence[tuple[str, tuple[str, ...
     usable: dict[str, FileCheck] = {}
     for split, name in known:
         counts[split][name] = 0
-    bad_files, wrong_ext, too_small = [], [], []
+    bad_files, wrong_ext, too_small, notes = [], [], [], []
     conversions: Counter[str] = Counter()
     rotated = frames = 0
     for (split, names), check in zip(entries, checks):
@@ -174,6 +175,8 @@ def _report(root: Path, layout: str, entries: Sequence[tuple[str, tuple[str, ...
         frames += check.frames > 1
         if check.wrong_extension:
             wrong_ext.append((check.path, check.format))
+        if check.notes:
+            notes.append((check.path, "; ".join(check.notes)))
         if image_size and min(check.width, check.height) < image_size:
             too_small.append((check.path, check.width, check.height))
 
@@ -190,7 +193,7 @@ def _report(root: Path, layout: str, entries: Sequence[tuple[str, tuple[str, ...
         bad_files=bad_files, wrong_extension=wrong_ext, conversions=dict(sorted(conversions.items())),
         exif_rotated=rotated, multi_frame=frames, ignored_files=ignored,
         size_stats=_size_stats(usable.values()), too_small=too_small,
-        duplicates=duplicates, leakage=leakage, files_checked=len(entries),
+        duplicates=duplicates, leakage=leakage, files_checked=len(entries), decoder_notes=notes,
     )
 
 
@@ -253,6 +256,9 @@ def _judge(report: DoctorReport, train_split: str) -> None:
         warns.append(f"{extra} duplicate file(s) within a split{note}")
     if report.wrong_extension:
         warns.append(f"{len(report.wrong_extension)} file(s) have an extension that does not match their content")
+    if report.decoder_notes:
+        warns.append(f"{len(report.decoder_notes)} file(s) decode with warnings from Pillow (damaged metadata or "
+                     "frames): each is used as Pillow decodes it")
     if report.too_small:
         warns.append(f"{len(report.too_small)} image(s) smaller than {report.image_size} px on the shorter side")
     if report.conversions:
