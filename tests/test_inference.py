@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -139,14 +140,19 @@ def test_predictor_takes_paths_images_and_folders_in_order(calibrated: dict[str,
     write_image(folder / "sub" / "b_blue.png", (30, 40, 220), seed=1)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    # A DDS file with a pixel format Pillow has not implemented: it raises NotImplementedError, not an OSError.
+    unimplemented = tmp_path / "texture.dds"
+    unimplemented.write_bytes(struct.pack("<4sIIIIIII44x", b"DDS ", 124, 0x1007, 8, 8, 0, 0, 0)
+                              + struct.pack("<II4s20x", 32, 0x4, b"XXXX") + struct.pack("<I16x", 0x1000) + bytes(256))
     image = Image.open(red).convert("L")  # any mode: converted like a decoded file
     for path in (calibrated["ckpt"], calibrated["onnx"]):
         predictor = lit_convnext.load_predictor(path)
-        results = predictor.predict([broken, folder, image, str(red)], top_k=2, batch_size=2)
+        results = predictor.predict([broken, folder, image, str(red), unimplemented], top_k=2, batch_size=2)
         assert [r.source for r in results] == [str(broken), str(red), str(folder / "sub" / "b_blue.png"),
-                                               "<image 3>", str(red)]
+                                               "<image 3>", str(red), str(unimplemented)]
         assert results[0].error and "cannot read image" in results[0].error and results[0].top == []
-        assert all(r.error is None and len(r.top) == 2 for r in results[1:])
+        assert results[5].error == "cannot read image: NotImplementedError: Unimplemented pixel format 1482184792"
+        assert all(r.error is None and len(r.top) == 2 for r in results[1:5])
         assert results[1].top == results[4].top  # the same file gives the same answer wherever it sits in a batch
         (alone,) = predictor.predict(red, top_k=10)
         assert len(alone) == 3 and alone[0] == alone.top[0] and alone.label == alone.top[0][0]

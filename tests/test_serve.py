@@ -24,6 +24,7 @@ from PIL import Image
 
 import lit_convnext
 from lit_convnext.inference.client import post_image
+from tests.bad_corpus import BAD, write_awkward_files, write_bad_files
 from tests.helpers import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,3 +121,28 @@ def test_concurrent_requests_are_batched_and_bad_ones_do_not_fail_their_neighbou
              for line in server["log"].read_text().splitlines() if "predicted a batch of" in line]
     assert max(sizes) > 1, sizes  # concurrent requests shared a forward pass
     assert max(sizes) <= 4  # --max_batch_size
+
+
+def test_uploads_are_decoded_as_the_commands_decode_files(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Every file of the bad-file corpus is refused with a 4xx and its reason, never another exception (Pillow
+    raises many types); a corrupt TIFF is refused, as `predict` refuses it, instead of predicted on libtiff's
+    noise; the files that decode give the pictures `load_rgb` gives."""
+    from fastapi import HTTPException
+
+    from lit_convnext.data.images import load_rgb
+    from lit_convnext.inference.server import open_upload
+
+    write_bad_files(tmp_path / "bad")
+    for name, word in BAD.items():
+        with pytest.raises(HTTPException) as refused:
+            open_upload((tmp_path / "bad" / name).read_bytes(), max_pixels=1_000_000)
+        assert refused.value.status_code in (400, 413), name
+    with pytest.raises(HTTPException, match="corrupt TIFF data"):
+        open_upload((tmp_path / "bad" / "tiff_corrupt_fax.tif").read_bytes(), max_pixels=1_000_000)
+    with pytest.raises(HTTPException, match="a TIFF file that Pillow cannot open: More samples per pixel"):
+        open_upload((tmp_path / "bad" / "tiff_samples_per_pixel.tif").read_bytes(), max_pixels=1_000_000)
+    for path in write_awkward_files(tmp_path / "good").values():
+        decoded = open_upload(path.read_bytes(), max_pixels=1_000_000)
+        assert np.array_equal(np.asarray(decoded), np.asarray(load_rgb(path))), path.name
+    out, err = capfd.readouterr()
+    assert "Fax4Decode" not in out + err

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from lit_convnext.data.folders import iter_images
-from lit_convnext.data.images import load_rgb, to_rgb
+from lit_convnext.data.datasets import decode_error
+from lit_convnext.data.images import to_rgb
 from lit_convnext.data.transforms import build_eval_transform, eval_decode_size
 from lit_convnext.errors import UserError
 
@@ -87,12 +88,19 @@ class Predictor:
         errors: list[str | None] = []
         for i, source in enumerate(sources):
             names.append(str(source) if not isinstance(source, Image.Image) else f"<image {offset + i}>")
-            try:
-                image = to_rgb(source) if isinstance(source, Image.Image) else load_rgb(source, self.decode_size)
-                tensors.append(self.transform(image))
-                errors.append(None)
-            except DECODE_ERRORS as err:
-                errors.append(f"cannot read image: {err}")
+            if isinstance(source, Image.Image):
+                try:
+                    image = to_rgb(source)
+                except DECODE_ERRORS as err:
+                    errors.append(f"cannot read image: {err}")
+                    continue
+            else:  # a file: whatever Pillow raises (it raises many types) is that file's reason, as in `predict`
+                image, reason = decode_error(Path(source), self.decode_size)
+                if image is None:
+                    errors.append(f"cannot read image: {reason}")
+                    continue
+            tensors.append(self.transform(image))
+            errors.append(None)
         top: Iterator[tuple[list[float], list[int]]] = iter(())
         if tensors:
             with torch.inference_mode():

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lit_convnext.data.images import draft_to_short_side, to_rgb
+from lit_convnext.data.images import DamagedImageError, load_pixels, open_image, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +27,28 @@ FIELD = "image"
 
 
 def open_upload(data: bytes, max_pixels: int, min_size: int | None = None) -> Image.Image:
-    """Decode uploaded bytes to upright RGB; ``HTTPException`` 413 for too many pixels, 400 for a bad image."""
+    """Decode uploaded bytes to upright RGB as every command decodes files (:mod:`lit_convnext.data.images`: a
+    corrupt TIFF is refused, not predicted on libtiff's noise); ``HTTPException`` 413 for too many pixels, 400 with
+    the reason for anything Pillow cannot decode (it raises many exception types)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(io.BytesIO(data)) as img:
             width, height = img.size
             if width * height > max_pixels:  # refused from the header, before any pixel is decoded
                 raise HTTPException(413, f"image is {width}x{height} = {width * height} pixels, over the server's "
                                          f"limit of {max_pixels}; send a smaller image")
-            if min_size is not None and img.format == "JPEG":
-                draft_to_short_side(img, min_size)
-            img.load()
+            load_pixels(img, min_size)
             return to_rgb(img)
+    except HTTPException:
+        raise
     except Image.DecompressionBombError as err:
         raise HTTPException(413, f"image refused as a decompression bomb: {err}") from err
     except UnidentifiedImageError as err:
+        if isinstance(err, DamagedImageError):
+            raise HTTPException(400, f"the {FIELD!r} field is not a readable image: {err}") from err
         raise HTTPException(400, f"the {FIELD!r} field is not an image file Pillow can read") from err
-    except (OSError, ValueError, SyntaxError) as err:
-        raise HTTPException(400, f"the {FIELD!r} field is not a readable image: {err}") from err
+    except Exception as err:  # OSError, ValueError, SyntaxError, NotImplementedError, struct.error, ...
+        reason = str(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+        raise HTTPException(400, f"the {FIELD!r} field is not a readable image: {reason}") from err
 
 
 class UploadCheck:
