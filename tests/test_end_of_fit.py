@@ -1,4 +1,4 @@
-"""The end-of-fit analysis reuses the last validation's logits when the best checkpoint was saved from it."""
+"""The end-of-fit analysis reuses the logits of the validation the best checkpoint was saved from."""
 
 from __future__ import annotations
 
@@ -57,12 +57,15 @@ def test_best_checkpoint_from_the_last_validation_is_not_validated_again(
     assert calls == []
     # The best checkpoint is read once: for its weights and to add the temperature.
     assert len([r for r in reads if Path(r).name.startswith("best-")]) == 1
+    _assert_fit_wrote_what_validating_the_best_gives(root)
+
+
+def _assert_fit_wrote_what_validating_the_best_gives(root: Path) -> None:
+    """What validating the best checkpoint gives (it reads the stored temperature) is what fit wrote."""
     run = Path("runs/convnext/version_0")
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     fitted = _rows(run / "val_predictions.csv")
     temperature = torch.load(best, map_location="cpu", weights_only=True)["calibration"]["temperature"]
-
-    # What validating the best checkpoint gives (it reads the stored temperature) is what fit wrote.
     options = [option for option in FAST if option not in ("--model.pretrained", "false")]
     main(["validate", "--data.root", str(root), "--ckpt_path", str(best), *options,
           "--trainer.default_root_dir", "again"])
@@ -74,17 +77,34 @@ def test_best_checkpoint_from_the_last_validation_is_not_validated_again(
         assert float(mine["probability_1"]) == pytest.approx(float(theirs["probability_1"]), abs=1e-4)
 
 
-def test_best_checkpoint_from_an_earlier_epoch_is_validated_again(
+def test_best_checkpoint_from_an_earlier_epoch_is_not_validated_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The logits of the validation the best checkpoint was saved from are kept, not only the last ones."""
     root = _folder(tmp_path)
     calls = _count_validations(monkeypatch)
+    # The highest validation loss is the best here: the first epoch's, and later epochs change the weights.
+    main(fit_args(root, "--trainer.max_epochs", "3", "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "max"))
+    assert "epoch000" in next(Path("runs/convnext/version_0/checkpoints").glob("best-*.ckpt")).name
+    assert calls == []
+    _assert_fit_wrote_what_validating_the_best_gives(root)
+
+
+def test_best_checkpoint_from_before_a_resume_is_validated_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _folder(tmp_path)
+    # As above, the first epoch's checkpoint stays the best; it is saved before the resume, so the resumed process
+    # never saw its validation's logits.
+    highest_loss = ["--checkpoint.monitor", "val/loss", "--checkpoint.mode", "max"]
+    main(fit_args(root, *highest_loss))
+    calls = _count_validations(monkeypatch)
     with lightning_info_lines() as logged:
-        # An lr too small to change any prediction: epoch 2 ties epoch 1, so the best checkpoint stays epoch 1's.
-        main(fit_args(root, "--trainer.max_epochs", "2", "--model.lr", "1e-12"))
+        main(fit_args(root, "--trainer.max_epochs", "2", "--ckpt_path", "last", *highest_loss))
     best = next(Path("runs/convnext/version_0/checkpoints").glob("best-*.ckpt"))
     assert "epoch000" in best.name
     assert calls == [str(best)]
     assert len(_rows(best.parent.parent / "val_predictions.csv")) == 9
     # Said in the app's words, not as Lightning's "Restoring states ...", which would read as a restart.
     assert f"Validating the best checkpoint again for the end-of-fit analysis: {best}" in logged
-    assert not [line for line in logged if line.startswith(("Restoring states", "Loaded model weights"))]
+    # (The resume itself says "Restoring states from the checkpoint path at .../last.ckpt": that one is true.)
+    assert not [line for line in logged if line.startswith(("Restoring states", "Loaded model weights"))
+                and str(best) in line]

@@ -2,9 +2,9 @@
 
 ``validate`` and ``test`` write ``{stage}_predictions.csv`` (one row per image, also under DDP: each rank's
 logits are gathered and put back in dataset order), ``{stage}_confused_pairs.csv`` and
-``{stage}_calibration.json``. During ``fit`` only the latest validation's logits are kept; when training
-ends, :meth:`EvaluationReport.analyse_fit` takes the best checkpoint's validation logits (those kept, when the
-best checkpoint was saved from that validation, else by validating it once more) and from them fits the
+``{stage}_calibration.json``. During ``fit`` the latest validation's logits are kept, and those of the validation
+the best checkpoint was saved from; when training ends, :meth:`EvaluationReport.analyse_fit` takes the best
+checkpoint's validation logits (those kept, else, after a resume or under DDP, by validating it once more) and from them fits the
 temperature (stored in that checkpoint), lists likely label errors (cleanlab), draws a mosaic of the augmented
 training batch and writes ``report.html`` (see ``lit_convnext.report``).
 """
@@ -56,8 +56,11 @@ class EvaluationReport(Callback):
         self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._final = False  # the validation of the best checkpoint run by analyse_fit
         self._final_checkpoint: dict[str, Any] | None = None  # the best checkpoint's content, when analyse_fit read it
-        # The latest validation during fit: global step, then ordered logits, targets and image paths.
+        # The latest validation during fit: global step, then ordered logits, targets and image paths; and the
+        # validation the best checkpoint was last seen saved from, with the best checkpoint's path at that time.
         self._fit_val: tuple[int, torch.Tensor, torch.Tensor, list[str]] | None = None
+        self._best_val: tuple[int, torch.Tensor, torch.Tensor, list[str]] | None = None
+        self._best_path = ""
         self._first_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --------------------------------------------------------------------------------- collection
@@ -97,9 +100,17 @@ class EvaluationReport(Callback):
             # No files per epoch (they describe the best weights): keep this validation's logits, which
             # analyse_fit uses instead of validating again when the best checkpoint is saved from it.
             logits, targets, paths = self._gathered("val", trainer, pl_module)
+            self._note_best(trainer)
             self._fit_val = (trainer.global_step, logits, targets, paths)
         else:
             self._finish("val", trainer, pl_module)
+
+    def _note_best(self, trainer: pl.Trainer) -> None:
+        """Keep the previous validation's logits when the best checkpoint changed since then: it was saved from that
+        validation's weights (the checkpoint callback saves after the validation; analyse_fit checks the step)."""
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+        if best != self._best_path:
+            self._best_val, self._best_path = self._fit_val, best
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._collecting(trainer):
@@ -159,19 +170,23 @@ class EvaluationReport(Callback):
         """The best checkpoint's validation results (per-image CSV, temperature, label issues), then the report.
 
         Called on every rank after ``fit`` (validation is distributed); only rank 0 writes. When the best
-        checkpoint was saved from the last validation of a single-process fit, its logits are the ones kept
-        then, and the checkpoint's weights are loaded without validating again (one validation pass less).
+        checkpoint of a single-process fit was saved from a validation whose logits were kept (the last one, or
+        the one the best checkpoint was saved from), those logits are used and the checkpoint's weights are loaded
+        without validating again (one validation pass less).
         """
         checkpoint = trainer.checkpoint_callback
         best = getattr(checkpoint, "best_model_path", "")
         if not self.enabled or not best or _multilabel(model):
             return
         start = time.perf_counter()
-        kept, self._fit_val = self._fit_val, None
-        saved = _load_checkpoint(best) if kept is not None and trainer.world_size == 1 else None
+        self._note_best(trainer)  # the last validation may have been saved as the best
+        candidates = [k for k in (self._fit_val, self._best_val) if k is not None]
+        self._fit_val = self._best_val = None
+        saved = _load_checkpoint(best) if candidates and trainer.world_size == 1 else None
+        kept = next((k for k in candidates if saved is not None and saved.get("global_step") == k[0]), None)
         self._final = True
         try:
-            if saved is not None and saved.get("global_step") == kept[0]:
+            if kept is not None:
                 # The same weights as trainer.validate(ckpt_path=best) would restore (EMA ones under EMA).
                 model.on_load_checkpoint(saved)
                 trainer.strategy.load_model_state_dict(saved)
