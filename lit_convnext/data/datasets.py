@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from lit_convnext.data.bad_files import append_bad_files
-from lit_convnext.data.images import load_rgb
+from lit_convnext.data.images import failure_reason, load_rgb
 from lit_convnext.errors import UserError
 from lit_convnext.terminal import hide_pillow_file_warnings
 
@@ -38,7 +38,7 @@ def decode_error(path: Path, min_size: int | None = None) -> tuple[Image.Image |
     try:
         return load_rgb(path, min_size), ""
     except Exception as err:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError, struct.error, ...
-        return None, f"{type(err).__name__}: {err}" if not isinstance(err, OSError) else str(err)
+        return None, failure_reason(err)
 
 
 class LabeledImages(Dataset):

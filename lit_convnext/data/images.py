@@ -108,6 +108,12 @@ def open_image(source: str | Path | IO[bytes]) -> Iterator[Image.Image]:
         yield img
 
 
+def failure_reason(err: Exception) -> str:
+    """Why a file could not be decoded, in words: an ``OSError``'s message as it is (Pillow's and the app's say what
+    happened), any other exception type named (Pillow raises many: ``SyntaxError``, ``NotImplementedError``, ...)."""
+    return str(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+
+
 def signature_format(prefix: bytes) -> str | None:
     """The first of :data:`SIGNATURE_FORMATS` whose Pillow plugin accepts ``prefix`` (a file's first 16 bytes)."""
     Image.init()  # every plugin registered (Image.open did this already when it failed to identify a file)

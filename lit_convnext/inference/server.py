@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lit_convnext.data.images import DamagedImageError, load_pixels, open_image, to_rgb
+from lit_convnext.data.images import DamagedImageError, failure_reason, load_pixels, open_image, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,10 @@ def open_upload(data: bytes, max_pixels: int, min_size: int | None = None) -> Im
         raise
     except Image.DecompressionBombError as err:
         raise HTTPException(413, f"image refused as a decompression bomb: {err}") from err
-    except UnidentifiedImageError as err:
-        if isinstance(err, DamagedImageError):
-            raise HTTPException(400, f"the {FIELD!r} field is not a readable image: {err}") from err
-        raise HTTPException(400, f"the {FIELD!r} field is not an image file Pillow can read") from err
     except Exception as err:  # OSError, ValueError, SyntaxError, NotImplementedError, struct.error, ...
-        reason = str(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
-        raise HTTPException(400, f"the {FIELD!r} field is not a readable image: {reason}") from err
+        if isinstance(err, UnidentifiedImageError) and not isinstance(err, DamagedImageError):
+            raise HTTPException(400, f"the {FIELD!r} field is not an image file Pillow can read") from err
+        raise HTTPException(400, f"the {FIELD!r} field is not a readable image: {failure_reason(err)}") from err
 
 
 class UploadCheck:
