@@ -24,7 +24,7 @@ from PIL import Image
 
 import lit_convnext
 from lit_convnext.inference.client import post_image
-from tests.bad_corpus import BAD, write_awkward_files, write_bad_files
+from tests.bad_corpus import BAD, write_awkward_files, write_bad_files, write_warned_files
 from tests.helpers import one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +108,15 @@ def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(server: dict, 
     assert got == status and message in body["detail"]
     good, _ = post_image(server["url"] + "/predict", next((server["root"] / "val" / "blue").iterdir()))
     assert good == 200
+
+
+def test_images_pillow_warns_about_are_answered_without_warnings_in_the_log(server: dict, tmp_path: Path) -> None:
+    for path in write_warned_files(tmp_path).values():  # corrupt EXIF, an APNG with 0 frames: both decode
+        got, body = post_image(server["url"] + "/predict", path)
+        assert got == 200 and len(body["predictions"]) == 2
+    time.sleep(1)  # the log is written by the server's processes
+    log = server["log"].read_text()
+    assert "Corrupt EXIF" not in log and "Invalid APNG" not in log and "UserWarning" not in log
 
 
 def test_concurrent_requests_are_batched_and_bad_ones_do_not_fail_their_neighbours(server: dict) -> None:

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lit_convnext.data.images import DamagedImageError, failure_reason, load_pixels, open_image, to_rgb
+from lit_convnext.terminal import hide_pillow_file_warnings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class UploadCheck:
                  max_pixels: int = 40_000_000, decode_size: int | None = None) -> None:
         self.app, self.path, self.max_bytes, self.max_pixels = app, path, max_bytes, max_pixels
         self.decode_size = decode_size
+        hide_pillow_file_warnings()  # the HTTP process (spawned by LitServe) decodes every upload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
@@ -136,6 +138,7 @@ class ClassifierAPI(ls.LitAPI):
             handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
             log.addHandler(handler)
             log.setLevel(logging.INFO)
+        hide_pillow_file_warnings()  # a model worker decodes each upload again: one warning per request otherwise
         self.predictor = load_predictor(self.model_path, device=device)
 
     # Annotated with ``Request`` (no postponed annotations in this module): LitServe then hands over the parsed form.
