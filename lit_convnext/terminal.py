@@ -47,7 +47,8 @@ def hide_pillow_file_warnings() -> None:
     "Invalid APNG, will use default PNG image if possible", "Tag data larger than file"): raised in the loader they
     print as bare lines that name no file, once per file and epoch. The file checks record them per file instead
     (``doctor`` lists each, ``fit`` says which before the first step). Call inside ``warnings.catch_warnings`` to
-    scope it; loader workers inherit it when forked and set it themselves otherwise (:mod:`lit_convnext.data.datasets`)."""
+    scope it; loader workers inherit it when forked and set it themselves otherwise
+    (:mod:`lit_convnext.data.datasets`)."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 

@@ -4,9 +4,9 @@
 logits are gathered and put back in dataset order), ``{stage}_confused_pairs.csv`` and
 ``{stage}_calibration.json``. During ``fit`` the latest validation's logits are kept, and those of the validation
 the best checkpoint was saved from; when training ends, :meth:`EvaluationReport.analyse_fit` takes the best
-checkpoint's validation logits (those kept, else, after a resume or under DDP, by validating it once more) and from them fits the
-temperature (stored in that checkpoint), lists likely label errors (cleanlab), draws a mosaic of the augmented
-training batch and writes ``report.html`` (see ``lit_convnext.report``).
+checkpoint's validation logits (those kept, else, after a resume or under DDP, by validating it once more) and
+from them fits the temperature (stored in that checkpoint), lists likely label errors (cleanlab), draws a mosaic
+of the augmented training batch and writes ``report.html`` (see ``lit_convnext.report``).
 """
 
 from __future__ import annotations
