@@ -315,6 +315,10 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
         parser_class=OneLineErrorParser,
         seed_everything_default=42,
         trainer_defaults={
+            # configs/finetune.yaml's trainer values (the model's and data's signature defaults are its values too), so
+            # `fit --data.root DIR` without a config runs that recipe instead of Lightning's 1000 epochs.
+            "max_epochs": 30,
+            "log_every_n_steps": 10,
             "default_root_dir": DEFAULT_ROOT_DIR,
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",

@@ -76,6 +76,11 @@ def test_base_recipe_parses_to_its_values(monkeypatch: pytest.MonkeyPatch, tmp_p
     check_model_name(config.model.model_name)
 
 
+def test_without_a_config_fit_runs_the_base_recipe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The signatures' defaults are the base recipe's values (not Lightning's 1000 epochs)."""
+    assert_config_matches(parsed(monkeypatch, "--data.root", str(tmp_path)), [BASE])
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_base_plus_overlay_parses_to_the_overlay_values(overlay: Path, monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path) -> None:
