@@ -340,6 +340,9 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
 #: its note that it loads the training data early to count the steps (the app's "Effective batch" line that follows
 #: gives the count, the warm-up and the learning rate).
 LIGHTNING_NOISE = ("litlogger", "Loading `train_dataloader` to estimate number of stepping batches")
+#: What validate, test and predict also leave out: Lightning's "Restoring states from the checkpoint path at X", which
+#: reads as a resumed run; its next line, "Loaded model weights from the checkpoint at X", says what happens.
+EVALUATION_NOISE = ("Restoring states from the checkpoint path",)
 
 
 def main(args: ArgsType = None) -> None:
@@ -348,8 +351,10 @@ def main(args: ArgsType = None) -> None:
     show_warnings_as_one_line()
     if argv and argv[0] in COMMANDS:
         run_command(argv[0], argv[1:])
+    evaluating = bool(argv) and argv[0] in ("validate", "test", "predict")
+    noise = (*LIGHTNING_NOISE, *(EVALUATION_NOISE if evaluating else ()))
     try:
-        with warnings.catch_warnings(), log_filter(LIGHTNING_INFO_LOGGER, DropLines(*LIGHTNING_NOISE)):
+        with warnings.catch_warnings(), log_filter(LIGHTNING_INFO_LOGGER, DropLines(*noise)):
             # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run; nothing to act on.
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                                     category=FutureWarning)
@@ -358,7 +363,7 @@ def main(args: ArgsType = None) -> None:
             warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
                                                       r"logging interval")
             hide_pillow_file_warnings()
-            if argv and argv[0] in ("validate", "test", "predict"):
+            if evaluating:
                 # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters
                 # when resuming training, not when only its weights are evaluated.
                 warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")

@@ -56,9 +56,13 @@ def test_predict_writes_json_lines(fitted: dict[str, Path], tmp_path: Path) -> N
 def test_validate_and_test_use_the_checkpoint(fitted: dict[str, Path], capsys: pytest.CaptureFixture[str],
                                              recwarn: pytest.WarningsRecorder) -> None:
     for command, stage, images in (("validate", "val", 12), ("test", "test", 6)):
-        main([command, "--ckpt_path", str(fitted["best"]), "--data.root", str(fitted["root"]),
-              "--data.num_workers", "0", "--progress_bar.refresh_rate", "0"])
+        with lightning_info_lines() as logged:
+            main([command, "--ckpt_path", str(fitted["best"]), "--data.root", str(fitted["root"]),
+                  "--data.num_workers", "0", "--progress_bar.refresh_rate", "0"])
         assert f"{stage}/acc1" in capsys.readouterr().out
+        # One line says which weights are evaluated; "Restoring states" would read as a resumed run.
+        assert f"Loaded model weights from the checkpoint at {fitted['best']}" in logged
+        assert not [line for line in logged if line.startswith("Restoring states")]
         run_dir = max(Path("runs/convnext").iterdir(), key=lambda p: p.stat().st_mtime)
         matrix = (run_dir / f"{stage}_confusion_matrix.csv").read_text().splitlines()
         assert sum(int(v) for row in matrix[1:] for v in row.split(",")[1:]) == images
@@ -71,7 +75,7 @@ def test_validate_and_test_use_the_checkpoint(fitted: dict[str, Path], capsys: p
 
 def test_a_small_fit_and_its_resume_get_no_lightning_advice_that_does_not_apply(
         image_root: Path, recwarn: pytest.WarningsRecorder) -> None:
-    """24 images make 3 batches, fewer than Lightning's 50-step log interval (the app logs per epoch too), and a
+    """24 images make 3 batches, fewer than the 10-step log interval (the app logs per epoch too), and a
     resume writes into its own run's checkpoint folder: neither is worth a warning to the user. Lightning's note
     that it loads the data early to count the steps is not shown either (the app's line gives the count)."""
     with lightning_info_lines() as logged:
