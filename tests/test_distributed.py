@@ -133,3 +133,31 @@ def test_ddp_multilabel_map_and_thresholds_match_a_single_process(tmp_path: Path
     for key in ("val/map", "val/loss"):
         assert ddp[key] == pytest.approx(single[key], abs=2e-6), key
     assert "val/ap/red" in single  # the per-class report's average precision
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_under_ddp_each_machine_checks_the_files_once_before_every_process_does(
+        image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world_size: int) -> None:
+    """``prepare_data`` (each machine's first process, the others waiting) checks the run's splits; the check every
+    process then runs in ``setup`` decodes nothing. A single process checks in ``setup`` only."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from lit_convnext.data import ImageFolderDataModule
+    from lit_convnext.data import file_checks
+
+    decoded: list[str] = []
+    check = file_checks._check
+    monkeypatch.setattr(file_checks, "_check", lambda path, *args: decoded.append(path) or check(path, *args))
+    # image_root holds fewer files than two worker chunks: both checks run in this process, where calls are counted.
+    data = ImageFolderDataModule(image_root, batch_size=4, num_workers=1)
+    assert len(data.splits.train) + len(data.splits.val) < 2 * file_checks.CHUNK
+    data.trainer = SimpleNamespace(world_size=world_size, state=SimpleNamespace(fn=TrainerFn.FITTING),
+                                   log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True)
+    files = sorted(str(s.path) for s in data.splits.train + data.splits.val)
+    data.prepare_data()
+    assert sorted(decoded) == (files if world_size > 1 else [])
+    decoded.clear()
+    data._drop_bad_files(("train", "val"))  # what setup runs on every process
+    assert sorted(decoded) == ([] if world_size > 1 else files)

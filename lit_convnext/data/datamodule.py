@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from lit_convnext.data.bad_files import BAD_FILES_NAME, check_samples
+from lit_convnext.data.file_checks import inspect_files
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
 from lit_convnext.data.labels import multi_hot, read_label_splits, sample_labels
@@ -32,6 +33,9 @@ from lit_convnext.ranges import NonNegativeInt, OpenFraction, PositiveInt
 from lit_convnext.data.samplers import balanced_sampler, eval_sampler
 
 log = logging.getLogger(__name__)
+
+#: The splits whose files are checked before each stage runs.
+CHECKED_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 SPLIT_MANIFEST_NAME = "split_manifest.csv"
 
@@ -148,6 +152,20 @@ class ImageFolderDataModule(LightningDataModule):
         """What the user pointed at (for messages): the label file, else the folder."""
         return self.labels or self.root
 
+    def prepare_data(self) -> None:
+        """Under multi-process training, check the files of the splits this run uses once per machine, before
+        ``setup`` checks them on every process. Lightning runs this hook on each machine's first process while the
+        others wait, so they then find every result in the check cache (one ``stat`` per file) instead of all
+        decoding every file at the same time, each with its own worker processes; the waiting processes leave the
+        machine's cores to this check. A single process checks in ``setup`` only."""
+        trainer = self.trainer
+        if not self.check_files or self._no_data or trainer is None or trainer.world_size <= 1:
+            return
+        names = CHECKED_SPLITS.get(trainer.state.fn.value if trainer.state.fn is not None else "", ())
+        paths = [sample.path for name in names for sample in getattr(self.splits, name)]
+        if paths:
+            inspect_files(paths)  # one worker per core; bad files are reported by setup's check on every process
+
     def setup(self, stage: str) -> None:
         preprocessing = self._resolve_preprocessing()
         eval_transform = build_eval_transform(preprocessing)
@@ -159,7 +177,7 @@ class ImageFolderDataModule(LightningDataModule):
         if splits.multilabel and self._task() != "multilabel":
             raise UserError(f"label file {self.labels} has a 'labels' column (multi-label) but the model is "
                             "multi-class: pass --model.task multilabel, or use a 'label' column")
-        self._drop_bad_files({"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()))
+        self._drop_bad_files(CHECKED_SPLITS.get(stage, ()))
         if stage == "fit":
             if len(splits.train) < self.batch_size:
                 raise UserError(
