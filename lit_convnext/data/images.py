@@ -136,7 +136,7 @@ def _prefix(source: str | Path | IO[bytes]) -> bytes:
                 return handle.read(16)
         source.seek(0)
         return source.read(16)
-    except (OSError, ValueError):
+    except Exception:  # unreadable, or a stream that cannot seek back: no format is claimed, Pillow's error stands
         return b""
 
 
