@@ -36,8 +36,8 @@ from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import label_columns
 from lit_convnext.entry import fail, run_command
 from lit_convnext.errors import UserError, out_of_memory_message
-from lit_convnext.terminal import (LIGHTNING_INFO_LOGGER, DropLines, hide_pillow_file_warnings, log_filter,
-                                   show_warnings_as_one_line)
+from lit_convnext.terminal import (LIGHTNING_INFO_LOGGER, RESTORING_LINE, DropLines, hide_pillow_file_warnings,
+                                   log_filter, show_warnings_as_one_line)
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
 from lit_convnext.weights.classes import stored_class_names
@@ -340,9 +340,8 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
 #: its note that it loads the training data early to count the steps (the app's "Effective batch" line that follows
 #: gives the count, the warm-up and the learning rate).
 LIGHTNING_NOISE = ("litlogger", "Loading `train_dataloader` to estimate number of stepping batches")
-#: What validate, test and predict also leave out: Lightning's "Restoring states from the checkpoint path at X", which
-#: reads as a resumed run; its next line, "Loaded model weights from the checkpoint at X", says what happens.
-EVALUATION_NOISE = ("Restoring states from the checkpoint path",)
+#: What validate, test and predict also leave out: the "restoring states" line (the next one says which weights load).
+EVALUATION_NOISE = (RESTORING_LINE,)
 
 
 def main(args: ArgsType = None) -> None:

@@ -24,4 +24,3 @@ def out_of_memory_message(subcommand: str, batch_size: int, accumulation: int) -
         f"--trainer.accumulate_grad_batches {accumulation * batch_size // smaller}"
         " (or use --trainer.precision bf16-mixed)"
     )
-

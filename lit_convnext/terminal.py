@@ -14,6 +14,10 @@ from contextlib import contextmanager
 
 #: The logger of Lightning's ``rank_zero_info`` lines (and of the app's own, which go through the same function).
 LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+#: Lightning's two lines when a checkpoint is loaded: "Restoring states from the checkpoint path at X" (it reads as a
+#: resumed run, so only a resume shows it) and "Loaded model weights from the checkpoint at X".
+RESTORING_LINE = "Restoring states from the checkpoint path"
+LOADED_WEIGHTS_LINE = "Loaded model weights from the checkpoint"
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _warnings_shown_as_one_line = False

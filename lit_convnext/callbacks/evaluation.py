@@ -26,7 +26,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.calibration import calibration_summary, fit_temperature
-from lit_convnext.terminal import LIGHTNING_INFO_LOGGER, DropLines, log_filter
+from lit_convnext.terminal import LIGHTNING_INFO_LOGGER, LOADED_WEIGHTS_LINE, RESTORING_LINE, DropLines, log_filter
 
 #: Images kept from the first training batch for the augmentation mosaic.
 MOSAIC_IMAGES = 32
@@ -219,7 +219,7 @@ class EvaluationReport(Callback):
 
 #: Lightning's lines about restoring a checkpoint: while the analysis validates the best one they would read as a
 #: restart of training, so the analysis says what it does in its own line instead.
-RESTORE_LINES = ("Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
+RESTORE_LINES = (RESTORING_LINE, LOADED_WEIGHTS_LINE)
 
 
 def _load_checkpoint(path: str | Path) -> dict[str, Any]:
