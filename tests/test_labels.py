@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,27 @@ def test_multilabel_split_brings_a_rare_label_into_validation(tmp_path: Path) ->
     assert sum("rare" in s.labels for s in val) == 1  # 5 rare images: 20% of them is one
     assert train + val != pool and sorted(map(str, (s.path for s in train + val))) == sorted(map(str, (s.path for s in pool)))
 
+
+
+def test_without_the_multilabel_extra_a_drawn_multilabel_split_is_one_line_and_doctor_warns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """iterative-stratification is the ``multilabel`` extra: without it, ``fit`` on a multi-label file with no
+    ``val`` rows stops before training with the install command, and ``doctor`` says so beforehand."""
+    monkeypatch.setitem(sys.modules, "iterstrat", None)  # what an install without the extra has: no such module
+    root = tmp_path / "ml"
+    labels = write_rows(root / "labels.csv", multilabel_images(root, 12))
+    error = one_line_error(capsys, fit_args(root, "--data.labels", str(labels)))
+    assert "pip install 'lit-convnext[multilabel]'" in error and "split" in error
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["doctor", str(root), "--labels", str(labels), "--json", "report.json"])
+    warnings = json.loads(Path("report.json").read_text())["warnings"]
+    assert [w for w in warnings if "pip install 'lit-convnext[multilabel]'" in w], warnings
+    assert "pip install 'lit-convnext[multilabel]'" in " ".join(capsys.readouterr().out.split())
+    monkeypatch.delitem(sys.modules, "iterstrat")  # installed (as here): no warning
+    with pytest.raises(SystemExit):
+        main(["doctor", str(root), "--labels", str(labels), "--json", "report.json"])
+    assert not [w for w in json.loads(Path("report.json").read_text())["warnings"] if "multilabel]" in w]
 
 @pytest.mark.parametrize(
     ("content", "expected"),

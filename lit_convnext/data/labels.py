@@ -249,11 +249,19 @@ def read_label_splits(file: Path, root: Path | None, separator: str, val_fractio
 
 def multilabel_split(samples: Sequence[LabeledSample], class_names: list[str], val_fraction: float,
                      seed: int) -> tuple[list[LabeledSample], list[LabeledSample]]:
-    """Hold out ``val_fraction`` of the rows by iterative stratification, so rare labels reach validation too."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-
+    """Hold out ``val_fraction`` of the rows by iterative stratification, so rare labels reach validation too
+    (iterative-stratification, the ``multilabel`` extra)."""
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"--data.val_fraction must be between 0 and 1, got {val_fraction}")
+    try:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+    except ImportError:
+        raise UserError(
+            "drawing the validation split of a multi-label label file needs iterative-stratification: "
+            "pip install 'lit-convnext[multilabel]'; or mark validation rows with `val` in a `split` column, "
+            "or pass --data.split_manifest of an earlier run"
+        ) from None
+
     targets = multi_hot(samples, class_names).numpy()
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train_idx, val_idx = next(splitter.split(np.zeros(len(samples)), targets))

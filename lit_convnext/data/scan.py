@@ -149,7 +149,17 @@ def scan_label_file(root: str | Path, labels: str | Path, separator: str = ";", 
     _judge(report, train_split)
     report.errors[:0] = file_errors
     report.warnings[:0] = [p.message(table.file) for p in table.problems if not p.error]
+    if table.multilabel and not any(split == "val" for split, _ in entries) and not _has_module("iterstrat"):
+        report.warnings.append("fit draws this multi-label file's validation split by iterative stratification, "
+                               "which is not installed: pip install 'lit-convnext[multilabel]' (or add `val` rows)")
     return report
+
+
+def _has_module(name: str) -> bool:
+    """Whether ``name`` can be imported (found, not imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def _report(root: Path, layout: str, entries: Sequence[tuple[str, tuple[str, ...]]], checks: Sequence[FileCheck],
