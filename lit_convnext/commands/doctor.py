@@ -55,5 +55,5 @@ def doctor(root: Path, json: Path | None = None, image_size: int | None = None, 
     if json is not None:
         Path(json).parent.mkdir(parents=True, exist_ok=True)
         Path(json).write_text(jsonlib.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-        console.print(f"Report written to {json}")
+        console.print(f"Report written to {json}", markup=False)
     return 0 if report.ok else 1

@@ -1,8 +1,13 @@
-"""The doctor's report as Rich tables and a verdict."""
+"""The doctor's report as Rich tables and a verdict.
+
+Everything that comes from the data (paths, class names, Pillow's words, messages that quote them) goes through
+``rich.markup.escape``: a folder named ``[draft]`` would otherwise be read as a style and vanish from the screen.
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lit_convnext.data.scan import DoctorReport
@@ -13,7 +18,7 @@ SHOW = 20
 
 def render(report: DoctorReport, console: Console) -> None:
     """Print ``report`` as a few tables and a verdict."""
-    console.print(f"[bold]{report.root}[/] ({report.layout}), {report.files_checked} image files checked"
+    console.print(f"[bold]{escape(report.root)}[/] ({escape(report.layout)}), {report.files_checked} image files checked"
                   f"{' (headers only: corrupt pixel data is not found)' if report.header_only else ', pixels decoded'}")
     splits = list(report.counts)
     classes = sorted({c for per in report.counts.values() for c in per},
@@ -24,7 +29,7 @@ def render(report: DoctorReport, console: Console) -> None:
     for split in splits:
         table.add_column(split, justify="right")
     for name in classes:
-        table.add_row(name, *(_count(report.counts[s].get(name)) for s in splits))
+        table.add_row(escape(name), *(_count(report.counts[s].get(name)) for s in splits))
     table.add_row("[bold]imbalance (max/min)", *(f"{report.imbalance[s] or '-'}" for s in splits))
     console.print(table)
 
@@ -45,9 +50,9 @@ def render(report: DoctorReport, console: Console) -> None:
             sizes.add_row(axis, *(f"{stats[k]:g}" for k in ("min", "median", "max")))
         console.print(sizes)
     for message in report.errors:
-        console.print(f"[bold red]error:[/] {message}")
+        console.print(f"[bold red]error:[/] {escape(message)}")
     for message in report.warnings:
-        console.print(f"[yellow]warning:[/] {message}")
+        console.print(f"[yellow]warning:[/] {escape(message)}")
     verdict = "[bold green]OK[/]" if report.ok else "[bold red]problems found: fix the errors above[/]"
     console.print(f"{verdict} ({len(report.errors)} error(s), {len(report.warnings)} warning(s))")
 
@@ -65,7 +70,7 @@ def _rows(console: Console, title: str, columns: tuple[str, ...], rows: list, st
     for col in columns:
         table.add_column(col, overflow="fold")
     for row in rows[:SHOW]:
-        table.add_row(*(str(v) for v in row))
+        table.add_row(*(escape(str(v)) for v in row))
     if len(rows) > SHOW:
         table.add_row(f"... {len(rows) - SHOW} more (see --json)", *([""] * (len(columns) - 1)))
     console.print(table)
