@@ -41,3 +41,21 @@ def test_a_mixed_tile_keeps_both_classes_and_the_share_when_names_are_long() -> 
     assert len(caption) <= 20 and " 66%/" in caption
     assert caption.startswith("n0") and caption.split("/")[1].startswith("n0")  # each name cut, neither dropped
     assert fit_caption(("cat", " 60%/", "dog"), 20, len) == "cat 60%/dog"  # short captions untouched
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path) -> None:
+    """matplotlib reads text between two ``$`` as math: ``$$`` stopped the end-of-fit confusion matrices with a
+    parse error, and ``$5-$10`` would have lost its dollars."""
+    from matplotlib.cbook import is_math_text
+
+    from lit_convnext.callbacks.class_report import plot_confusion
+    from lit_convnext.report.figures import as_written, normalised_confusion
+
+    names = ["$$", "$5-$10", r"x_1 $\alpha$", "plain"]
+    for name in names:
+        label = as_written(name)
+        assert not is_math_text(label) and label.replace(r"\$", "$") == name  # what matplotlib then shows
+    confusion = torch.tensor([[3, 1, 0, 0], [0, 2, 1, 0], [1, 0, 2, 0], [0, 0, 0, 4]])
+    plot_confusion(confusion, names, tmp_path / "confusion.png", title="val confusion matrix")
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert normalised_confusion(confusion, names, list(range(4)))[:4] == b"\x89PNG"

@@ -36,6 +36,8 @@ from torchmetrics.classification import (
 )
 from torchmetrics.wrappers import ClasswiseWrapper
 
+from lit_convnext.report.figures import as_written
+
 #: Per-class metrics of the report, logged as ``{stage}/{metric}/{class name}``.
 PER_CLASS = {"precision": MulticlassPrecision, "recall": MulticlassRecall, "f1": MulticlassF1Score}
 #: The same for multi-label models, plus each class's average precision.
@@ -190,7 +192,8 @@ def plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, title:
     axes = figure.add_subplot()
     with warnings.catch_warnings():  # torchmetrics hands matplotlib the tensor itself; numpy 2 warns about its copy
         warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy keyword")
-        MulticlassConfusionMatrix(n).plot(val=confusion, ax=axes, add_text=n <= 30, labels=list(names), cmap="Blues")
+        MulticlassConfusionMatrix(n).plot(val=confusion, ax=axes, add_text=n <= 30,
+                                          labels=[as_written(name) for name in names], cmap="Blues")
     # Each class gets at least 0.35 inch: 7-point names, upright on the rows, vertical under the columns.
     axes.tick_params(labelsize=7 if n > 30 else 9)
     axes.tick_params(axis="y", labelrotation=0)

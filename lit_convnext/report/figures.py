@@ -12,6 +12,12 @@ from PIL import Image
 CONFUSION_MAX_CLASSES = 30
 
 
+def as_written(label: str) -> str:
+    """``label`` for matplotlib, drawn as written: matplotlib reads text between two ``$`` as math, so a class
+    named ``$5-$10`` would lose its dollar signs and one named ``$$`` would stop the plot with a parse error."""
+    return label.replace("$", r"\$")
+
+
 def _figure(width: float, height: float) -> Any:
     import matplotlib
 
@@ -73,7 +79,7 @@ def normalised_confusion(confusion: torch.Tensor, names: list[str], classes: lis
     axes = figure.add_subplot()
     image = axes.imshow(shown, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true class")
-    labels = [names[i] for i in classes]
+    labels = [as_written(names[i]) for i in classes]
     size = 9 if n <= 15 else 7
     axes.set_xticks(range(n), labels=labels, rotation=90, fontsize=size)
     axes.set_yticks(range(n), labels=labels, fontsize=size)
