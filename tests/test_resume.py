@@ -117,3 +117,21 @@ def test_ckpt_path_last_without_a_previous_run_says_so(capsys, image_root: Path)
     with pytest.raises(SystemExit):
         main([*fit_args(image_root), "--ckpt_path", "last"])
     assert "no run under runs/convnext has checkpoints/last.ckpt" in capsys.readouterr().err
+
+
+def test_last_ckpt_holds_the_latest_epoch_when_the_best_does_not_improve(image_root: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning 2.6 rewrote last.ckpt only together with a new best checkpoint: monitoring ``epoch`` in ``min``
+    mode, only epoch 0 is ever the best, and last.ckpt stayed at epoch 0. It must hold the end of epoch 2, and
+    ``--ckpt_path last`` must go on from there."""
+    args = [*fit_args(image_root)[:-4], "--trainer.max_epochs", "3", "--checkpoint.monitor", "epoch",
+            "--checkpoint.mode", "min"]  # no step-triggered saves: only the end-of-epoch ones
+    state = fit_and_record(args, monkeypatch)
+    folder = Path("runs/convnext/version_0/checkpoints")
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(folder / state["best_path"], map_location="cpu", weights_only=True)
+    assert best["epoch"] == 0 and best["global_step"] == 3
+    assert last["epoch"] == 2 and last["global_step"] == state["global_step"] == 9
+    resumed = fit_and_record([*args, "--trainer.max_epochs", "4", "--ckpt_path", "last"], monkeypatch)
+    assert resumed["global_step"] == 12  # one more epoch from step 9, not two from step 3
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 12

@@ -11,6 +11,12 @@ save (``--checkpoint.every_n_train_steps``) is deferred to validation, and with 
 ModelCheckpoint saves at train-epoch end, where that deferred top-k save is never made. The resumed run
 then keeps fewer best-k files than an uninterrupted one. Saving the scalar callback metrics with the
 callback state and putting them back when training starts gives both runs the same candidates.
+
+Lightning 2.6 writes ``last.ckpt`` at a validation (or training-epoch end) only when a best-k checkpoint was saved
+at the same step: with the default ``save_top_k: 1``, every epoch that does not improve the monitored metric left
+``last.ckpt`` at the best epoch, so ``--ckpt_path last`` trained those epochs again (and the
+learning-rate schedule went back). Here ``last.ckpt`` is the latest state at every checkpoint opportunity, as
+``save_last`` says and as Lightning did before 2.6.
 """
 
 from __future__ import annotations
@@ -54,6 +60,27 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._restored_metrics = dict(state_dict.get(METRICS_KEY, {}))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        due = self._epoch_save_due(trainer) and not self._should_save_on_train_epoch_end(trainer)
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_when_missed(trainer, due)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        due = self._epoch_save_due(trainer) and self._should_save_on_train_epoch_end(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_when_missed(trainer, due)
+
+    def _epoch_save_due(self, trainer: pl.Trainer) -> bool:
+        """Whether this epoch has a checkpoint opportunity (``every_n_epochs``) that is not skipped."""
+        return (not self._should_skip_saving_checkpoint(trainer) and self._every_n_epochs >= 1
+                and (trainer.current_epoch + 1) % self._every_n_epochs == 0)
+
+    def _save_last_when_missed(self, trainer: pl.Trainer, due: bool) -> None:
+        """Write ``last.ckpt`` at an epoch's checkpoint opportunity that Lightning left without one because no
+        best-k checkpoint was saved at this step (see the module docstring); ``save_last="link"`` is Lightning's."""
+        if due and self.save_last is True and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
