@@ -135,3 +135,52 @@ def test_last_ckpt_holds_the_latest_epoch_when_the_best_does_not_improve(image_r
     resumed = fit_and_record([*args, "--trainer.max_epochs", "4", "--ckpt_path", "last"], monkeypatch)
     assert resumed["global_step"] == 12  # one more epoch from step 9, not two from step 3
     assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 12
+
+
+def test_last_ckpt_is_a_hard_link_to_a_best_checkpoint_of_the_same_step(image_root: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Monitoring ``epoch`` in ``max`` mode, every epoch is a new best: from the second epoch on, last.ckpt is that
+    best file linked (written once), with the content a second write would have had; the next best's rotation
+    leaves last.ckpt whole."""
+    args = [*fit_args(image_root)[:-4], "--trainer.max_epochs", "2", "--checkpoint.monitor", "epoch",
+            "--checkpoint.mode", "max"]
+    state = fit_and_record(args, monkeypatch)
+    folder = Path("runs/convnext/version_0/checkpoints")
+    last, best = folder / "last.ckpt", folder / state["best_path"]
+    assert state["files"] == sorted([best.name, "last.ckpt"])  # epoch 0's best was removed by the rotation
+    assert os.path.samefile(last, best)
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 6 and saved["epoch"] == 1
+    recorded = saved["callbacks"][next(k for k in saved["callbacks"] if k.startswith("ModelCheckpoint"))]
+    assert Path(recorded["last_model_path"]).resolve() == last.resolve()  # what a second write would have held
+    # A resumed run goes on from it and replaces the link with its own last.ckpt.
+    resumed = fit_and_record([*args, "--trainer.max_epochs", "3", "--ckpt_path", "last"], monkeypatch)
+    assert resumed["global_step"] == 9 and resumed["files"] == sorted([resumed["best_path"], "last.ckpt"])
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 9
+
+
+def test_last_ckpt_is_a_copy_where_the_filesystem_has_no_hard_links(image_root: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(*_: object) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    state = fit_and_record([*fit_args(image_root)[:-4], "--checkpoint.monitor", "epoch", "--checkpoint.mode", "max"],
+                           monkeypatch)
+    folder = Path("runs/convnext/version_0/checkpoints")
+    last, best = folder / "last.ckpt", folder / state["best_path"]
+    assert not os.path.samefile(last, best) and last.read_bytes() == best.read_bytes()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_rewriting_a_linked_best_checkpoint_leaves_last_ckpt_as_it_was(tmp_path: Path) -> None:
+    """The end-of-fit analysis adds the temperature to the best file: the atomic write replaces that file, so
+    a last.ckpt linked to it keeps its own content."""
+    from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO, link_or_copy
+
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, best)
+    link_or_copy(best, last)
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "calibration": {"temperature": 1.5}}, best)
+    assert torch.load(last, weights_only=True) == {"step": 1}
+    assert torch.load(best, weights_only=True)["calibration"] == {"temperature": 1.5}

@@ -17,12 +17,19 @@ at the same step: with the default ``save_top_k: 1``, every epoch that does not 
 ``last.ckpt`` at the best epoch, so ``--ckpt_path last`` trained those epochs again (and the
 learning-rate schedule went back). Here ``last.ckpt`` is the latest state at every checkpoint opportunity, as
 ``save_last`` says and as Lightning did before 2.6.
+
+When a best-k checkpoint was just written at the same step, ``last.ckpt`` would be the same content written a
+second time (a model's weights and optimizer state, gigabytes for the large ConvNeXts): it becomes a hard link to
+that file instead, as timm's checkpoint saver does. The later removal of that best-k file leaves ``last.ckpt``
+whole, and the next ``last.ckpt`` replaces the link.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from weakref import proxy
 from typing import Any
 
 import lightning.pytorch as pl
@@ -82,12 +89,43 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         if due and self.save_last is True and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        just_saved = self._last_checkpoint_saved if self._last_global_step_saved == trainer.global_step else ""
+        path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        # Only when last.ckpt keeps its path (every save after the first): the best-k file written a moment ago then
+        # recorded the same last_model_path, so the two files' contents are the same to the byte.
+        if (self.save_last is not True or not just_saved or just_saved == path or path != self.last_model_path
+                or not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) or "://" in path):
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+            return
+        if trainer.is_global_zero:  # the process that writes the files (the others have none to link)
+            link_or_copy(Path(just_saved), Path(path))
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+        self._last_checkpoint_saved = path
+        trainer.strategy.barrier("ResumableModelCheckpoint._save_last_checkpoint")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         # Lightning clears callback_metrics after restoring callbacks, so they go back in here.
         for name, value in self._restored_metrics.items():
             trainer.callback_metrics.setdefault(name, value)
         self._restored_metrics = {}
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make ``target`` a hard link to ``source`` (a copy where the filesystem has no hard links), replacing it
+    atomically like :class:`AtomicCheckpointIO`'s writes."""
+    temp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, temp)
+        except OSError:
+            shutil.copyfile(source, temp)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def newest_last_checkpoint(save_dir: Path, name: str) -> Path:
