@@ -59,3 +59,29 @@ def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path) -> None:
     plot_confusion(confusion, names, tmp_path / "confusion.png", title="val confusion matrix")
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert normalised_confusion(confusion, names, list(range(4)))[:4] == b"\x89PNG"
+
+
+def test_characters_the_font_lacks_are_one_line_of_ours(tmp_path, monkeypatch) -> None:
+    """matplotlib warns once per missing character and figure in its own words; the app says it once, naming the
+    characters, and the matplotlibrc fallback it suggests draws them (STIX stands in for a CJK font here)."""
+    import warnings
+
+    import matplotlib
+
+    from lit_convnext.callbacks.class_report import plot_confusion
+    from lit_convnext.report import figures
+
+    monkeypatch.setattr(figures, "_REPORTED_GLYPHS", set())
+    names, confusion = ["\U0001d49c class", "plain"], torch.tensor([[2, 1], [0, 3]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_confusion(confusion, names, tmp_path / "confusion.png", title="val confusion matrix")
+        figures.normalised_confusion(confusion, names, [0, 1])
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "1 character(s) as boxes (\U0001d49c)" in messages[0], messages
+    monkeypatch.setattr(figures, "_REPORTED_GLYPHS", set())
+    fallback = {"font.family": ["DejaVu Sans", "STIXGeneral"]}
+    with matplotlib.rc_context(fallback), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures.normalised_confusion(confusion, names, [0, 1])
+    assert not caught, [str(w.message) for w in caught]

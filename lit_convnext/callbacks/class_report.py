@@ -36,7 +36,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from lit_convnext.report.figures import as_written
+from lit_convnext.report.figures import as_written, save_png
 
 #: Per-class metrics of the report, logged as ``{stage}/{metric}/{class name}``.
 PER_CLASS = {"precision": MulticlassPrecision, "recall": MulticlassRecall, "f1": MulticlassF1Score}
@@ -199,4 +199,4 @@ def plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, title:
     axes.tick_params(axis="y", labelrotation=0)
     axes.tick_params(axis="x", labelrotation=90)
     axes.set_title(title)
-    figure.savefig(path, dpi=100)
+    save_png(figure, path, dpi=100)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+import re
+import warnings
+from pathlib import Path
+from typing import IO, Any
 
 import torch
 from PIL import Image
@@ -32,8 +35,37 @@ def png_bytes(figure_or_image: Any, dpi: int = 90) -> bytes:
     if isinstance(figure_or_image, Image.Image):
         figure_or_image.save(buffer, format="PNG", optimize=True)
     else:
-        figure_or_image.savefig(buffer, format="png", dpi=dpi)
+        save_png(figure_or_image, buffer, dpi)
     return buffer.getvalue()
+
+
+#: matplotlib's warning for a character its font cannot draw (one per character and figure; it draws a box).
+MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font\(s\) (.+?)\.?$")
+#: Characters already reported as drawn as boxes in this process.
+_REPORTED_GLYPHS: set[str] = set()
+
+
+def save_png(figure: Any, target: str | Path | IO[bytes], dpi: int) -> None:
+    """``figure.savefig`` as PNG; matplotlib's line per character its font lacks (class names in Chinese, say)
+    becomes one line of ours naming the characters and how to get them drawn."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure.savefig(target, format="png", dpi=dpi)
+    missing: dict[str, str] = {}
+    for warning in caught:
+        match = MISSING_GLYPH.search(str(warning.message))
+        if match:
+            missing.setdefault(chr(int(match.group(1))), match.group(2))
+        else:  # anything else goes on as it came
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    new = [c for c in missing if c not in _REPORTED_GLYPHS]
+    if new:
+        _REPORTED_GLYPHS.update(new)
+        shown = "".join(new[:10]) + ("..." if len(new) > 10 else "")
+        warnings.warn(f"the figures draw {len(new)} character(s) as boxes ({shown}): matplotlib's font "
+                      f"({missing[new[0]]}) has no glyph for them; the CSVs and the report's text keep them. A "
+                      "matplotlibrc with a font that has them draws them, e.g. `font.family: DejaVu Sans, "
+                      "Noto Sans CJK JP`", UserWarning, stacklevel=2)
 
 
 def training_curves(scalars: dict[str, list[tuple[int, float]]]) -> bytes | None:
