@@ -29,8 +29,8 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from weakref import proxy
 from typing import Any
+from weakref import proxy
 
 import lightning.pytorch as pl
 import torch
