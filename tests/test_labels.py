@@ -101,7 +101,8 @@ def test_without_the_multilabel_extra_a_drawn_multilabel_split_is_one_line_and_d
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """iterative-stratification is the ``multilabel`` extra: without it, ``fit`` on a multi-label file with no
     ``val`` rows stops before training with the install command, and ``doctor`` says so beforehand."""
-    monkeypatch.setitem(sys.modules, "iterstrat", None)  # what an install without the extra has: no such module
+    for module in ("iterstrat", "iterstrat.ml_stratifiers"):  # an install without the extra: no such modules
+        monkeypatch.setitem(sys.modules, module, None)  # (the submodule too: an earlier test may have imported it)
     root = tmp_path / "ml"
     labels = write_rows(root / "labels.csv", multilabel_images(root, 12))
     error = one_line_error(capsys, fit_args(root, "--data.labels", str(labels)))
@@ -113,6 +114,7 @@ def test_without_the_multilabel_extra_a_drawn_multilabel_split_is_one_line_and_d
     assert [w for w in warnings if "pip install 'lit-convnext[multilabel]'" in w], warnings
     assert "pip install 'lit-convnext[multilabel]'" in " ".join(capsys.readouterr().out.split())
     monkeypatch.delitem(sys.modules, "iterstrat")  # installed (as here): no warning
+    monkeypatch.delitem(sys.modules, "iterstrat.ml_stratifiers")
     with pytest.raises(SystemExit):
         main(["doctor", str(root), "--labels", str(labels), "--json", "report.json"])
     assert not [w for w in json.loads(Path("report.json").read_text())["warnings"] if "multilabel]" in w]
