@@ -184,3 +184,13 @@ def test_rewriting_a_linked_best_checkpoint_leaves_last_ckpt_as_it_was(tmp_path:
     AtomicCheckpointIO().save_checkpoint({"step": 1, "calibration": {"temperature": 1.5}}, best)
     assert torch.load(last, weights_only=True) == {"step": 1}
     assert torch.load(best, weights_only=True)["calibration"] == {"temperature": 1.5}
+
+
+def test_save_last_link_gives_the_latest_epoch_too(image_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's ``save_last="link"`` pointed last.ckpt at the newest saved file, the epoch-0 best here."""
+    args = [*fit_args(image_root)[:-4], "--trainer.max_epochs", "3", "--checkpoint.monitor", "epoch",
+            "--checkpoint.mode", "min", "--checkpoint.save_last", "link"]
+    with pytest.warns(UserWarning, match="'link' works as true"):
+        fit_and_record(args, monkeypatch)
+    last = Path("runs/convnext/version_0/checkpoints/last.ckpt")
+    assert not last.is_symlink() and torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 2

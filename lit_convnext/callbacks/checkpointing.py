@@ -21,7 +21,9 @@ learning-rate schedule went back). Here ``last.ckpt`` is the latest state at eve
 When a best-k checkpoint was just written at the same step, ``last.ckpt`` would be the same content written a
 second time (a model's weights and optimizer state, gigabytes for the large ConvNeXts): it becomes a hard link to
 that file instead, as timm's checkpoint saver does. The later removal of that best-k file leaves ``last.ckpt``
-whole, and the next ``last.ckpt`` replaces the link.
+whole, and the next ``last.ckpt`` replaces the link. Lightning's own ``save_last="link"`` (a symbolic link to
+the newest saved checkpoint, an older best one after an epoch that did not improve) works the same way, with a
+warning that says so.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_convnext.errors import UserError
 
@@ -67,6 +70,14 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._restored_metrics = dict(state_dict.get(METRICS_KEY, {}))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.save_last == "link":
+            self.save_last = True
+            rank_zero_warn("--checkpoint.save_last link: Lightning links last.ckpt to the newest checkpoint it saved, "
+                           "which after an epoch that did not improve is an older best one; here last.ckpt is written "
+                           "every epoch and hard-linked to a best checkpoint of the same step, so 'link' works as true")
+        super().setup(trainer, pl_module, stage)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         due = self._epoch_save_due(trainer) and not self._should_save_on_train_epoch_end(trainer)
