@@ -84,13 +84,13 @@ _PILLOW_LOG = _PillowLog()
 logging.getLogger("PIL").addHandler(_PILLOW_LOG)
 
 
-@contextlib.contextmanager
-def open_image(source: str | Path | IO[bytes]) -> Iterator[Image.Image]:
+def open_image(source: str | Path | IO[bytes]) -> Image.Image:
     """``Image.open`` whose refusals say what was wrong: the pixel limit and what to do about it, or why a file with
-    a known format's signature cannot be opened (:class:`DamagedImageError`)."""
+    a known format's signature cannot be opened (:class:`DamagedImageError`). Use it as ``with open_image(...)``,
+    as ``Image.open``: a plain function, not a generator, since every training sample goes through it."""
     messages = _PILLOW_LOG.local.messages = []
     try:
-        opened = Image.open(source)
+        return Image.open(source)
     except Image.DecompressionBombError as err:
         raise Image.DecompressionBombError(
             f"{str(err).split(', could be')[0]}: a decompression bomb, or too large to train on "
@@ -104,8 +104,6 @@ def open_image(source: str | Path | IO[bytes]) -> Iterator[Image.Image]:
         raise DamagedImageError(f"a {claimed} file that Pillow cannot open: {reason}") from err
     finally:
         _PILLOW_LOG.local.messages = None
-    with opened as img:
-        yield img
 
 
 def failure_reason(err: Exception) -> str:

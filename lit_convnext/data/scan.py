@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +180,8 @@ def _report(root: Path, layout: str, entries: Sequence[tuple[str, tuple[str, ...
         usable[check.path] = check
         for name in names:
             counts[split][name] = counts[split].get(name, 0) + 1
-        conversions.update(check.conversions)
+        if check.conversions:
+            conversions.update(check.conversions)
         rotated += check.exif_rotated
         frames += check.frames > 1
         if check.wrong_extension:
@@ -223,15 +224,19 @@ def _size_stats(checks: Iterable[FileCheck]) -> dict[str, dict[str, float]]:
     return stats
 
 
-def _duplicates(checks: Iterable[FileCheck], split_of: dict[str, str], train_split: str
+def _duplicates(checks: Collection[FileCheck], split_of: dict[str, str], train_split: str
                 ) -> tuple[list[list[str]], list[tuple[str, str]]]:
-    by_digest: dict[str, list[str]] = defaultdict(list)
+    seen: set[str | None] = set()
+    repeated: set[str | None] = set()
     for check in checks:
-        by_digest[check.digest].append(check.path)
+        (repeated if check.digest in seen else seen).add(check.digest)
+    by_digest: dict[str | None, list[str]] = defaultdict(list)  # only the digests of two files or more (few)
+    if repeated:
+        for check in checks:
+            if check.digest in repeated:
+                by_digest[check.digest].append(check.path)
     duplicates, leakage = [], []
     for paths in by_digest.values():
-        if len(paths) < 2:
-            continue
         per_split: dict[str, list[str]] = defaultdict(list)
         for path in paths:
             per_split[split_of[path]].append(path)
