@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, PngImagePlugin
-from tests.bad_corpus import write_bad_files
+from tests.bad_corpus import write_awkward_files, write_bad_files
 from tests.helpers import make_folder
 
 from lit_convnext.data import file_checks
@@ -67,10 +67,27 @@ def test_parallel_workers_and_cache_give_the_serial_answers(tmp_path: Path, monk
     assert inspect_files(paths[:10], workers=2) == serial[:10] and len(pools) == 3  # a few files: no processes
 
 
+def test_a_cached_result_is_the_check_itself(tmp_path: Path) -> None:
+    """Every field comes back from the cache as the check made it: lists (conversions, Pillow's notes), flags as
+    booleans (the JSON report writes them), missing values as None, bad files with their reason."""
+    write_bad_files(tmp_path / "files")
+    write_awkward_files(tmp_path / "files")
+    paths = sorted(str(p) for p in (tmp_path / "files").iterdir())
+    first = inspect_files(paths, workers=1)
+    assert any(c.notes for c in first) and any(c.error for c in first) and any(c.wrong_extension for c in first)
+    assert any(c.exif_rotated for c in first) and any(c.frames > 1 for c in first)
+    assert any(len(c.conversions) > 1 for c in first) and any(c.format is None for c in first)
+    cached = inspect_files(paths, workers=1)
+    assert cached == first
+    for again, check in zip(cached, first):
+        assert [type(getattr(again, f)) for f in file_checks.STORED_FIELDS] == \
+               [type(getattr(check, f)) for f in file_checks.STORED_FIELDS]
+
+
 def test_cache_lookup_finds_exactly_the_paths_asked_for(tmp_path: Path) -> None:
     """Rows are fetched by a range over the folder the paths share: neighbours with a common prefix stay out."""
-    cache = CheckCache(tmp_path / "cache")
-    rows = {str(tmp_path / name): (len(name), 1, f'["{name}"]')
+    cache = CheckCache(("name", "flag"), tmp_path / "cache")
+    rows = {str(tmp_path / name): (len(name), 1, (name, None))
             for name in ("cats/a.png", "cats2/b.png", "cats-x/c.png", "cats/deep/d.png", "other/e.png")}
     cache.store([(path, *row) for path, row in rows.items()], header_only=False)
     cats = [str(tmp_path / "cats/a.png"), str(tmp_path / "cats/deep/d.png")]
@@ -89,7 +106,7 @@ def test_a_file_that_cannot_be_stat_ed_or_read_is_a_bad_file_and_not_remembered(
     missing = str(tmp_path / "gone.png")
     first = inspect_files([missing], workers=1)[0]
     assert first.error and first.error.startswith("cannot read file")
-    cache = CheckCache()
+    cache = CheckCache(file_checks.STORED_FIELDS)
     assert cache.lookup([missing], header_only=True) == {}
     cache.close()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import operator
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -49,9 +50,14 @@ FORMAT_SUFFIXES = {
 }
 #: ``Image.info`` keys that Pillow's ``getexif`` reads an orientation from (besides a TIFF's own tags).
 ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
-#: Files per task sent to a worker: large enough that inter-process traffic stays small, small enough that
-#: the workers finish together and the progress bar moves.
+#: Files per task sent to a worker: each task costs about half a millisecond of hand-over and wake-ups on
+#: both sides, so tasks grow with the backlog (a quarter of it per worker) up to ``MAX_CHUNK``; the first and the
+#: last tasks hold ``CHUNK``, so the workers start at once and finish together. Fewer than ``2 * CHUNK`` files
+#: are checked in the calling process (starting processes would cost more than it saves).
 CHUNK = 64
+MAX_CHUNK = 256
+#: New results are written to the cache in batches of this many while the workers go on.
+STORE_BATCH = 4096
 #: At most this many distinct Pillow warnings are kept per file (a damaged TIFF can warn once per tag).
 MAX_NOTES = 3
 
@@ -78,7 +84,7 @@ class FileCheck:
     notes: list[str] = field(default_factory=list)  # Pillow's warnings about a file that still decodes
 
 
-#: FileCheck's fields after ``path``, in order: how a result is stored in the cache (a JSON list).
+#: FileCheck's fields after ``path``, in order: the columns of a result in the cache.
 STORED_FIELDS = tuple(f.name for f in fields(FileCheck))[1:]
 
 
@@ -227,9 +233,9 @@ def _not_an_image(data: bytes) -> str:
 #: One file for a worker: ``(path, size, mtime_ns)`` of its cached result, size -1 when there is none.
 Job = tuple[str, int, int]
 #: A worker's answer for one file: ``None`` when the cached result still holds, else
-#: ``(size, mtime_ns, fields, stored)``: the file's stat (size -1 when it could not be stat'ed: not cached), the
-#: :class:`FileCheck` fields after ``path`` and the same as the JSON text the cache keeps (made in the worker).
-Answer = tuple[int, int, tuple, str] | None
+#: ``(size, mtime_ns, fields)``: the file's stat (size -1 when it could not be stat'ed: not cached) and the
+#: :class:`FileCheck` fields after ``path``.
+Answer = tuple[int, int, tuple] | None
 
 
 def _check_jobs(jobs: Sequence[Job], header_only: bool) -> list[Answer]:
@@ -247,14 +253,35 @@ def _check_jobs(jobs: Sequence[Job], header_only: bool) -> list[Answer]:
                 except OSError:
                     pass  # the check says why the file cannot be read
             check, size_now, mtime_now = _check(path, header_only, caught)
-            values = _stored_values(check)
-            answers.append((size_now, mtime_now, values, json.dumps(values)))
+            answers.append((size_now, mtime_now, _stored_values(check)))
     return answers
 
 
-def _stored_values(check: FileCheck) -> tuple:
-    """The fields of ``check`` after ``path``, in order (``dataclasses.astuple`` deep-copies: 3x slower)."""
-    return tuple(getattr(check, name) for name in STORED_FIELDS)
+#: The fields of a :class:`FileCheck` after ``path``, as a tuple in order (``dataclasses.astuple`` deep-copies:
+#: 10x slower).
+_stored_values = operator.attrgetter(*STORED_FIELDS)
+#: Positions in that tuple of the list fields (kept in the cache as JSON text, NULL when empty) and of the
+#: flags (kept as integers).
+_LIST_FIELDS = [i for i, f in enumerate(fields(FileCheck)[1:]) if f.default_factory is list]
+_BOOL_FIELDS = [i for i, f in enumerate(fields(FileCheck)[1:]) if isinstance(f.default, bool)]
+
+
+def _to_row(values: tuple) -> tuple:
+    """A check's stored fields as the cache's columns hold them."""
+    row = list(values)
+    for i in _LIST_FIELDS:
+        row[i] = json.dumps(row[i]) if row[i] else None
+    return tuple(row)
+
+
+def _from_row(row: tuple) -> list:
+    """The stored fields of a check from the cache's columns (the inverse of :func:`_to_row`)."""
+    values = list(row)
+    for i in _LIST_FIELDS:
+        values[i] = json.loads(values[i]) if values[i] else []
+    for i in _BOOL_FIELDS:
+        values[i] = bool(values[i])
+    return values
 
 
 def inspect_files(
@@ -287,12 +314,14 @@ class FileChecker:
                  progress: Callable[[int], None] | None = None, cache: bool = True) -> None:
         self.header_only, self.progress = header_only, progress
         self.workers = workers or _cpu_count()
-        self._store = CheckCache() if cache else None
+        self._store = CheckCache(STORED_FIELDS) if cache else None
         self._paths: list[str] = []
         self._absolute: list[str] = []
-        self._known: dict[str, tuple[int, int, str]] = {}
+        self._known: dict[str, tuple[int, int, tuple]] = {}  # absolute path -> cached (size, mtime_ns, row)
         self._waiting: list[Job] = []  # not yet handed to a worker
         self._parts: list[tuple[int, Any]] = []  # (files, answers or a future of them), in order
+        self._unfinished = 0  # index in _parts of the first task that may not be done yet
+        self._queued = 0  # files in the tasks from there on
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> FileChecker:
@@ -320,13 +349,28 @@ class FileChecker:
             self._send(full_chunks_only=True)
 
     def _send(self, full_chunks_only: bool) -> None:
+        """Hand the waiting files to the workers; with ``full_chunks_only``, keep back what does not fill a task."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self.workers)
-        end = len(self._waiting) if not full_chunks_only else len(self._waiting) // CHUNK * CHUNK
-        for start in range(0, end, CHUNK):
-            part = self._waiting[start : min(start + CHUNK, end)]
+        start = 0
+        while start < len(self._waiting):
+            size = self._chunk_size(len(self._waiting) - start, last=not full_chunks_only)
+            if full_chunks_only and len(self._waiting) - start < size:
+                break
+            part = self._waiting[start : start + size]
             self._parts.append((len(part), self._pool.submit(_check_jobs, part, self.header_only)))
-        del self._waiting[:end]
+            self._queued += len(part)
+            start += len(part)
+        del self._waiting[:start]
+
+    def _chunk_size(self, waiting: int, last: bool) -> int:
+        """Files in the next task (see :data:`CHUNK`): ``waiting`` files not sent yet, ``last`` when no more come."""
+        if len(self._parts) < self.workers or last:  # each worker's first task, and the files listed last
+            return CHUNK
+        while self._unfinished < len(self._parts) and self._parts[self._unfinished][1].done():
+            self._queued -= self._parts[self._unfinished][0]
+            self._unfinished += 1
+        return max(CHUNK, min(MAX_CHUNK, (waiting + self._queued) // (4 * self.workers)))
 
     def results(self) -> list[FileCheck]:
         """Every file's check, in the order added; new results are stored in the cache."""
@@ -337,7 +381,7 @@ class FileChecker:
                             for i in range(0, len(self._waiting), CHUNK)]
             self._waiting = []
         results: list[FileCheck] = []
-        fresh: list[tuple[str, int, int, str]] = []
+        fresh: list[tuple[str, int, int, tuple]] = []
         index = 0
         for count, work in self._parts:
             answers = work.result() if isinstance(work, Future) else _check_jobs(work, self.header_only)
@@ -345,16 +389,19 @@ class FileChecker:
                 path, key = self._paths[index], self._absolute[index]
                 index += 1
                 if answer is None:
-                    results.append(FileCheck(path, *json.loads(self._known[key][2])))
+                    results.append(FileCheck(path, *_from_row(self._known[key][2])))
                     continue
-                size, mtime_ns, values, stored = answer
+                size, mtime_ns, values = answer
                 check = FileCheck(path, *values)
                 results.append(check)
                 # A file that could not be opened (permissions, a vanished mount) may be fine later at the same mtime.
                 if size >= 0 and not (check.error or "").startswith("cannot read file"):
-                    fresh.append((key, size, mtime_ns, stored))
+                    fresh.append((key, size, mtime_ns, _to_row(values)))
             if self.progress:
                 self.progress(count)
+            if self._store is not None and len(fresh) >= STORE_BATCH:  # written while the workers go on
+                self._store.store(fresh, self.header_only)
+                fresh = []
         if self._store is not None:
             self._store.store(fresh, self.header_only)
         return results
