@@ -189,7 +189,7 @@ def _notes(caught: list[warnings.WarningMessage]) -> list[str]:
 def _orientation(img: Image.Image, decoded: bool) -> int | None:
     """The EXIF orientation; without a decode, a PNG's EXIF is read only when it precedes the pixel data
     (Pillow's ``getexif`` would decode the whole image to look for a late ``eXIf`` chunk)."""
-    if decoded and not hasattr(img, "tag_v2") and not any(key in img.info for key in ORIENTATION_SOURCES):
+    if decoded and not hasattr(img, "tag_v2") and img.info.keys().isdisjoint(ORIENTATION_SOURCES):
         return 1  # what getexif would answer, without building its Exif object (a tenth of a small PNG's check)
     if decoded or img.format != "PNG":
         return img.getexif().get(ORIENTATION_TAG, 1)
