@@ -383,8 +383,10 @@ class FileChecker:
         results: list[FileCheck] = []
         fresh: list[tuple[str, int, int, tuple]] = []
         index = 0
-        for count, work in self._parts:
+        parts, self._parts = self._parts, []
+        for number, (count, work) in enumerate(parts):
             answers = work.result() if isinstance(work, Future) else _check_jobs(work, self.header_only)
+            parts[number] = None  # each answer is freed once used: fewer objects for the garbage collector to walk
             for answer in answers:
                 path, key = self._paths[index], self._absolute[index]
                 index += 1
