@@ -4,6 +4,8 @@ Generates ``--images`` small PNGs (10 classes, train/val) in a temporary folder,
 whole process from start-up to exit (so import time counts):
 
 - the baseline: a plain one-core Python loop that opens, verifies and hashes every file (no decode);
+- the floor of a full check on this machine: a bare two-process loop that reads, hashes and decodes every file
+  with Pillow and nothing else (no command line, natural order, cache, report or progress bar);
 - ``python -m lit_convnext doctor ROOT`` decoding every image, with an empty cache and again (repeat run), and
   with one process (its CPU time against the default's shows what running processes side by side costs);
 - the same with ``--header_only true``;
@@ -44,6 +46,27 @@ for path in sorted(Path(sys.argv[1]).rglob("*.png")):
     hashlib.blake2b(data, digest_size=16).hexdigest()
     with Image.open(path) as img:
         img.verify()
+"""
+
+FLOOR_NAME = "bare decode: read + hash + decode, 2 processes"
+FLOOR = """
+import hashlib, io, os, sys
+from concurrent.futures import ProcessPoolExecutor
+from PIL import Image
+
+def check(paths):
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        data = os.read(fd, os.fstat(fd).st_size + 1)
+        os.close(fd)
+        hashlib.sha256(data).hexdigest()
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+
+if __name__ == "__main__":
+    paths = [os.path.join(d, f) for d, _, names in sorted(os.walk(sys.argv[1])) for f in sorted(names)]
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(check, [paths[i : i + 256] for i in range(0, len(paths), 256)]))
 """
 
 FIT_CHECK = """
@@ -90,6 +113,8 @@ def main() -> None:
         start = time.perf_counter()
         generate(root, args.images, args.size)
         print(f"generated {args.images} PNGs of {args.size} px in {time.perf_counter() - start:.1f}s")
+        floor = Path(tmp) / "bare_decode.py"
+        floor.write_text(FLOOR, encoding="utf-8")
         doctor = [py, "-m", "lit_convnext", "doctor", str(root)]
         fit_check = [py, "-c", FIT_CHECK, str(root)]
         cases = [  # (name, command, cache folder: a new one each round for a first run, reused for a repeat run)
@@ -97,6 +122,7 @@ def main() -> None:
             ("lit-convnext --help", [py, "-m", "lit_convnext", "--help"], "none"),
             ("lit-convnext doctor --help", [py, "-m", "lit_convnext", "doctor", "--help"], "none"),
             (NAIVE_NAME, [py, "-c", NAIVE, str(root)], "none"),
+            (FLOOR_NAME, [py, str(floor), str(root)], "none"),  # a file: worker processes import it
             ("doctor, pixels decoded, first run", doctor, "doctor"),
             ("doctor, repeat run (cached)", doctor, "doctor"),
             ("doctor --workers 1, first run", [*doctor, "--workers", "1"], "one"),  # CPU time: the work done alone
