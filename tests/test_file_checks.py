@@ -68,7 +68,7 @@ def test_parallel_workers_and_cache_give_the_serial_answers(tmp_path: Path, monk
 
 
 def test_a_cached_result_is_the_check_itself(tmp_path: Path) -> None:
-    """Every field comes back from the cache as the check made it: lists (conversions, Pillow's notes), flags as
+    """Every field comes back from the cache as the check made it: conversions and Pillow's notes, flags as
     booleans (the JSON report writes them), missing values as None, bad files with their reason."""
     write_bad_files(tmp_path / "files")
     write_awkward_files(tmp_path / "files")

@@ -27,7 +27,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +79,9 @@ class FileCheck:
     frames: int = 1
     exif_rotated: bool = False
     wrong_extension: bool = False
-    conversions: list[str] = field(default_factory=list)
+    conversions: tuple[str, ...] = ()
     digest: str | None = None
-    notes: list[str] = field(default_factory=list)  # Pillow's warnings about a file that still decodes
+    notes: tuple[str, ...] = ()  # Pillow's warnings about a file that still decodes
 
 
 #: FileCheck's fields after ``path``, in order: the columns of a result in the cache.
@@ -120,7 +120,7 @@ def _check(path: str, header_only: bool, caught: list[warnings.WarningMessage]) 
     except Exception as err:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
         result.error = f"cannot decode ({type(err).__name__}: {err})"
     if result.error is not None:
-        result.notes = []
+        result.notes = ()
     elif result.format in FORMAT_SUFFIXES:
         result.wrong_extension = not path.lower().endswith(FORMAT_SUFFIXES[result.format])
     return result, size, mtime_ns
@@ -175,7 +175,7 @@ def _inspect(data: bytes, result: FileCheck, header_only: bool, caught: list[war
     result.width, result.height = width, height
 
 
-def _notes(caught: list[warnings.WarningMessage]) -> list[str]:
+def _notes(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
     """The distinct messages of the user warnings recorded so far (Pillow's notes about the file), at most
     :data:`MAX_NOTES`."""
     notes: list[str] = []
@@ -183,7 +183,7 @@ def _notes(caught: list[warnings.WarningMessage]) -> list[str]:
         message = " ".join(str(warning.message).split())
         if issubclass(warning.category, UserWarning) and message not in notes:
             notes.append(message)
-    return notes[:MAX_NOTES]
+    return tuple(notes[:MAX_NOTES])
 
 
 def _orientation(img: Image.Image, decoded: bool) -> int | None:
@@ -199,11 +199,11 @@ def _orientation(img: Image.Image, decoded: bool) -> int | None:
     return exif.get(ORIENTATION_TAG, 1)
 
 
-def _conversions(img: Image.Image) -> list[str]:
+def _conversions(img: Image.Image) -> tuple[str, ...]:
     """How the image differs from plain 8-bit RGB (each is converted by ``load_rgb``)."""
     mode = img.mode
     if mode == "RGB" and "transparency" not in img.info:
-        return []
+        return ()
     found = []
     if mode in HIGH_DEPTH_MODES:
         found.append("16-bit/float")
@@ -217,7 +217,7 @@ def _conversions(img: Image.Image) -> list[str]:
         found.append("CMYK")
     if mode in ALPHA_MODES or "transparency" in img.info:
         found.append("alpha")
-    return found
+    return tuple(found)
 
 
 def _not_an_image(data: bytes) -> str:
@@ -260,9 +260,9 @@ def _check_jobs(jobs: Sequence[Job], header_only: bool) -> list[Answer]:
 #: The fields of a :class:`FileCheck` after ``path``, as a tuple in order (``dataclasses.astuple`` deep-copies:
 #: 10x slower).
 _stored_values = operator.attrgetter(*STORED_FIELDS)
-#: Positions in that tuple of the list fields (kept in the cache as JSON text, NULL when empty) and of the
-#: flags (kept as integers).
-_LIST_FIELDS = [i for i, f in enumerate(fields(FileCheck)[1:]) if f.default_factory is list]
+#: Positions in that tuple of the fields that hold several strings (kept in the cache as JSON text, NULL when
+#: empty) and of the flags (kept as integers).
+_LIST_FIELDS = [i for i, f in enumerate(fields(FileCheck)[1:]) if f.default == ()]
 _BOOL_FIELDS = [i for i, f in enumerate(fields(FileCheck)[1:]) if isinstance(f.default, bool)]
 
 
@@ -278,7 +278,7 @@ def _from_row(row: tuple) -> list:
     """The stored fields of a check from the cache's columns (the inverse of :func:`_to_row`)."""
     values = list(row)
     for i in _LIST_FIELDS:
-        values[i] = json.loads(values[i]) if values[i] else []
+        values[i] = tuple(json.loads(values[i])) if values[i] else ()
     for i in _BOOL_FIELDS:
         values[i] = bool(values[i])
     return values
