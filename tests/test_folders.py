@@ -20,6 +20,17 @@ def test_natural_order_puts_class2_before_class10(tmp_path: Path) -> None:
     assert sorted(["img10.png", "img9.png"], key=natural_key) == ["img9.png", "img10.png"]
 
 
+def test_names_with_superscript_or_circled_digits_sort(tmp_path: Path) -> None:
+    """``²`` and ``①`` count as digits for ``str.isdigit`` but not for ``int``: such class folders and file names
+    once stopped the listing with a traceback."""
+    for name in ["①", "area 10²", "area 9²", "²1"]:
+        write_image(tmp_path / "train" / name / "1²2.png", (10, 10, 10))
+        write_image(tmp_path / "train" / name / "10².png", (10, 10, 10))
+    splits = read_folder_splits(tmp_path)
+    assert splits.class_names == ["area 9²", "area 10²", "²1", "①"]
+    assert sorted(["img10².png", "img9².png", "x1²2"], key=natural_key) == ["img9².png", "img10².png", "x1²2"]
+
+
 def test_val_is_mapped_by_class_name_not_position(tmp_path: Path) -> None:
     make_folder(tmp_path / "train", 2, {"apple": (1, 1, 1), "banana": (2, 2, 2), "cherry": (3, 3, 3)})
     make_folder(tmp_path / "val", 1, {"cherry": (3, 3, 3)})  # val has only the last class

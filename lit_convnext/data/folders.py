@@ -32,8 +32,11 @@ _DIGIT_RUNS = re.compile(r"(\d+)")
 
 
 def natural_key(text: str) -> list[int | str]:
-    """Sort key that orders embedded numbers by value: ``class2`` before ``class10``."""
-    return [int(part) if part.isdigit() else part.casefold() for part in _DIGIT_RUNS.split(text)]
+    """Sort key that orders embedded numbers by value: ``class2`` before ``class10``.
+
+    Splitting on a captured pattern alternates text and digit runs, so the odd parts are the numbers (``isdigit``
+    would also take superscripts and circled digits such as ``²`` or ``①``, which ``int`` refuses)."""
+    return [int(part) if i % 2 else part.casefold() for i, part in enumerate(_DIGIT_RUNS.split(text))]
 
 
 def is_hidden(name: str) -> bool:
