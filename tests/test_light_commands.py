@@ -45,3 +45,25 @@ def test_fit_help_still_comes_from_lightning(capsys: pytest.CaptureFixture[str])
         main(["fit", "--help"])
     assert exit_info.value.code == 0
     assert "--trainer.default_root_dir" in capsys.readouterr().out
+
+
+FROZEN = """
+import gc, sys
+from lit_convnext.entry import main
+sys.argv = ["lit-convnext", *{args!r}]
+try:
+    main({call})
+except SystemExit as exit:
+    print("exit", exit.code, "frozen", gc.get_freeze_count() > 0)
+"""
+
+
+@pytest.mark.parametrize("call", ["", "sys.argv[1:]"])
+def test_only_the_console_entry_leaves_its_heap_to_the_os(call: str, tmp_path: Path) -> None:
+    """The console entry (``main()``) freezes the heap as the process ends, so Python's last garbage collection does
+    not walk it; ``main(args)`` from a caller's code must leave the caller's collector as it was."""
+    root = make_folder(tmp_path / "data", 2)
+    code = FROZEN.format(args=["doctor", str(root), "--workers", "1", "--cache", "false"], call=call)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1]).stdout
+    assert f"exit 0 frozen {not call}" in out, out
