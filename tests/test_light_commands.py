@@ -54,16 +54,17 @@ sys.argv = ["lit-convnext", *{args!r}]
 try:
     main({call})
 except SystemExit as exit:
-    print("exit", exit.code, "frozen", gc.get_freeze_count() > 0)
+    print("exit", exit.code, "frozen", gc.get_freeze_count() > 0, "collecting", gc.isenabled())
 """
 
 
 @pytest.mark.parametrize("call", ["", "sys.argv[1:]"])
 def test_only_the_console_entry_leaves_its_heap_to_the_os(call: str, tmp_path: Path) -> None:
-    """The console entry (``main()``) freezes the heap as the process ends, so Python's last garbage collection does
+    """The console entry (``main()``) imports with the cyclic collector off, then freezes what the imports made and
+    turns the collector back on, and freezes the heap as the process ends, so Python's last garbage collection does
     not walk it; ``main(args)`` from a caller's code must leave the caller's collector as it was."""
     root = make_folder(tmp_path / "data", 2)
     code = FROZEN.format(args=["doctor", str(root), "--workers", "1", "--cache", "false"], call=call)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[1]).stdout
-    assert f"exit 0 frozen {not call}" in out, out
+    assert f"exit 0 frozen {not call} collecting True" in out, out
