@@ -25,6 +25,7 @@ import json
 import operator
 import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -383,10 +384,10 @@ class FileChecker:
         results: list[FileCheck] = []
         fresh: list[tuple[str, int, int, tuple]] = []
         index = 0
-        parts, self._parts = self._parts, []
-        for number, (count, work) in enumerate(parts):
+        parts, self._parts = deque(self._parts), []
+        while parts:  # each task leaves the queue as it is used: its answers are freed once turned into results
+            count, work = parts.popleft()
             answers = work.result() if isinstance(work, Future) else _check_jobs(work, self.header_only)
-            parts[number] = None  # each answer is freed once used: fewer objects for the garbage collector to walk
             for answer in answers:
                 path, key = self._paths[index], self._absolute[index]
                 index += 1
