@@ -10,7 +10,8 @@ no Mixup, no EMA, validation and a checkpoint every epoch:
 2. the same again, repeat run (same cache: the check is remembered);
 3. a plain loop (``PLAIN`` below: timm model, torchvision ``ImageFolder`` with timm's ``create_transform``,
    timm's optimizer and scheduler factories, ``torch.save`` each epoch; no file check);
-4. timm's ``train.py`` when ``--timm_train`` names it (extract it from a timm checkout, e.g.
+4. timm's ``train.py`` when ``--timm_train`` names it, its epochs, validations and saves timed by wrapping its
+   functions (``TIMM_PHASES``; extract it from a timm checkout, e.g.
    ``git -C /work/.mirror/huggingface+pytorch-image-models/repo show HEAD:train.py > /tmp/timm_train.py``).
 
 Pillow 13 refuses ``posterize`` with 0 bits, which timm's ``inc1`` RandAugment asks for at the top magnitude
@@ -58,6 +59,43 @@ def _posterize(img, bits_to_keep, **_):
 for _name, _op in list(auto_augment.NAME_TO_OP.items()):
     if _op is auto_augment.posterize:
         auto_augment.NAME_TO_OP[_name] = _posterize
+"""
+
+#: Runs timm's train.py (argv[1]) after ``SHIM``, timing its phases like ``timing.PhaseTimer`` does the app's:
+#: its ``train_one_epoch``, ``validate`` and checkpoint saves are wrapped (instrumentation only), and the first
+#: epoch's start stands for the first step (timm builds its loaders' workers lazily too).
+TIMM_PHASES = """
+import atexit, json, os, sys, time
+from timm import utils
+
+t0 = float(os.environ["WHOLE_RUN_T0"])
+record = {"epochs": [], "saves": 0.0}
+atexit.register(lambda: open(os.environ["WHOLE_RUN_PHASES"], "w").write(json.dumps({**record, "exit": time.time() - t0})))
+path = sys.argv[1]
+sys.argv = sys.argv[1:]
+namespace = {"__name__": "timm_train", "__file__": path}
+exec(compile(open(path).read(), path, "exec"), namespace)
+
+def timed(function, key):
+    def wrapper(*args, **kwargs):
+        start = time.time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if key == "train":
+                record.setdefault("first_step", start - t0)
+                record["epochs"].append({"train": time.time() - start})
+            elif key == "val":
+                record["epochs"][-1]["val"] = time.time() - start
+            else:
+                record["saves"] += time.time() - start
+            record["last_end"] = time.time() - t0
+    return wrapper
+
+namespace["train_one_epoch"] = timed(namespace["train_one_epoch"], "train")
+namespace["validate"] = timed(namespace["validate"], "val")
+utils.CheckpointSaver.save_checkpoint = timed(utils.CheckpointSaver.save_checkpoint, "save")
+namespace["main"]()
 """
 
 #: The plain loop: argv = data root, output folder, epochs, batch size, workers, image size.
@@ -164,10 +202,8 @@ def app_command(args, root: Path, work: Path) -> list[str]:
 
 
 def timm_command(args, root: Path, work: Path) -> list[str]:
-    launcher = (SHIM + f"\nimport runpy, sys\nsys.argv = sys.argv[1:]\n"
-                f"runpy.run_path(sys.argv[0], run_name='__main__')\n")
     return [
-        sys.executable, "-c", launcher, str(args.timm_train), "--data-dir", str(root), "--train-split", "train",
+        sys.executable, "-c", SHIM + TIMM_PHASES, str(args.timm_train), "--data-dir", str(root), "--train-split", "train",
         "--val-split", "val", "--model", "convnext_atto", "--num-classes", "10", "--img-size", str(args.size),
         "-b", str(args.batch_size), "-j", str(args.workers), "--epochs", str(args.epochs), "--device", "cpu",
         "--no-prefetcher", "--opt", "adamw", "--lr", str(4e-4 * args.batch_size / 256), "--weight-decay", "0.05",
@@ -261,6 +297,12 @@ def main() -> None:
                              + ", ".join(f"{e['train']:.1f}" for e in phases["epochs"]) + " s, val "
                              + ", ".join(f"{e['val']:.1f}" for e in phases["epochs"]) + " s, saves "
                              + ", ".join(f"{e['save']:.2f}" for e in phases["epochs"]) + " s")
+                if case == "timm train.py":
+                    extra = (f"; start-up to first epoch {phases['first_step']:.1f} s; epochs train "
+                             + ", ".join(f"{e['train']:.1f}" for e in phases["epochs"]) + " s, val "
+                             + ", ".join(f"{e.get('val', 0):.1f}" for e in phases["epochs"])
+                             + f" s; checkpoint saves {phases['saves']:.2f} s; after the last "
+                             f"{phases['exit'] - phases['last_end']:.1f} s")
                 print(f"run {repetition + 1}, {case}: {wall:.1f} s{extra}", flush=True)
 
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
