@@ -139,8 +139,8 @@ def test_last_ckpt_holds_the_latest_epoch_when_the_best_does_not_improve(image_r
 
 def test_last_ckpt_is_a_hard_link_to_a_best_checkpoint_of_the_same_step(image_root: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Monitoring ``epoch`` in ``max`` mode, every epoch is a new best: from the second epoch on, last.ckpt is that
-    best file linked (written once), with the content a second write would have had; the next best's rotation
+    """Monitoring ``epoch`` in ``max`` mode, every epoch is a new best: each epoch's last.ckpt is that best file
+    linked (written once), with the content a second write would have had; the next best's rotation
     leaves last.ckpt whole."""
     args = [*fit_args(image_root)[:-4], "--trainer.max_epochs", "2", "--checkpoint.monitor", "epoch",
             "--checkpoint.mode", "max"]
@@ -157,6 +157,29 @@ def test_last_ckpt_is_a_hard_link_to_a_best_checkpoint_of_the_same_step(image_ro
     resumed = fit_and_record([*args, "--trainer.max_epochs", "3", "--ckpt_path", "last"], monkeypatch)
     assert resumed["global_step"] == 9 and resumed["files"] == sorted([resumed["best_path"], "last.ckpt"])
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 9
+
+
+def test_the_first_last_ckpt_is_linked_too(image_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best-k file of the first save records last.ckpt's path before last.ckpt exists, so last.ckpt is linked
+    to it then as well, instead of written a second time (it was: the best-k file recorded no path yet)."""
+    from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
+
+    written: list[str] = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def counted(self, checkpoint, path, *args, **kwargs):
+        written.append(Path(path).name)
+        return save(self, checkpoint, path, *args, **kwargs)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", counted)
+    state = fit_and_record([*fit_args(image_root)[:-4], "--trainer.max_epochs", "1", "--checkpoint.monitor", "epoch",
+                            "--checkpoint.mode", "max"], monkeypatch)
+    folder = Path("runs/convnext/version_0/checkpoints")
+    last, best = folder / "last.ckpt", folder / state["best_path"]
+    assert written == [best.name] and os.path.samefile(last, best)
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    recorded = saved["callbacks"][next(k for k in saved["callbacks"] if k.startswith("ModelCheckpoint"))]
+    assert Path(recorded["last_model_path"]).resolve() == last.resolve() and saved["global_step"] == 3
 
 
 def test_last_ckpt_is_a_copy_where_the_filesystem_has_no_hard_links(image_root: Path,

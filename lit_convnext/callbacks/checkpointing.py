@@ -20,7 +20,8 @@ learning-rate schedule went back). Here ``last.ckpt`` is the latest state at eve
 
 When a best-k checkpoint was just written at the same step, ``last.ckpt`` would be the same content written a
 second time (a model's weights and optimizer state, gigabytes for the large ConvNeXts): it becomes a hard link to
-that file instead, as timm's checkpoint saver does. The later removal of that best-k file leaves ``last.ckpt``
+that file instead, as timm's checkpoint saver does, from the first save on (``last.ckpt``'s path, which every
+checkpoint records, is known before it is first written). The later removal of that best-k file leaves ``last.ckpt``
 whole, and the next ``last.ckpt`` replaces the link. Lightning's own ``save_last="link"`` (a symbolic link to
 the newest saved checkpoint, an older best one after an epoch that did not improve) works the same way, with a
 warning that says so.
@@ -54,6 +55,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     """
 
     _restored_metrics: dict[str, torch.Tensor] = {}  # replaced, never mutated: set by load_state_dict
+    _planned_last = ""  # last.ckpt's path until it is first written (see _last_path_before_the_first_save)
 
     @property
     def state_key(self) -> str:
@@ -103,9 +105,10 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         just_saved = self._last_checkpoint_saved if self._last_global_step_saved == trainer.global_step else ""
         path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
-        # Only when last.ckpt keeps its path (every save after the first): the best-k file written a moment ago then
-        # recorded the same last_model_path, so the two files' contents are the same to the byte.
-        if (self.save_last is not True or not just_saved or just_saved == path or path != self.last_model_path
+        # Only when last.ckpt keeps the path the best-k file written a moment ago recorded for it: the two files'
+        # contents are then the same to the byte.
+        if (self.save_last is not True or not just_saved or just_saved == path
+                or path != (self.last_model_path or self._planned_last)
                 or not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) or "://" in path):
             super()._save_last_checkpoint(trainer, monitor_candidates)
             return
@@ -113,7 +116,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             link_or_copy(Path(just_saved), Path(path))
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
-        self._last_checkpoint_saved = path
+        self.last_model_path = self._last_checkpoint_saved = path
         trainer.strategy.barrier("ResumableModelCheckpoint._save_last_checkpoint")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -122,6 +125,26 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         for name, value in self._restored_metrics.items():
             trainer.callback_metrics.setdefault(name, value)
         self._restored_metrics = {}
+        self._planned_last = self._last_path_before_the_first_save(trainer)
+
+    def _last_path_before_the_first_save(self, trainer: pl.Trainer) -> str:
+        """``last.ckpt``'s path for the checkpoints saved before it is first written (a resumed run has it).
+
+        Every checkpoint records that path: without it, the best-k file of the first save would record none,
+        the ``last.ckpt`` of the same step would differ from it, and it would be written a second time instead
+        of linked. Only a fixed name that is not taken yet (an existing file gets Lightning's ``-v1`` name
+        instead; a name with ``{fields}`` changes with the metrics).
+        """
+        if self.save_last is not True or self.last_model_path or self.dirpath is None or "{" in self.CHECKPOINT_NAME_LAST:
+            return ""
+        path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        return "" if self.file_exists(path, trainer) else path
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if not state.get("last_model_path") and self._planned_last:
+            state["last_model_path"] = self._planned_last  # what the last.ckpt of this step will record
+        return state
 
 
 def link_or_copy(source: Path, target: Path) -> None:
