@@ -152,6 +152,44 @@ def test_acc1_and_acc5_are_shares_of_all_images_and_f1_is_macro() -> None:
     assert result["val/f1"].item() == pytest.approx(1 / 3)
 
 
+def test_training_accuracy_is_logged_once_per_epoch_over_all_its_images(image_root: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """train/acc1 and train/f1 are logged at each epoch's end, computed over every training image of that epoch,
+    and the metrics start again for the next epoch."""
+    from lit_convnext import model as model_module
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    loss = model_module.classification_loss
+
+    def recording(logits, targets, *args, **kwargs):
+        seen.append((logits.detach().argmax(dim=1), targets))
+        return loss(logits, targets, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "classification_loss", recording)
+
+    class EpochEnd(Callback):
+        def __init__(self) -> None:
+            self.logged: list[tuple[float, int]] = []
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.logged.append((float(trainer.callback_metrics["train/acc1"]), len(seen)))
+
+    data = ImageFolderDataModule(image_root, batch_size=4, num_workers=0,
+                                 augmentation=TrainAugmentation(rand_augment=None, random_erasing=0.0))
+    end = EpochEnd()
+    trainer = Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_val_batches=0, callbacks=[end])
+    trainer.fit(classifier(lr=0.5), data)
+    per_epoch = len(seen) // 2  # 24 images / batch 4 = 6 steps per epoch
+    assert per_epoch == 6
+    predicted, targets = (torch.cat(t) for t in zip(*seen[per_epoch:]))  # the second epoch only
+    assert len(targets) == 24
+    accuracy = (predicted == targets).float().mean().item()
+    assert end.logged == [(pytest.approx(accuracy), 12)]
+    assert "train/f1" in trainer.callback_metrics and "train/acc1_step" not in trainer.callback_metrics
+
+
 def test_python_user_gets_the_image_size_given_to_the_model(image_root: Path) -> None:
     """The model owns preprocessing: the DataModule's tensors follow the model's image size."""
     data = ImageFolderDataModule(image_root, batch_size=4, num_workers=0)
