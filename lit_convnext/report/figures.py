@@ -22,12 +22,29 @@ def as_written(label: str) -> str:
 
 
 def _figure(width: float, height: float) -> Any:
+    """A figure whose layout matplotlib fits to its labels (for figures with class names, of any length)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def _panels(count: int, width: float, height: float, left: float, bottom: float, gap: float) -> tuple[Any, Any]:
+    """A figure of ``count`` side-by-side panels with fixed margins in inches, and its axes.
+
+    For figures whose labels are ours (numbers, fixed titles): fitting the layout to the labels, as
+    :func:`_figure` does, draws the figure twice and took 40% of its time (0.15 s a figure on 2 cores).
+    ``left`` and ``gap`` leave room for tick labels of up to seven characters and a y label.
+    """
+    figure = _figure(width, height)
+    figure.set_layout_engine(None)
+    right, top = 0.25, 0.35  # half a tick label at the right end; a title above each panel, beside the offset text
+    panel = (width - left - right - gap * (count - 1)) / count
+    figure.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                           top=1 - top / height, wspace=gap / panel)
+    return figure, figure.subplots(1, count, squeeze=False)[0]
 
 
 def png_bytes(figure_or_image: Any, dpi: int = 90) -> bytes:
@@ -78,8 +95,8 @@ def training_curves(scalars: dict[str, list[tuple[int, float]]]) -> bytes | None
     panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
         return None
-    figure = _figure(4.2 * len(panels), 3.2)
-    for axes, (title, keys) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+    figure, axes_row = _panels(len(panels), 4.2 * len(panels), 3.2, left=0.6, bottom=0.5, gap=0.8)
+    for axes, (title, keys) in zip(axes_row, panels):
         for key in keys:
             steps, values = zip(*scalars[key])
             style = {"marker": "o", "markersize": 3} if len(steps) < 50 else {}
@@ -128,8 +145,8 @@ def normalised_confusion(confusion: torch.Tensor, names: list[str], classes: lis
 
 def reliability_diagram(summary: dict[str, Any]) -> bytes:
     """Accuracy against confidence per bin, before and after the temperature, with the diagonal of perfect trust."""
-    figure = _figure(8.4, 3.6)
-    for axes, name in zip(figure.subplots(1, 2), ("before", "after")):
+    figure, axes_row = _panels(2, 8.4, 3.6, left=0.65, bottom=0.5, gap=0.75)
+    for axes, name in zip(axes_row, ("before", "after")):
         bins = summary[f"reliability_{name}"]
         width = 1.0 / summary["bins"]
         centres = [(i + 0.5) * width for i in range(summary["bins"])]

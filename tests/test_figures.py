@@ -1,0 +1,59 @@
+"""The report's fixed-margin figures (training curves, reliability diagram): every label inside the picture."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lit_convnext.report import figures
+
+
+def drawn_panels(monkeypatch: pytest.MonkeyPatch, draw) -> list:
+    """The bounding boxes (pixels) of each panel with its title, tick labels, axis labels, offset text and legend,
+    and the figure's own box, as ``draw`` lays them out."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    kept: list = []
+    monkeypatch.setattr(figures, "png_bytes", lambda figure, dpi=90: kept.append(figure) or b"")
+    draw()
+    (figure,) = kept
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    return [axes.get_tightbbox(renderer) for axes in figure.axes], figure.bbox
+
+
+def assert_inside_and_apart(panels: list, bounds) -> None:
+    for box in panels:
+        assert bounds.x0 <= box.x0 and box.x1 <= bounds.x1 and bounds.y0 <= box.y0 and box.y1 <= bounds.y1, box
+    for left, right in zip(panels, panels[1:]):
+        assert left.x1 <= right.x0  # no panel's labels reach into its neighbour
+
+
+@pytest.mark.parametrize(("peak_lr", "loss"), [(3.6e-4, 2.3), (3.6e-3, 0.05), (4e-6, 1234.5), (0.36, 50.0)])
+def test_training_curves_keep_long_tick_labels_inside(monkeypatch: pytest.MonkeyPatch, peak_lr, loss) -> None:
+    """Learning rates give the longest tick labels ("0.00035", or an offset text "1e-6" above the panel)."""
+    steps = range(0, 120_000, 400)
+    scalars = {
+        "train/loss_step": [(s, loss * math.exp(-s / 40_000)) for s in steps],
+        "val/loss": [(s, loss * math.exp(-s / 40_000)) for s in steps[::25]],
+        "train/acc1": [(s, 1 - math.exp(-s / 40_000)) for s in steps[::25]],
+        "val/acc1": [(s, 1 - math.exp(-s / 30_000)) for s in steps[::25]],
+        **{f"lr-AdamW/pg{g}": [(s, peak_lr * 0.9 ** g * (1 + math.cos(math.pi * s / 120_000)) / 2) for s in steps]
+           for g in (1, 2, 3)},
+    }
+    panels, bounds = drawn_panels(monkeypatch, lambda: figures.training_curves(scalars))
+    assert len(panels) == 3
+    assert_inside_and_apart(panels, bounds)
+
+
+def test_reliability_diagram_keeps_its_labels_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Confidence runs to exactly 1.0, so the last tick label sits on the right edge of each panel."""
+    bins = 15
+    reliability = {"count": [10] * bins, "accuracy": [(i + 0.5) / bins for i in range(bins)],
+                   "confidence": [(i + 0.5) / bins for i in range(bins)]}
+    summary = {"bins": bins, "temperature": 1.234, "ece_before": 0.1234, "ece_after": 0.0123,
+               "reliability_before": reliability, "reliability_after": reliability}
+    panels, bounds = drawn_panels(monkeypatch, lambda: figures.reliability_diagram(summary))
+    assert len(panels) == 2
+    assert_inside_and_apart(panels, bounds)
