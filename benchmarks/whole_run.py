@@ -228,6 +228,13 @@ def breakdown(phases: dict) -> str:
             f"(end-of-fit analysis {phases['analysis']:.1f} s)")
 
 
+def epoch_times(phases: dict) -> tuple[list[float], list[float]]:
+    """Each epoch's training and validation seconds, from any case's phases (the app's epochs have start and end)."""
+    epochs = phases.get("epochs", [])
+    train = [e["train"] if "train" in e else e["end"] - e["start"] - e["val"] for e in epochs]
+    return train, [e.get("val", 0.0) for e in epochs]
+
+
 def alpha_cost(root: Path, count: int) -> tuple[float, float]:
     """Microseconds per image: the app's ``load_rgb`` and ``Image.open(p).convert("RGB")``, best of 3 passes."""
     from lit_convnext.data.images import load_rgb
@@ -273,6 +280,7 @@ def main() -> None:
         cases = ["app first", "app repeat", "plain"] + (["timm train.py"] if args.timm_train else [])
         walls: dict[str, list[float]] = {case: [] for case in cases}
         app_phases: dict[str, list[dict]] = {"app first": [], "app repeat": []}
+        epochs: dict[str, tuple[list[float], list[float]]] = {case: ([], []) for case in cases}
         for repetition in range(args.runs):
             cache = tmp / f"cache{repetition}"  # a fresh, empty check cache for this repetition's first run
             order = cases if repetition % 2 == 0 else cases[2:][::-1] + cases[:2]
@@ -291,6 +299,8 @@ def main() -> None:
                 else:
                     wall, phases = run(timm_command(args, root, work), env, log, work)
                 walls[case].append(wall)
+                for kept, new_times in zip(epochs[case], epoch_times(phases)):
+                    kept.extend(new_times)
                 extra = f"; {breakdown(phases)}" if case.startswith("app") else ""
                 if case == "plain":
                     extra = (f"; start-up to first step {phases['first_step']:.1f} s; epochs train "
@@ -315,12 +325,16 @@ def main() -> None:
               f"load avg {load:.1f}")
         plain = statistics.median(walls["plain"])
         reference = statistics.median(walls["timm train.py"]) if args.timm_train else None
-        print(f"{'case':<16}{'wall s (median)':>16}{'per epoch s':>13}{'vs plain':>10}{'vs timm':>9}   runs")
+        print(f"{'case':<16}{'wall s (median)':>16}{'per epoch s':>13}{'vs plain':>10}{'vs timm':>9}"
+              f"{'train epoch s':>15}{'val s':>7}   runs")
         for case in cases:
             wall = statistics.median(walls[case])
             versus_timm = f"{wall / reference:.3f}" if reference else "-"
-            print(f"{case:<16}{wall:>16.1f}{wall / args.epochs:>13.1f}{wall / plain:>10.3f}{versus_timm:>9}   "
-                  + ", ".join(f"{w:.1f}" for w in walls[case]))
+            train, val = (f"{statistics.median(times):.2f}" if times else "-" for times in epochs[case])
+            print(f"{case:<16}{wall:>16.1f}{wall / args.epochs:>13.1f}{wall / plain:>10.3f}{versus_timm:>9}"
+                  f"{train:>15}{val:>7}   " + ", ".join(f"{w:.1f}" for w in walls[case]))
+        print("(train epoch, val: medians over every epoch of every run; the app's validation workers start in "
+              "Lightning's sanity check, before its first step, the others' in their first validation)")
         app_us, plain_us = alpha_cost(root, 500)
         print(f"\nalpha compositing, 500 of these PNGs, one core: load_rgb {app_us:.0f} us/image, "
               f"Image.open().convert('RGB') {plain_us:.0f} us/image (+{app_us - plain_us:.0f} us, "
