@@ -23,7 +23,7 @@ The cases run in alternating order over ``--runs`` repetitions. The app's run is
 checkpoint writes, the end-of-fit analysis). Last, alpha compositing is timed in isolation: the app's
 ``load_rgb`` against ``Image.open(p).convert("RGB")`` (what torchvision's and timm's loaders do).
 
-    python benchmarks/whole_run.py --timm_train /tmp/timm_train.py    # 2,000 images, 2 epochs, 2 runs: ~8 minutes
+    python benchmarks/whole_run.py --timm_train /tmp/timm_train.py    # 2,000 images, 2 epochs, 2 runs: 3-8 minutes on 2 cores
     python benchmarks/whole_run.py --images 200 --epochs 1 --timm_train /tmp/timm_train.py   # a quick look
 """
 
