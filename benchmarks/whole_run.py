@@ -215,24 +215,26 @@ def timm_command(args, root: Path, work: Path) -> list[str]:
     ]
 
 
-def breakdown(phases: dict) -> str:
-    """One line naming where an app run's time went."""
-    epochs = phases.get("epochs", [])
-    train = [e["end"] - e["start"] - e["val"] for e in epochs]
-    val = [e["val"] for e in epochs]
-    after = phases["exit"] - phases.get("fit_end", phases["exit"])
-    return (f"start-up to first step {phases.get('first_step', float('nan')):.1f} s "
-            f"(of which file check {phases['check']:.1f} s, sanity check {phases.get('sanity_check', 0):.1f} s); "
-            f"epochs train {', '.join(f'{t:.1f}' for t in train)} s, val {', '.join(f'{v:.1f}' for v in val)} s; "
-            f"checkpoint writes {phases['checkpoint_writes']:.2f} s; after fit {after:.1f} s "
-            f"(end-of-fit analysis {phases['analysis']:.1f} s)")
-
-
 def epoch_times(phases: dict) -> tuple[list[float], list[float]]:
     """Each epoch's training and validation seconds, from any case's phases (the app's epochs have start and end)."""
     epochs = phases.get("epochs", [])
     train = [e["train"] if "train" in e else e["end"] - e["start"] - e["val"] for e in epochs]
     return train, [e.get("val", 0.0) for e in epochs]
+
+
+def epochs_line(phases: dict) -> str:
+    """Each epoch's training and validation seconds, as the per-run lines print them."""
+    train, val = epoch_times(phases)
+    return f"epochs train {', '.join(f'{t:.1f}' for t in train)} s, val {', '.join(f'{v:.1f}' for v in val)} s"
+
+
+def breakdown(phases: dict) -> str:
+    """One line naming where an app run's time went."""
+    after = phases["exit"] - phases.get("fit_end", phases["exit"])
+    return (f"start-up to first step {phases.get('first_step', float('nan')):.1f} s "
+            f"(of which file check {phases['check']:.1f} s, sanity check {phases.get('sanity_check', 0):.1f} s); "
+            f"{epochs_line(phases)}; checkpoint writes {phases['checkpoint_writes']:.2f} s; after fit {after:.1f} s "
+            f"(end-of-fit analysis {phases['analysis']:.1f} s)")
 
 
 def alpha_cost(root: Path, count: int) -> tuple[float, float]:
@@ -303,15 +305,11 @@ def main() -> None:
                     kept.extend(new_times)
                 extra = f"; {breakdown(phases)}" if case.startswith("app") else ""
                 if case == "plain":
-                    extra = (f"; start-up to first step {phases['first_step']:.1f} s; epochs train "
-                             + ", ".join(f"{e['train']:.1f}" for e in phases["epochs"]) + " s, val "
-                             + ", ".join(f"{e['val']:.1f}" for e in phases["epochs"]) + " s, saves "
+                    extra = (f"; start-up to first step {phases['first_step']:.1f} s; {epochs_line(phases)}, saves "
                              + ", ".join(f"{e['save']:.2f}" for e in phases["epochs"]) + " s")
                 if case == "timm train.py":
-                    extra = (f"; start-up to first epoch {phases['first_step']:.1f} s; epochs train "
-                             + ", ".join(f"{e['train']:.1f}" for e in phases["epochs"]) + " s, val "
-                             + ", ".join(f"{e.get('val', 0):.1f}" for e in phases["epochs"])
-                             + f" s; checkpoint saves {phases['saves']:.2f} s; after the last "
+                    extra = (f"; start-up to first epoch {phases['first_step']:.1f} s; {epochs_line(phases)}"
+                             + f"; checkpoint saves {phases['saves']:.2f} s; after the last "
                              f"{phases['exit'] - phases['last_end']:.1f} s")
                 print(f"run {repetition + 1}, {case}: {wall:.1f} s{extra}", flush=True)
 
