@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
 from lit_convnext.cli import main
 from lit_convnext.trainer import ConvNeXtTrainer
 from tests.helpers import FAST, fit_args, lightning_info_lines, make_folder
@@ -52,12 +55,30 @@ def test_best_checkpoint_from_the_last_validation_is_not_validated_again(
     reads: list[str] = []
     load = torch.load
     monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(str(path)) or load(path, *a, **k))
+    writes = _count_writes(monkeypatch)
     main(fit_args(root, *extra))  # one epoch: its validation is the best checkpoint's
     monkeypatch.setattr(torch, "load", load)
     assert calls == []
-    # The best checkpoint is read once: for its weights and to add the temperature.
+    # The best checkpoint is read once, for its weights, and written once: the temperature was fitted on its
+    # validation before it was saved, so last.ckpt, a link to it, holds the temperature too.
     assert len([r for r in reads if Path(r).name.startswith("best-")]) == 1
+    assert [Path(w).name for w in writes] == [Path(next(Path("runs").rglob("best-*.ckpt"))).name]
+    folder = Path("runs/convnext/version_0/checkpoints")
+    assert os.path.samefile(folder / "last.ckpt", next(folder.glob("best-*.ckpt")))
     _assert_fit_wrote_what_validating_the_best_gives(root)
+
+
+def _count_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of every checkpoint file written (linked ones are not written)."""
+    writes: list[str] = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def counted(self, checkpoint, path, storage_options=None):
+        writes.append(str(path))
+        return save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", counted)
+    return writes
 
 
 def _assert_fit_wrote_what_validating_the_best_gives(root: Path) -> None:
@@ -66,6 +87,7 @@ def _assert_fit_wrote_what_validating_the_best_gives(root: Path) -> None:
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     fitted = _rows(run / "val_predictions.csv")
     temperature = torch.load(best, map_location="cpu", weights_only=True)["calibration"]["temperature"]
+    assert temperature == json.loads((run / "val_calibration.json").read_text())["temperature"]
     options = [option for option in FAST if option not in ("--model.pretrained", "false")]
     main(["validate", "--data.root", str(root), "--ckpt_path", str(best), *options,
           "--trainer.default_root_dir", "again"])
@@ -83,9 +105,16 @@ def test_best_checkpoint_from_an_earlier_epoch_is_not_validated_again(
     root = _folder(tmp_path)
     calls = _count_validations(monkeypatch)
     # The highest validation loss is the best here: the first epoch's, and later epochs change the weights.
+    writes = _count_writes(monkeypatch)
     main(fit_args(root, "--trainer.max_epochs", "3", "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "max"))
-    assert "epoch000" in next(Path("runs/convnext/version_0/checkpoints").glob("best-*.ckpt")).name
+    folder = Path("runs/convnext/version_0/checkpoints")
+    best = next(folder.glob("best-*.ckpt"))
+    assert "epoch000" in best.name
     assert calls == []
+    # The best file was written once, with the temperature of its own validation; last.ckpt holds epoch 2's.
+    assert [Path(w).name for w in writes].count(best.name) == 1
+    temperatures = [torch.load(p, weights_only=True)["calibration"]["temperature"] for p in (best, folder / "last.ckpt")]
+    assert temperatures[0] != temperatures[1]
     _assert_fit_wrote_what_validating_the_best_gives(root)
 
 

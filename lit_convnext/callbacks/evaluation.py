@@ -3,10 +3,13 @@
 ``validate`` and ``test`` write ``{stage}_predictions.csv`` (one row per image, also under DDP: each rank's
 logits are gathered and put back in dataset order), ``{stage}_confused_pairs.csv`` and
 ``{stage}_calibration.json``. During ``fit`` the latest validation's logits are kept, and those of the validation
-the best checkpoint was saved from; when training ends, :meth:`EvaluationReport.analyse_fit` takes the best
-checkpoint's validation logits (those kept, else, after a resume or under DDP, by validating it once more) and
-from them fits the temperature (stored in that checkpoint), lists likely label errors (cleanlab), draws a mosaic
-of the augmented training batch and writes ``report.html`` (see ``lit_convnext.report``).
+the best checkpoint was saved from; each such validation fits its temperature into the model's calibration, so
+every checkpoint saved after it (the best one, ``last.ckpt``) holds the temperature of its own weights, as a
+multi-label model's thresholds are tuned at each validation. When training ends,
+:meth:`EvaluationReport.analyse_fit` takes the best checkpoint's validation logits (those kept, else, after a
+resume or under DDP, by validating it once more, and then stores the temperature fitted on them in that
+checkpoint), lists likely label errors (cleanlab), draws a mosaic of the augmented training batch and writes
+``report.html`` (see ``lit_convnext.report``).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ class EvaluationReport(Callback):
     Args:
         enabled: Write the per-image files and run the end-of-fit analysis.
         top_k: Classes (with probabilities) per image in ``{stage}_predictions.csv``.
-        calibrate: Fit a temperature on the best checkpoint's validation logits and store it in that checkpoint
-            (validate, test and predict then report calibrated probabilities).
+        calibrate: Fit a temperature on each validation's logits during fit, kept in the checkpoints saved after it,
+            and report the best checkpoint's (validate, test and predict then give calibrated probabilities).
         label_issues: List likely label errors of the validation split with cleanlab (``val_label_issues.csv``).
         report: Write ``report.html`` into the run directory when ``fit`` ends.
         gallery_size: Images per gallery in the report (worst errors, suspected label errors).
@@ -56,10 +59,11 @@ class EvaluationReport(Callback):
         self._collected: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._final = False  # the validation of the best checkpoint run by analyse_fit
         self._final_checkpoint: dict[str, Any] | None = None  # the best checkpoint's content, when analyse_fit read it
-        # The latest validation during fit: global step, then ordered logits, targets and image paths; and the
-        # validation the best checkpoint was last seen saved from, with the best checkpoint's path at that time.
-        self._fit_val: tuple[int, torch.Tensor, torch.Tensor, list[str]] | None = None
-        self._best_val: tuple[int, torch.Tensor, torch.Tensor, list[str]] | None = None
+        # The latest validation during fit: global step, ordered logits, targets, image paths and the temperature
+        # fitted on them (None when calibrate is off); and the validation the best checkpoint was last seen saved
+        # from, with the best checkpoint's path at that time.
+        self._fit_val: tuple[int, torch.Tensor, torch.Tensor, list[str], float | None] | None = None
+        self._best_val: tuple[int, torch.Tensor, torch.Tensor, list[str], float | None] | None = None
         self._best_path = ""
         self._first_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -101,7 +105,12 @@ class EvaluationReport(Callback):
             # analyse_fit uses instead of validating again when the best checkpoint is saved from it.
             logits, targets, paths = self._gathered("val", trainer, pl_module)
             self._note_best(trainer)
-            self._fit_val = (trainer.global_step, logits, targets, paths)
+            temperature = None
+            if self.calibrate:  # on the accelerator: milliseconds, where a CPU core needs seconds at 1,000 classes
+                device = pl_module.device
+                temperature = fit_temperature(logits.to(device), targets.to(device))
+                pl_module.calibration["temperature"] = temperature
+            self._fit_val = (trainer.global_step, logits, targets, paths, temperature)
         else:
             self._finish("val", trainer, pl_module)
 
@@ -134,10 +143,10 @@ class EvaluationReport(Callback):
         return logits[order], targets[order], paths
 
     def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                gathered: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None) -> None:
-        logits, targets, paths = gathered or self._gathered(stage, trainer, pl_module)
+                gathered: tuple[torch.Tensor, torch.Tensor, list[str], float | None] | None = None) -> None:
+        logits, targets, paths, fitted = gathered or (*self._gathered(stage, trainer, pl_module), None)
         if self._final and self.calibrate:
-            pl_module.calibration["temperature"] = fit_temperature(logits, targets)
+            pl_module.calibration["temperature"] = fitted if fitted is not None else fit_temperature(logits, targets)
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: every rank asks
         if not trainer.is_global_zero:
             return
@@ -146,7 +155,9 @@ class EvaluationReport(Callback):
         summary = calibration_summary(logits, targets, temperature)
         (run_dir / f"{stage}_calibration.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         if self._final and self.calibrate:
-            self._store_calibration(trainer, pl_module, self._final_checkpoint)
+            stored = (self._final_checkpoint or {}).get("calibration")
+            if stored != pl_module.calibration:  # saved before this temperature was fitted, or without it
+                self._store_calibration(trainer, pl_module, self._final_checkpoint)
             rank_zero_info(f"Temperature {temperature:.3f} fitted on {len(targets)} validation images: "
                            f"ECE {summary['ece_before']:.4f} -> {summary['ece_after']:.4f}")
         probabilities = pl_module.probabilities(logits)
