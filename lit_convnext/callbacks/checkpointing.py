@@ -182,17 +182,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each local checkpoint to a temporary file and rename it into place.
 
     A process killed mid-save (SIGKILL, node preemption) then leaves the previous ``last.ckpt`` intact
-    instead of a truncated file. Remote paths (``s3://`` ...) go through Lightning's own writer.
+    instead of a truncated file. ``torch.save`` writes straight into the temporary file: Lightning's writer
+    serialises into memory first and copies that buffer again on its way to the file (two more copies of a
+    checkpoint that is gigabytes for the large ConvNeXts; 0.09 against 0.07 s for a 40 MB one on 2 cores).
+    Remote paths (``s3://`` ...) go through Lightning's own writer.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:  # what Lightning's writer says to the same call
+            raise TypeError(f"`Trainer.save_checkpoint(..., storage_options=...)` is not supported by "
+                            f"{type(self).__name__}: it writes local files")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.tmp{os.getpid()}")
         try:
-            super().save_checkpoint(checkpoint, temp, storage_options)
+            torch.save(checkpoint, temp)
             os.replace(temp, target)
         finally:
             temp.unlink(missing_ok=True)
