@@ -52,9 +52,10 @@ def build_report(run_dir: Path, model: Any = None, gallery_size: int = 24,
                         f"run `lit-convnext validate --config {run_dir / 'config.yaml'} --ckpt_path CKPT` into it")
     rows = _read_csv(predictions_csv)
     names = list(model.class_names) if model is not None else _class_names(run_dir, rows)
+    scalars = _safe_scalars(run_dir)  # read once: the TensorBoard event files are the largest input
     sections = [
-        ("Summary", _summary(run_dir, rows, names, model)),
-        ("Training curves", _curves(run_dir)),
+        ("Summary", _summary(run_dir, rows, names, model, scalars)),
+        ("Training curves", _curves(scalars)),
         ("Per-class results", _per_class(run_dir)),
         ("Confusion matrix", _confusion(run_dir, rows, names)),
         ("Most confused pairs", _pairs(run_dir)),
@@ -124,7 +125,8 @@ def _img(data: bytes, mime: str = "image/png", css: str = "figure", alt: str = "
     return f'<img class="{css}" alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
 
-def _summary(run_dir: Path, rows: list[dict[str, str]], names: list[str], model: Any) -> str:
+def _summary(run_dir: Path, rows: list[dict[str, str]], names: list[str], model: Any,
+             scalars: dict[str, list[tuple[int, float]]]) -> str:
     config: dict[str, Any] = {}
     if (run_dir / "config.yaml").is_file():
         config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
@@ -144,7 +146,6 @@ def _summary(run_dir: Path, rows: list[dict[str, str]], names: list[str], model:
         ["best checkpoint", ", ".join(p.name for p in best) or "?"],
         ["validation top-1 (best checkpoint)", f"{accuracy:.4f}"],
     ]
-    scalars = _safe_scalars(run_dir)
     if "_wall" in scalars:
         (_, first), (_, last) = scalars["_wall"]
         items.append(["training time (first to last logged value)", f"{(last - first) / 60:.1f} min"])
@@ -157,8 +158,7 @@ def _safe_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return read_scalars(run_dir)
 
 
-def _curves(run_dir: Path) -> str:
-    scalars = _safe_scalars(run_dir)
+def _curves(scalars: dict[str, list[tuple[int, float]]]) -> str:
     png = figures.training_curves(scalars) if scalars else None
     if png is None:
         return "<p class=note>No TensorBoard scalars in this run directory (the run used another logger).</p>"
