@@ -116,6 +116,11 @@ def test_best_checkpoint_from_an_earlier_epoch_is_not_validated_again(
     temperatures = [torch.load(p, weights_only=True)["calibration"]["temperature"] for p in (best, folder / "last.ckpt")]
     assert temperatures[0] != temperatures[1]
     _assert_fit_wrote_what_validating_the_best_gives(root)
+    # The per-class files (and the report's table read from them) describe the best checkpoint too, not the last
+    # validation: what validating the best checkpoint writes.
+    run = folder.parent
+    for name in ("val_per_class.csv", "val_confusion_matrix.csv"):
+        assert _rows(run / name) == _rows(next(Path("again").rglob(name))), name
 
 
 def test_best_checkpoint_from_before_a_resume_is_validated_again(

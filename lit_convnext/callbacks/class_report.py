@@ -8,7 +8,9 @@ overwritten each epoch, and ``{stage}_confusion_matrix.png`` (heat map). Multi-l
 recall and F1 at their decision thresholds plus each class's average precision (``ap``) and no confusion matrix
 (an image can be in several classes). During ``fit`` the PNG is drawn
 once, from the last validation, when training ends: matplotlib needs 0.25 s for 10 classes and 2 s for
-100 on one core, time the accelerator would otherwise sit idle every epoch.
+100 on one core, time the accelerator would otherwise sit idle every epoch. When the best checkpoint was saved
+from an earlier validation, the end-of-fit analysis (``callbacks.evaluation``) rewrites the ``val_*`` files from
+that validation's logits, so they describe the same weights as ``val_predictions.csv`` and the report.
 """
 
 from __future__ import annotations
@@ -142,6 +144,23 @@ class PerClassReport(Callback):
         write_reports(run_dir, stage, names, per_class, confusion, plot=self.plot and not in_fit)
         if self.plot and in_fit:
             self._unplotted = (run_dir, names, confusion)
+
+    def rewrite_validation(self, trainer: pl.Trainer, pl_module: pl.LightningModule, logits: torch.Tensor,
+                           targets: torch.Tensor) -> None:
+        """Rewrite the ``val_*`` files from other validation logits: the end-of-fit analysis hands over those of
+        the best checkpoint when it was saved before the last validation, which the files describe until then
+        (single process, single-label; nothing is logged)."""
+        collection = self._collection("val", pl_module)
+        if collection is None or "ap" in collection or not trainer.is_global_zero:
+            return
+        collection.reset()
+        collection.update(logits.to(pl_module.device), targets.to(pl_module.device))
+        result = {k: v.cpu() for k, v in collection.compute().items()}
+        collection.reset()
+        names = list(pl_module.class_names)
+        per_class = {metric: [float(result[f"val/{metric}/{name}"]) for name in names] for metric in PER_CLASS}
+        write_reports(Path(trainer.log_dir or trainer.default_root_dir), "val", names, per_class,
+                      result["confusion"].long(), plot=self.plot)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._unplotted is not None:

@@ -29,6 +29,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.calibration import calibration_summary, fit_temperature
+from lit_convnext.callbacks.class_report import PerClassReport
 from lit_convnext.terminal import LIGHTNING_INFO_LOGGER, LOADED_WEIGHTS_LINE, RESTORING_LINE, DropLines, log_filter
 
 #: Images kept from the first training batch for the augmentation mosaic.
@@ -191,6 +192,7 @@ class EvaluationReport(Callback):
             return
         start = time.perf_counter()
         self._note_best(trainer)  # the last validation may have been saved as the best
+        last_step = self._fit_val[0] if self._fit_val is not None else None
         candidates = [k for k in (self._fit_val, self._best_val) if k is not None]
         self._fit_val = self._best_val = None
         saved = _load_checkpoint(best) if candidates and trainer.world_size == 1 else None
@@ -203,6 +205,10 @@ class EvaluationReport(Callback):
                 trainer.strategy.load_model_state_dict(saved)
                 self._final_checkpoint = saved  # read once: the temperature is added to this content
                 self._finish("val", trainer, model, kept[1:])
+                if kept[0] != last_step:  # the per-class files describe the last validation until now
+                    for callback in trainer.callbacks:
+                        if isinstance(callback, PerClassReport):
+                            callback.rewrite_validation(trainer, model, kept[1], kept[2])
             else:
                 rank_zero_info(f"Validating the best checkpoint again for the end-of-fit analysis: {best}")
                 with log_filter(LIGHTNING_INFO_LOGGER, DropLines(*RESTORE_LINES)):
