@@ -3,8 +3,9 @@
 Generates a folder (``train/``, ``val/``, 10 classes) of small RGBA PNGs with real transparency, then times,
 each as a whole process from start to exit, the same recipe on every side: convnext_atto from random weights,
 batch 32, 2 loader workers, AdamW with layer decay 0.9 and weight decay 0.05, 1 warm-up epoch then cosine per
-step, label smoothing 0.1, drop path 0.1, RandAugment ``rand-m9-mstd0.5-inc1``, random erasing 0.25, hflip 0.5,
-no Mixup, no EMA, validation and a checkpoint every epoch:
+step, label smoothing 0.1, drop path 0.1, the new head's initial weights scaled by 0.001, RandAugment
+``rand-m9-mstd0.5-inc1``, random erasing 0.25, hflip 0.5, no Mixup, no EMA, validation and a checkpoint every
+epoch:
 
 1. ``python -m lit_convnext fit``, first run (an empty file-check cache in ``LIT_CONVNEXT_CACHE_DIR``);
 2. the same again, repeat run (same cache: the check is remembered);
@@ -112,6 +113,9 @@ from torchvision.datasets import ImageFolder
 root, out, epochs, batch, workers, size = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
 torch.manual_seed(42)
 model = timm.create_model("convnext_atto", pretrained=False, num_classes=10, drop_path_rate=0.1)
+with torch.no_grad():  # the app's head_init_scale (configs/finetune.yaml)
+    model.get_classifier().weight.mul_(0.001)
+    model.get_classifier().bias.mul_(0.001)
 config = resolve_data_config({"input_size": (3, size, size)}, model=model)
 train_tf = create_transform(**config, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
                             re_mode="pixel", hflip=0.5)
@@ -210,7 +214,7 @@ def timm_command(args, root: Path, work: Path) -> list[str]:
         "--layer-decay", "0.9", "--sched", "cosine", "--sched-on-updates", "--warmup-epochs", "1",
         "--warmup-lr", "1e-6", "--min-lr", "1e-6", "--cooldown-epochs", "0", "--smoothing", "0.1",
         "--drop-path", "0.1", "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--remode", "pixel",
-        "--hflip", "0.5", "--train-interpolation", "bicubic", "--mixup", "0", "--cutmix", "0",
+        "--hflip", "0.5", "--train-interpolation", "bicubic", "--mixup", "0", "--cutmix", "0", "--head-init-scale", "0.001",
         "--checkpoint-hist", "1", "--log-interval", "1000", "--output", str(work), "--experiment", "timm",
     ]
 
