@@ -119,7 +119,9 @@ class PerClassReport(Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish("test", trainer, pl_module)
 
-    def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule, replay: bool = False) -> None:
+        """Compute, log and write the stage's report; ``replay``: logits handed over after fit (see
+        :meth:`rewrite_validation`), written and plotted at once, not logged."""
         collection = self._metrics.get(stage)
         # Under DDP every rank must reach compute() (it gathers); a rank without batches still takes part.
         if collection is None or (trainer.world_size == 1 and not collection["precision"].update_called):
@@ -129,7 +131,7 @@ class PerClassReport(Callback):
         names = list(pl_module.class_names)
         confusion = result.pop("confusion", None)
         stats = result.pop("stats", None)
-        if self.log_per_class:
+        if self.log_per_class and not replay:
             pl_module.log_dict({k: v.float() for k, v in result.items()}, sync_dist=False)  # already synchronised
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: call it on every rank
         if not trainer.is_global_zero:
@@ -139,7 +141,7 @@ class PerClassReport(Callback):
             write_multilabel_report(run_dir, stage, names, per_class, stats)
             return
         confusion = confusion.long()
-        in_fit = trainer.state.fn == TrainerFn.FITTING
+        in_fit = trainer.state.fn == TrainerFn.FITTING and not replay
         per_class = {metric: [float(result[f"{stage}/{metric}/{name}"]) for name in names] for metric in PER_CLASS}
         write_reports(run_dir, stage, names, per_class, confusion, plot=self.plot and not in_fit)
         if self.plot and in_fit:
@@ -151,16 +153,11 @@ class PerClassReport(Callback):
         the best checkpoint when it was saved before the last validation, which the files describe until then
         (single process, single-label; nothing is logged)."""
         collection = self._collection("val", pl_module)
-        if collection is None or "ap" in collection or not trainer.is_global_zero:
+        if collection is None or "ap" in collection:
             return
         collection.reset()
         collection.update(logits.to(pl_module.device), targets.to(pl_module.device))
-        result = {k: v.cpu() for k, v in collection.compute().items()}
-        collection.reset()
-        names = list(pl_module.class_names)
-        per_class = {metric: [float(result[f"val/{metric}/{name}"]) for name in names] for metric in PER_CLASS}
-        write_reports(Path(trainer.log_dir or trainer.default_root_dir), "val", names, per_class,
-                      result["confusion"].long(), plot=self.plot)
+        self._finish("val", trainer, pl_module, replay=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._unplotted is not None:
