@@ -263,6 +263,10 @@ class ConvNeXtCLI(LightningCLI):
             strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand in ("fit", None):  # None: build_cli(run=False), the caller runs the Trainer
             self.trainer.callbacks.append(FiniteLossGuard())
+        if self.subcommand == "fit":  # after_fit draws the confusion PNG, after the analysis that may rewrite it
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, PerClassReport):
+                    callback.defer_fit_plot()
         if self.subcommand in ("validate", "test") and not self.config[self.subcommand].get("ckpt_path"):
             self._check_head_fits(self.config[self.subcommand].model.pretrained)
 
@@ -294,6 +298,9 @@ class ConvNeXtCLI(LightningCLI):
         for callback in self.trainer.callbacks:  # every rank: the best checkpoint is validated distributed
             if isinstance(callback, EvaluationReport):
                 callback.analyse_fit(self.trainer, self.model, self.datamodule)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, PerClassReport):
+                callback.draw_pending()
         checkpoint = self.trainer.checkpoint_callback
         if checkpoint is None or not self.trainer.is_global_zero:
             return

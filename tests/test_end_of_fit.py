@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_convnext.callbacks import class_report
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
 from lit_convnext.cli import main
 from lit_convnext.trainer import ConvNeXtTrainer
@@ -106,7 +107,12 @@ def test_best_checkpoint_from_an_earlier_epoch_is_not_validated_again(
     calls = _count_validations(monkeypatch)
     # The highest validation loss is the best here: the first epoch's, and later epochs change the weights.
     writes = _count_writes(monkeypatch)
+    plots: list[str] = []
+    plot = class_report.plot_confusion
+    monkeypatch.setattr(class_report, "plot_confusion", lambda *a, **k: plots.append(str(a[2])) or plot(*a, **k))
     main(fit_args(root, "--trainer.max_epochs", "3", "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "max"))
+    # The confusion PNG is drawn once, after the analysis put the best checkpoint's matrix in place.
+    assert [Path(p).name for p in plots] == ["val_confusion_matrix.png"]
     folder = Path("runs/convnext/version_0/checkpoints")
     best = next(folder.glob("best-*.ckpt"))
     assert "epoch000" in best.name

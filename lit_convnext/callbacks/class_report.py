@@ -10,7 +10,8 @@ recall and F1 at their decision thresholds plus each class's average precision (
 once, from the last validation, when training ends: matplotlib needs 0.25 s for 10 classes and 2 s for
 100 on one core, time the accelerator would otherwise sit idle every epoch. When the best checkpoint was saved
 from an earlier validation, the end-of-fit analysis (``callbacks.evaluation``) rewrites the ``val_*`` files from
-that validation's logits, so they describe the same weights as ``val_predictions.csv`` and the report.
+that validation's logits, so they describe the same weights as ``val_predictions.csv`` and the report; the CLI
+therefore has the PNG drawn after that analysis (:meth:`PerClassReport.defer_fit_plot`), once.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class PerClassReport(Callback):
         self.plot = plot
         self._metrics: dict[str, MetricCollection] = {}
         self._unplotted: tuple[Path, list[str], torch.Tensor] | None = None  # last validation during fit
+        self._plot_after_fit = False  # set by defer_fit_plot
 
     def _collection(self, stage: str, pl_module: pl.LightningModule) -> MetricCollection | None:
         names = getattr(pl_module, "class_names", None)
@@ -144,8 +146,8 @@ class PerClassReport(Callback):
         in_fit = trainer.state.fn == TrainerFn.FITTING and not replay
         per_class = {metric: [float(result[f"{stage}/{metric}/{name}"]) for name in names] for metric in PER_CLASS}
         write_reports(run_dir, stage, names, per_class, confusion, plot=self.plot and not in_fit)
-        if self.plot and in_fit:
-            self._unplotted = (run_dir, names, confusion)
+        if self.plot and (in_fit or stage == "val"):  # a PNG drawn now replaces the fit's pending one
+            self._unplotted = (run_dir, names, confusion) if in_fit else None
 
     def rewrite_validation(self, trainer: pl.Trainer, pl_module: pl.LightningModule, logits: torch.Tensor,
                            targets: torch.Tensor) -> None:
@@ -159,7 +161,17 @@ class PerClassReport(Callback):
         collection.update(logits.to(pl_module.device), targets.to(pl_module.device))
         self._finish("val", trainer, pl_module, replay=True)
 
+    def defer_fit_plot(self) -> None:
+        """Leave the fit's PNG to :meth:`draw_pending`, called by the CLI after the end-of-fit analysis, which may
+        first rewrite the files from an earlier validation (drawing it at ``on_fit_end`` would draw it twice)."""
+        self._plot_after_fit = True
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._plot_after_fit:
+            self.draw_pending()
+
+    def draw_pending(self) -> None:
+        """Draw the PNG of the fit's last validation, unless it has been drawn since (by a rewrite or validate)."""
         if self._unplotted is not None:
             run_dir, names, confusion = self._unplotted
             plot_confusion(confusion, names, run_dir / "val_confusion_matrix.png", title="val confusion matrix")
