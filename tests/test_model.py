@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from tests.helpers import TINY_MODEL
+import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import Logger
 
 from lit_convnext.data import ImageFolderDataModule, TrainAugmentation
 from lit_convnext.errors import UserError
@@ -188,6 +190,127 @@ def test_training_accuracy_is_logged_once_per_epoch_over_all_its_images(image_ro
     accuracy = (predicted == targets).float().mean().item()
     assert end.logged == [(pytest.approx(accuracy), 12)]
     assert "train/f1" in trainer.callback_metrics and "train/acc1_step" not in trainer.callback_metrics
+
+
+class RecordingLogger(Logger):
+    """What Lightning writes to a logger: ``(step, metrics)`` per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.written.append((step, dict(metrics)))
+
+    def values(self, key: str) -> list[tuple[int, float]]:
+        return [(step, metrics[key]) for step, metrics in self.written if key in metrics]
+
+
+def test_training_loss_is_written_as_the_mean_of_each_logging_window_and_of_each_epoch(
+        image_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train/loss_step, written every log_every_n_steps, is the mean loss per image since the previous write (not
+    one batch's loss), and train/loss_epoch the epoch's mean; training accuracy is unchanged by keeping the logits
+    between metric updates."""
+    from lit_convnext import model as model_module
+    from lit_convnext.tally import TrainingTally
+
+    losses: list[float] = []
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    loss_function = model_module.classification_loss
+
+    def recording(logits, targets, *args, **kwargs):
+        loss = loss_function(logits, targets, *args, **kwargs)
+        losses.append(loss.item())
+        seen.append((logits.detach().argmax(dim=1), targets))
+        return loss
+
+    monkeypatch.setattr(model_module, "classification_loss", recording)
+    monkeypatch.setattr(TrainingTally, "BATCHES", 3)  # the metrics take kept logits mid-epoch and at its end
+    data = ImageFolderDataModule(image_root, batch_size=5, num_workers=0,  # 24 images: 4 full batches an epoch
+                                 augmentation=TrainAugmentation(rand_augment=None, random_erasing=0.0))
+    logger = RecordingLogger()
+    trainer = Trainer(max_epochs=2, accelerator="cpu", logger=logger, log_every_n_steps=2,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(classifier(lr=0.5), data)
+    assert len(losses) == 8
+
+    def mean(steps: range) -> float:
+        return sum(losses[i] for i in steps) / len(steps)
+
+    # Lightning writes step metrics after steps 1, 3, 5, 7 (0-based); each window starts after the previous write.
+    expected = [(1, mean(range(0, 2))), (3, mean(range(2, 4))), (5, mean(range(4, 6))), (7, mean(range(6, 8)))]
+    assert logger.values("train/loss_step") == [(step, pytest.approx(value)) for step, value in expected]
+    epochs = [value for _, value in logger.values("train/loss_epoch")]
+    assert epochs == [pytest.approx(mean(range(0, 4))), pytest.approx(mean(range(4, 8)))]
+    predicted, targets = (torch.cat(t) for t in zip(*seen[4:]))  # the second epoch
+    accuracy = [value for _, value in logger.values("train/acc1")]
+    assert len(accuracy) == 2 and accuracy[-1] == pytest.approx((predicted == targets).float().mean().item())
+    assert trainer.progress_bar_metrics["train/loss_step"] == pytest.approx(mean(range(6, 8)))
+
+
+def test_the_training_tally_weights_batches_by_their_images_and_windows_by_step() -> None:
+    """A short batch counts by its images; under gradient accumulation several batches share one step, and a
+    window goes on until the step after the one it was ended at."""
+    from lit_convnext.tally import TrainingTally
+
+    tally = TrainingTally()
+    assert tally.add_loss(torch.tensor(1.0), 4, step=0) is True  # the epoch's first batch
+    assert tally.window_mean(0, end=False).item() == 1.0  # shown, not ended
+    assert tally.add_loss(torch.tensor(4.0), 2, step=0) is False  # same step (accumulation)
+    assert tally.window_mean(0).item() == pytest.approx(12 / 6)
+    assert tally.add_loss(torch.tensor(3.0), 4, step=0) is False  # still step 0: the window is not over yet
+    assert tally.window_mean(0).item() == pytest.approx(24 / 10)
+    tally.add_loss(torch.tensor(5.0), 4, step=1)  # a new step: a new window
+    assert tally.window_mean(1).item() == 5.0
+    assert tally.take_epoch_loss().item() == pytest.approx(44 / 14)
+    assert tally.take_epoch_loss() is None
+    assert tally.take_logits() is None
+    for _ in range(TrainingTally.BATCHES - 1):
+        assert tally.keep(torch.ones(2, 3), torch.zeros(2, dtype=torch.long)) is False
+    assert tally.keep(torch.ones(1, 3), torch.zeros(1, dtype=torch.long)) is True
+    logits, targets = tally.take_logits()
+    assert logits.shape == (2 * TrainingTally.BATCHES - 1, 3) and targets.shape == (2 * TrainingTally.BATCHES - 1,)
+    assert tally.keep(torch.ones(TrainingTally.MAX_LOGITS, 1), torch.zeros(1)) is True  # many logits: at once
+
+
+def test_validation_metrics_are_logged_once_over_all_images_of_each_validation(image_root: Path) -> None:
+    """val/loss, val/acc1 and val/ece describe every validation image (computed directly here from the same
+    weights), are written once per validation, and start again for the next one."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    data = ImageFolderDataModule(image_root, batch_size=5, num_workers=0)  # 12 validation images: 5, 5, 2
+    logger = RecordingLogger()
+    model = classifier(lr=0.5)
+    trainer = Trainer(max_epochs=2, accelerator="cpu", logger=logger, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_train_batches=2, log_every_n_steps=1)
+    trainer.fit(model, data)
+    written = logger.values("val/acc1")
+    assert len(written) == 2  # one write per validation
+    data.setup("validate")
+    model.eval()
+    with torch.no_grad():
+        logits, targets = (torch.cat(t) for t in zip(*((model(x), y) for x, y in data.val_dataloader())))
+    assert len(targets) == 12
+    assert written[-1][1] == pytest.approx((logits.argmax(1) == targets).float().mean().item())
+    assert logger.values("val/loss")[-1][1] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
+    ece = multiclass_calibration_error(logits.softmax(-1), targets, 3, n_bins=15)
+    assert logger.values("val/ece")[-1][1] == pytest.approx(ece.item(), rel=1e-5)
+    results = trainer.validate(model, data, verbose=False)[0]  # the metrics were reset: the same values again
+    assert results["val/acc1"] == pytest.approx(written[-1][1])
+    assert results["val/loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
 
 
 def test_python_user_gets_the_image_size_given_to_the_model(image_root: Path) -> None:
