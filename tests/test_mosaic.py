@@ -61,6 +61,31 @@ def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path) -> None:
     assert normalised_confusion(confusion, names, list(range(4)))[:4] == b"\x89PNG"
 
 
+def test_the_counts_png_of_many_classes_shows_those_with_the_most_errors(tmp_path, monkeypatch) -> None:
+    """At 100 classes the counts PNG shows the 30 classes most involved in errors, with a title that says so and
+    points at the CSV; cells without images stay empty."""
+    from lit_convnext.callbacks import class_report
+
+    figures = []
+    monkeypatch.setattr(class_report, "save_png", lambda figure, path, dpi: figures.append(figure))
+    n = 100
+    confusion = torch.diag(torch.full((n,), 4))
+    confusion[3, 7], confusion[7, 3], confusion[99, 0] = 9, 8, 7  # the largest errors
+    for true, predicted in [(50, 51)] + [(10 + i, 60 + i) for i in range(26)]:  # 54 classes with one error each
+        confusion[true, predicted] = 1
+    names = [f"class {i}" for i in range(n)]
+    class_report.plot_confusion(confusion, names, tmp_path / "val_confusion_matrix.png", "val confusion matrix")
+    axes = figures[0].axes[0]
+    shown = [label.get_text() for label in axes.get_yticklabels()]
+    involved = {3, 7, 50, 51, 99, 0} | {10 + i for i in range(26)} | {60 + i for i in range(26)}
+    assert len(shown) == 30 and {int(name.split()[1]) for name in shown} <= involved
+    assert {"class 3", "class 7", "class 99", "class 0"} <= set(shown)  # the largest errors are never left out
+    assert "the 30 of 100 classes with the most errors" in axes.get_title()
+    assert "val_confusion_matrix.csv" in axes.get_title()
+    texts = [text.get_text() for text in axes.texts]
+    assert "0" not in texts and texts.count("4") == 30  # the diagonal's counts, no zeros
+
+
 def test_characters_the_font_lacks_are_one_line_of_ours(tmp_path, monkeypatch) -> None:
     """matplotlib warns once per missing character and figure in its own words; the app says it once, naming the
     characters, and the matplotlibrc fallback it suggests draws them (STIX stands in for a CJK font here)."""
