@@ -11,8 +11,14 @@ On a small shared machine single runs drift by +-10%, so the runs come in pairs 
 then plain then app, ... so neither always goes first) and the figure is the median of the pairs'
 ratios, printed with its interquartile range; a slow spell hits both halves of a pair alike.
 
+With ``--in-memory`` each training image is decoded and augmented once, before the runs, and both sides read
+the kept tensors without loader workers: the step times are then the main thread's work alone (forward,
+backward, optimizer, and the framework around them), without the loader's share of the CPU and its noise.
+That is where a per-step cost of the app shows (it found the progress bar's redraws, 5% of a step).
+
     python benchmarks/overhead.py                    # convnext_atto, 64 px, batch 32: about 5 minutes
     python benchmarks/overhead.py --runs 15 --steps 30
+    python benchmarks/overhead.py --in-memory --runs 6 --steps 60
 """
 
 from __future__ import annotations
@@ -42,6 +48,38 @@ from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.optim import build_optimizer, build_scheduler
 
 
+def keep_in_memory(root: Path, args) -> None:
+    """Make every ``LabeledImages`` read its items from memory, filled here once from the training images (the
+    augmentation drawn then stays: the timing does not depend on which crop an image gets)."""
+    kept: dict[Path, tuple] = {}
+    read = LabeledImages.__getitem__
+
+    def from_memory(self, index: int):
+        path = self.paths[index]
+        if path not in kept:
+            kept[path] = read(self, index)
+        return kept[path]
+
+    LabeledImages.__getitem__ = from_memory
+    dataset, _ = plain_dataset(args, root)
+    for index in range(len(dataset)):
+        dataset[index]
+    args.workers = 0
+
+
+def plain_dataset(args, root: Path) -> tuple[LabeledImages, ConvNeXtClassifier]:
+    """The training images as the app reads them, and the module whose network and preprocessing the plain
+    loop uses (ConvNeXtClassifier only creates them here)."""
+    splits = read_folder_splits(root, 0.2, 42, None)
+    module = ConvNeXtClassifier(args.model, pretrained=False, class_names=splits.class_names,
+                                image_size=args.image_size)
+    augmentation = TrainAugmentation()
+    dataset = LabeledImages([s.path for s in splits.train], splits.targets(splits.train),
+                            build_train_transform(module.preprocessing, augmentation),
+                            train_decode_size(module.preprocessing, augmentation))
+    return dataset, module
+
+
 def run_app(args, root: Path) -> float:
     steps = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as work, contextlib.chdir(work):
@@ -59,17 +97,10 @@ def run_app(args, root: Path) -> float:
 def run_plain(args, root: Path) -> float:
     seed_everything(42, verbose=False)
     device = torch.device(args.device)
-    # The same network and preprocessing the app builds (ConvNeXtClassifier only creates them here).
-    splits = read_folder_splits(root, 0.2, 42, None)
-    module = ConvNeXtClassifier(args.model, pretrained=False, class_names=splits.class_names,
-                                image_size=args.image_size)
-    net, preprocessing = module.net.to(device), module.preprocessing
+    dataset, module = plain_dataset(args, root)
+    net = module.net.to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    augmentation = TrainAugmentation()
-    dataset = LabeledImages([s.path for s in splits.train], splits.targets(splits.train),
-                            build_train_transform(preprocessing, augmentation),
-                            train_decode_size(preprocessing, augmentation))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         num_workers=args.workers, pin_memory=device.type == "cuda",
                         persistent_workers=args.workers > 0)
@@ -115,10 +146,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32-true", help="32-true or bf16-mixed")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--in-memory", action="store_true",
+                        help="decode and augment each image once, before the runs; no loader workers")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # the in-process CLI runs get their arguments explicitly
     width, height = map(int, args.photo_size.split("x"))
     root = make_photo_folder(args.root / f"overhead-{args.photo_size}", width, height, int(args.images * 1.25))
+    if args.in_memory:
+        keep_in_memory(root, args)
 
     app, plain = [], []
     for run in range(args.runs):
@@ -132,7 +167,8 @@ def main() -> None:
               f"ratio {app[-1] / plain[-1]:.3f}", flush=True)
     ratios = sorted(a / p for a, p in zip(app, plain))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{args.model} {args.image_size}px batch {args.batch_size}, {args.workers} workers, {args.precision}, "
+    print(f"\n{args.model} {args.image_size}px batch {args.batch_size}, "
+          f"{'images in memory' if args.in_memory else f'{args.workers} workers'}, {args.precision}, "
           f"{'channels_last' if args.channels_last else 'contiguous'}, {args.device}; torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load avg {load:.1f}")
     low, high = timing.quartiles(ratios)
