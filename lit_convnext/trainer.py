@@ -105,7 +105,11 @@ class ConvNeXtTrainer(Trainer):
                 )
         finally:
             self.callbacks.remove(writer)
-        rank_zero_info(f"Wrote {writer.rows} predictions to {writer.output}")
+        if writer.unreadable:
+            rank_zero_info(f"Wrote {writer.rows} rows to {writer.output}: {writer.rows - writer.unreadable} predicted, "
+                           f"{writer.unreadable} file(s) that could not be read (the reason is in their `error` field)")
+        else:
+            rank_zero_info(f"Wrote {writer.rows} predictions to {writer.output}")
         return result
 
 

@@ -62,7 +62,8 @@ def test_fit_skips_bad_files_then_predict_reports_them(tmp_path: Path, caplog: p
     checkpoint = next(Path("runs").rglob("last.ckpt"))
 
     predict_dir = root / "train" / "red"
-    with warnings.catch_warnings(record=True) as shown_by_predict:
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as shown_by_predict, caplog.at_level(logging.INFO, "lit_convnext"):
         warnings.simplefilter("always")
         for output in ("preds.csv", "preds.jsonl"):
             main(["predict", "--ckpt_path", str(checkpoint), "--data.predict_dir", str(predict_dir),
@@ -79,6 +80,9 @@ def test_fit_skips_bad_files_then_predict_reports_them(tmp_path: Path, caplog: p
     with open("preds.csv", newline="", encoding="utf-8") as handle:
         assert [Path(row["path"]).name for row in csv.DictReader(handle)] == in_order
     assert "More samples per pixel than can be decoded" in rows["tiff_samples_per_pixel.tif"]["error"]
+    # The closing line counts the rows that hold a reason instead of classes.
+    total, read = len(rows), len(rows) - len(BAD)
+    assert f"Wrote {total} rows to preds.csv: {read} predicted, {len(BAD)} file(s) that could not be read" in caplog.text
     for name in BAD:
         assert rows[name]["error"] and rows[name]["class_1"] == ""
         assert records[name]["error"] and records[name]["top_k"] == []

@@ -44,6 +44,7 @@ class PredictionWriter(BasePredictionWriter):
         self.separator = separator
         self.min_confidence = min_confidence
         self.rows = 0
+        self.unreadable = 0  # rows with an error instead of classes (files that could not be decoded)
         self._handle: IO[str] | None = None
         self._parts: list[Path] = []
         self._columns = top_k
@@ -60,9 +61,9 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.rows = 0
+        self.rows = self.unreadable = 0
         self._parts = [self._part(rank) for rank in range(trainer.world_size)] if trainer.world_size > 1 else []
-        if self._parts:  # rows go to this rank's part file: ``index<TAB>json-encoded row``
+        if self._parts:  # rows go to this rank's part file: ``index<TAB>error flag<TAB>json-encoded row``
             self._handle = self._parts[trainer.global_rank].open("w", encoding="utf-8")
             return
         self._handle = self.output.open("w", newline="", encoding="utf-8")
@@ -146,8 +147,9 @@ class PredictionWriter(BasePredictionWriter):
             classes_k = [] if error else [names[c] for c in ids]
             labels = None if hit is None else [] if error else [name for name, on in zip(names, hit) if on]
             line = self._format(str(dataset.paths[index]), classes_k, [] if error else probs, error, labels)
-            self._handle.write(f"{index}\t{json.dumps(line)}\n" if self._parts else line)
+            self._handle.write(f"{index}\t{int(bool(error))}\t{json.dumps(line)}\n" if self._parts else line)
             self.rows += 1
+            self.unreadable += bool(error)
         self._handle.flush()
 
     def _format(self, path: str, classes: list[str], probs: list[float], error: str,
@@ -200,10 +202,11 @@ class PredictionWriter(BasePredictionWriter):
             rows = [_indexed_rows(handle) for handle in handles]
             with self.output.open("w", newline="", encoding="utf-8") as out:
                 self._write_header(out, pl_module)
-                self.rows = 0
-                for _, line in heapq.merge(*rows, key=lambda row: row[0]):
+                self.rows = self.unreadable = 0
+                for _, error, line in heapq.merge(*rows, key=lambda row: row[0]):
                     out.write(line)
                     self.rows += 1
+                    self.unreadable += error
         finally:
             for handle in handles:
                 handle.close()
@@ -231,7 +234,7 @@ def _copies_done(device: torch.device) -> torch.cuda.Event | None:
     return event
 
 
-def _indexed_rows(handle: IO[str]) -> Iterator[tuple[int, str]]:
+def _indexed_rows(handle: IO[str]) -> Iterator[tuple[int, int, str]]:
     for line in handle:
-        index, row = line.rstrip("\n").split("\t", 1)
-        yield int(index), json.loads(row)
+        index, error, row = line.rstrip("\n").split("\t", 2)
+        yield int(index), int(error), json.loads(row)
