@@ -22,6 +22,7 @@ from torchmetrics.classification import (
 )
 
 from lit_convnext.backbone import build_convnext
+from lit_convnext.data.datasets import measured_rows
 from lit_convnext.errors import UserError
 from lit_convnext.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
 from lit_convnext.optim import EffectiveBatch, LayerDecayGrouping, build_optimizer, build_scheduler, warmup_steps_for
@@ -306,18 +307,33 @@ class ConvNeXtClassifier(LightningModule):
         self.log_dict(train.compute(), sync_dist=True)
         train.reset()
 
+    def measured(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """An evaluation batch's rows that count: all of them, or those of images that were read (a stand-in for
+        an unreadable file keeps its row in the batch, so per-image results stay in dataset order).
+
+        Asking the accelerator waits for it; the metrics' own updates (``bincount``) wait for it at every batch too.
+        """
+        keep = measured_rows(targets)
+        if bool(keep.all()):
+            return logits, targets
+        return logits[keep], targets[keep]
+
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
-        logits = self.evaluation_logits(images)
+        all_logits = self.evaluation_logits(images)
+        logits, targets = self.measured(all_logits, targets)
+        if not len(targets):  # only stand-ins
+            return all_logits
         if self.multilabel:
-            return self._evaluate_multilabel(logits, targets, stage)
+            self._evaluate_multilabel(logits, targets, stage)
+            return all_logits
         # A weighted torchmetrics mean: exact over all images even when devices hold different counts.
         self.eval_losses[stage].update(F.cross_entropy(logits, targets), weight=targets.numel())
         self.metrics[f"{stage}_metrics"].update(logits, targets)
         self.calibration_errors[stage].update(logits.float().softmax(dim=-1), targets)
-        return logits  # for callbacks (per-class report)
+        return all_logits  # for callbacks (per-class report, per-image results), a row per batch row
 
-    def _evaluate_multilabel(self, logits: torch.Tensor, targets: torch.Tensor, stage: str) -> torch.Tensor:
+    def _evaluate_multilabel(self, logits: torch.Tensor, targets: torch.Tensor, stage: str) -> None:
         self.eval_losses[stage].update(F.binary_cross_entropy_with_logits(logits.float(), targets.float()),
                                        weight=targets.shape[0])
         probabilities, hits = self.probabilities(logits), targets.int()
@@ -325,7 +341,6 @@ class ConvNeXtClassifier(LightningModule):
         self.metrics[f"{stage}_decisions"].update(self.decide(probabilities).int(), hits)
         if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self.threshold_curve.update(probabilities, hits)
-        return logits
 
     def _log_evaluation(self, stage: str) -> None:
         """Log a validation's or test's metrics once, at its end, computed over all its images (and synchronised

@@ -126,3 +126,45 @@ def test_a_file_that_breaks_mid_run_is_the_loaders_to_handle(image_root: Path, t
     main(_fit_args(image_root, *resume[:2], "--trainer.max_epochs", "3", "--data.check_files", "false"))
     assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == steps + 2
     assert len(list(Path("runs/convnext").iterdir())) == 1
+
+
+def test_stand_ins_for_validation_files_that_break_mid_run_are_measured_by_nobody(
+        image_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Under skip_bad_files a validation file that fails in the loader is replaced (the batch keeps its rows) and
+    left out of the metrics and the per-image results; two adjacent ones are each named and listed once."""
+    broken = [image_root / "val" / "red" / "img1.png", image_root / "val" / "red" / "img2.png"]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    main(_fit_args(image_root, "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1.0",
+                   "--data.check_files", "false", "--data.skip_bad_files", "true"))
+    run = next(Path("runs").rglob("bad_files.csv")).parent
+    with (run / "bad_files.csv").open(newline="", encoding="utf-8") as handle:
+        listed = [(row["path"], row["found"]) for row in csv.DictReader(handle)]
+    assert sorted(listed) == [(str(path), "while loading") for path in broken]  # once, over two epochs
+    for path in broken:
+        assert sum(f"skipping {path}," in r.getMessage() for r in caplog.records) == 1
+    with (run / "val_predictions.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    readable = 12 - len(broken)
+    assert len(rows) == readable and not {row["path"] for row in rows} & {str(p) for p in broken}
+    with (run / "val_per_class.csv").open(newline="", encoding="utf-8") as handle:
+        support = {row["class"]: int(row["support"]) for row in csv.DictReader(handle)}
+    assert support == {"blue": 4, "green": 4, "red": 2}
+
+
+def test_evaluation_metrics_leave_stand_in_rows_out() -> None:
+    from lit_convnext.data.datasets import STAND_IN
+    from lit_convnext.model import ConvNeXtClassifier
+
+    model = ConvNeXtClassifier(model_name=TINY_MODEL, pretrained=False, class_names=["a", "b", "c"],
+                               image_size=32).eval()
+    images = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+    # Two rows right, one wrong, one stand-in whose "target" would count as wrong if it were measured.
+    targets = torch.stack([predicted[0], predicted[1], (predicted[2] + 1) % 3, torch.tensor(STAND_IN)])
+    with torch.no_grad():
+        logits = model.validation_step((images, targets), 0)
+    assert logits.shape == (4, 3)  # every row back for the callbacks, in batch order
+    assert model.metrics["val_metrics"].compute()["val/acc1"].item() == pytest.approx(2 / 3)
+    assert model.eval_losses["val"].weight.item() == 3

@@ -97,13 +97,16 @@ class PerClassReport(Callback):
         collection = self._collection(stage, pl_module)
         if collection is None or not isinstance(outputs, torch.Tensor):
             return
+        logits, targets = pl_module.measured(outputs.detach(), batch[1])  # without stand-ins for unreadable files
+        if not len(targets):
+            return
         if "ap" in collection:  # multi-label: decisions at the model's thresholds, AP from the probabilities
-            probabilities, targets = pl_module.probabilities(outputs.detach()), batch[1].int()
+            probabilities, targets = pl_module.probabilities(logits), targets.int()
             hits = pl_module.decide(probabilities).int()
             for name, metric in collection.items():
                 metric.update(probabilities if name == "ap" else hits, targets)
         else:
-            collection.update(outputs.detach(), batch[1])
+            collection.update(logits, targets)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:

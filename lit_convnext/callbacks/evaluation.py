@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.calibration import calibration_summary, fit_temperature
 from lit_convnext.callbacks.class_report import PerClassReport
+from lit_convnext.data.datasets import measured_rows
 from lit_convnext.terminal import LIGHTNING_INFO_LOGGER, LOADED_WEIGHTS_LINE, RESTORING_LINE, DropLines, log_filter
 
 #: Images kept from the first training batch for the augmentation mosaic.
@@ -140,6 +141,7 @@ class EvaluationReport(Callback):
         # Every rank gets every image (all_gather), so all ranks fit the same temperature without a broadcast.
         logits, targets, indices = (_gather_rows(pl_module, t) for t in (logits, targets, indices))
         order = indices.argsort()
+        order = order[measured_rows(targets[order])]  # not the stand-ins for files that could not be read
         paths = [str(loader.dataset.paths[i]) for i in indices[order].tolist()]
         return logits[order], targets[order], paths
 

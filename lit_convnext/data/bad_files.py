@@ -28,6 +28,8 @@ NOTED = 3
 
 #: File in the run directory listing every file left out or that stopped the run: ``path,reason,found``.
 BAD_FILES_NAME = "bad_files.csv"
+#: The ``found`` value of files that failed in the loader, after the check (changed on disk, or not checked).
+FOUND_WHILE_LOADING = "while loading"
 
 
 def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: int | None = None,
@@ -76,3 +78,19 @@ def append_bad_files(listing: Path | None, rows: Sequence[tuple[str, str]], foun
     listing.parent.mkdir(parents=True, exist_ok=True)
     with listing.open("a", encoding="utf-8", newline="") as handle:
         handle.write(buffer.getvalue())
+
+
+def listing_size(listing: Path | None) -> int:
+    """The bad-file list's size now: rows added after this offset are this command's."""
+    return listing.stat().st_size if listing is not None and listing.is_file() else 0
+
+
+def listed_while_loading(listing: Path | None, path: Path, since: int = 0) -> bool:
+    """Whether ``path`` was added to the run's bad-file list as found while loading after byte ``since`` (by
+    another loader process or an earlier epoch of this command)."""
+    if listing is None or not listing.is_file():
+        return False
+    with listing.open(encoding="utf-8", newline="") as handle:
+        handle.seek(since)
+        return any(row[0] == str(path) and row[2] == FOUND_WHILE_LOADING
+                   for row in csv.reader(handle) if len(row) == 3)

@@ -189,7 +189,7 @@ class ImageFolderDataModule(LightningDataModule):
                                 + ("rows with split 'val'" if self.labels else f"{self.root}/val/<class>/..."))
             train_size = train_decode_size(preprocessing, self.augmentation) if self.reduced_decode else None
             self.datasets["train"] = self._labeled(
-                splits.train, build_train_transform(preprocessing, self.augmentation), train_size
+                splits.train, build_train_transform(preprocessing, self.augmentation), train_size, evaluation=False
             )
             self._write_manifest()
         if stage in ("fit", "validate"):
@@ -234,13 +234,14 @@ class ImageFolderDataModule(LightningDataModule):
         self.preprocessing = preprocessing
         return preprocessing
 
-    def _labeled(self, samples: list, transform: Any, decode_min_size: int | None = None) -> LabeledImages:
+    def _labeled(self, samples: list, transform: Any, decode_min_size: int | None = None,
+                 evaluation: bool = True) -> LabeledImages:
         if self._task() == "multilabel":
             targets = multi_hot(samples, self.splits.class_names)
         else:
             targets = self.splits.targets(samples)
         return LabeledImages([s.path for s in samples], targets, transform, decode_min_size,
-                             skip_bad=self.skip_bad_files, bad_file_list=self._bad_file_list())
+                             skip_bad=self.skip_bad_files, bad_file_list=self._bad_file_list(), evaluation=evaluation)
 
     def _bad_file_list(self) -> Path | None:
         """The run directory's ``bad_files.csv`` (``None`` without a trainer)."""

@@ -16,12 +16,17 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
-from lit_convnext.data.bad_files import append_bad_files
+from lit_convnext.data.bad_files import FOUND_WHILE_LOADING, append_bad_files, listed_while_loading, listing_size
 from lit_convnext.data.images import failure_reason, load_rgb
 from lit_convnext.errors import UserError
 from lit_convnext.terminal import hide_pillow_file_warnings
 
 log = logging.getLogger(__name__)
+
+#: The target of a stand-in in a validation or test batch (every class of a multi-hot row): under
+#: ``skip_bad_files`` a file that cannot be read there is replaced by a readable one, so the batch keeps its rows
+#: in dataset order, and the row is left out of every metric and per-image result (see :func:`measured_rows`).
+STAND_IN = -1
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -41,6 +46,11 @@ def decode_error(path: Path, min_size: int | None = None) -> tuple[Image.Image |
         return None, failure_reason(err)
 
 
+def measured_rows(targets: torch.Tensor) -> torch.Tensor:
+    """Which rows of an evaluation batch's targets belong to images that were read (not :data:`STAND_IN`)."""
+    return targets >= 0 if targets.ndim == 1 else targets[:, 0] >= 0
+
+
 class LabeledImages(Dataset):
     """Images with integer class targets, or multi-hot rows (multi-label): yields ``(image_tensor, target)``.
 
@@ -48,11 +58,13 @@ class LabeledImages(Dataset):
         skip_bad: A file that cannot be decoded is replaced by the next readable one (the batch keeps its
             size) instead of stopping the run.
         bad_file_list: Where such files are listed (the run directory's ``bad_files.csv``); ``None``: nowhere.
+        evaluation: Validation or test: a stand-in gets the target :data:`STAND_IN`, so the file is measured by
+            nobody instead of its replacement twice (training keeps the replacement's own target).
     """
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int] | torch.Tensor, transform: Transform,
                  decode_min_size: int | None = None, skip_bad: bool = False,
-                 bad_file_list: Path | None = None) -> None:
+                 bad_file_list: Path | None = None, evaluation: bool = False) -> None:
         if len(paths) != len(targets):
             raise ValueError("paths and targets differ in length")
         self.paths = list(paths)
@@ -61,6 +73,9 @@ class LabeledImages(Dataset):
         self.decode_min_size = decode_min_size  # see ``load_rgb``: reduced-size JPEG decoding
         self.skip_bad = skip_bad
         self.bad_file_list = bad_file_list
+        self.evaluation = evaluation
+        self._reported: set[str] = set()  # this process's unreadable files, named once
+        self._listed_from = listing_size(bad_file_list)  # where this command's rows start (a resume appends)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,16 +85,27 @@ class LabeledImages(Dataset):
             candidate = (index + offset) % len(self.paths)
             image, reason = decode_error(self.paths[candidate], self.decode_min_size)
             if image is not None:
-                return self.transform(image), self.targets[candidate]
-            path = self.paths[candidate]
-            append_bad_files(self.bad_file_list, [(str(path), reason)], "while loading")
-            if not self.skip_bad:
-                raise UserError(
-                    f"cannot read image {path} ({reason}): fix or remove the file, then continue from the last "
-                    "checkpoint with --ckpt_path last; or pass --data.skip_bad_files true to leave such files out"
-                )
-            log.warning("skipping %s, which cannot be read now (%s)", path, reason)
+                target = self.targets[candidate]
+                if offset and self.evaluation:
+                    target = torch.full_like(target, STAND_IN) if isinstance(target, torch.Tensor) else STAND_IN
+                return self.transform(image), target
+            self._report(self.paths[candidate], reason)
         raise UserError(f"no image of this split can be read (the first is {self.paths[index]})")
+
+    def _report(self, path: Path, reason: str) -> None:
+        """List a file that failed while loading in the run's bad-file list, then stop or name it once."""
+        first = (str(path) not in self._reported
+                 and not listed_while_loading(self.bad_file_list, path, self._listed_from))
+        self._reported.add(str(path))
+        if first or not self.skip_bad:  # other processes (loader workers, later epochs) may have listed it
+            append_bad_files(self.bad_file_list, [(str(path), reason)], FOUND_WHILE_LOADING)
+        if not self.skip_bad:
+            raise UserError(
+                f"cannot read image {path} ({reason}): fix or remove the file, then continue from the last "
+                "checkpoint with --ckpt_path last; or pass --data.skip_bad_files true to leave such files out"
+            )
+        if first:
+            log.warning("skipping %s, which cannot be read now (%s)", path, reason)
 
 
 class UnlabeledImages(Dataset):
