@@ -308,6 +308,11 @@ class ConvNeXtCLI(LightningCLI):
             score = checkpoint.best_model_score
             shown = f"{score.item():.4f}" if score is not None else "n/a"
             rank_zero_info(f"Best checkpoint ({checkpoint.monitor} = {shown}): {checkpoint.best_model_path}")
+        elif getattr(checkpoint, "monitor", None) and getattr(checkpoint, "save_top_k", 0) != 0:
+            measure = (f"; `lit-convnext validate --ckpt_path {checkpoint.last_model_path}` measures the last weights"
+                       if checkpoint.last_model_path else "")
+            rank_zero_info(f"No best checkpoint: no validation ran before training stopped at step "
+                           f"{self.trainer.global_step}, so there was no {checkpoint.monitor} to rank by{measure}")
         if checkpoint.last_model_path:
             rank_zero_info(f"Last checkpoint: {checkpoint.last_model_path}")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,19 @@ def test_rerunning_the_same_command_makes_a_new_version(image_root: Path) -> Non
     main(args)
     versions = sorted(p.name for p in (Path.cwd() / "runs" / "convnext").iterdir())
     assert versions == ["version_0", "version_1"]
+
+
+def test_a_fit_that_stops_before_validation_says_so_instead_of_lightnings_hint(
+        image_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """max_steps 1 of a 3-step epoch: no validation, nothing to rank, and no advice to call log('val/acc1')."""
+    with warnings.catch_warnings(record=True) as shown, caplog.at_level(logging.INFO, "lit_convnext"):
+        warnings.simplefilter("always")
+        main(["fit", "--data.root", str(image_root), "--trainer.max_steps", "1", *FAST])
+    assert not [w for w in shown if "could not find the monitored key" in str(w.message)]
+    last = next(Path("runs").rglob("last.ckpt"))
+    assert ("No best checkpoint: no validation ran before training stopped at step 1, so there was no val/acc1 to "
+            f"rank by; `lit-convnext validate --ckpt_path {last}` measures the last weights") in caplog.text
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
 
 
 def test_progress_bar_and_checkpointing_can_be_turned_off_the_lightning_way(image_root: Path,

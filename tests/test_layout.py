@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_convnext._legacy import MOVED
@@ -42,6 +43,9 @@ def test_private_lightning_members_the_cli_overrides_still_exist() -> None:
     assert list(inspect.signature(LightningCLI._parse_ckpt_path).parameters) == ["self"]
     assert list(inspect.signature(LightningCLI._parser).parameters) == ["self", "subcommand"]
     assert "callback_keys" in vars(LightningArgumentParser(exit_on_error=False))
+    # _has_run: ResumableModelCheckpoint ranks nothing (and stays quiet) when training stopped before validation.
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    assert "_has_run" in vars(trainer.fit_loop.epoch_loop.val_loop)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     lightning = next(d for d in project["project"]["dependencies"] if d.startswith("lightning"))
     assert "<" in lightning, "pin an upper bound on Lightning while private members are overridden"

@@ -91,6 +91,15 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         self._save_last_when_missed(trainer, due)
 
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        # Training stopped before its first validation (max_steps, max_time, a short limit_train_batches): there is
+        # nothing to rank yet, and Lightning's warning would ask whether the module logs the metric. The end of fit
+        # says what happened instead (``stopped_before_validation``).
+        if (self.monitor is not None and self.monitor not in monitor_candidates
+                and not trainer.fit_loop.epoch_loop.val_loop._has_run):
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
     def _epoch_save_due(self, trainer: pl.Trainer) -> bool:
         """Whether this epoch has a checkpoint opportunity (``every_n_epochs``) that is not skipped."""
         return (not self._should_skip_saving_checkpoint(trainer) and self._every_n_epochs >= 1
