@@ -309,7 +309,9 @@ class ConvNeXtCLI(LightningCLI):
             shown = f"{score.item():.4f}" if score is not None else "n/a"
             rank_zero_info(f"Best checkpoint ({checkpoint.monitor} = {shown}): {checkpoint.best_model_path}")
         elif getattr(checkpoint, "monitor", None) and getattr(checkpoint, "save_top_k", 0) != 0:
-            measure = (f"; `lit-convnext validate --ckpt_path {checkpoint.last_model_path}` measures the last weights"
+            config = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "config.yaml"  # this run's data
+            command = f"lit-convnext validate --config {config} " if config.is_file() else "lit-convnext validate "
+            measure = (f"; `{command}--ckpt_path {checkpoint.last_model_path}` measures the last weights"
                        if checkpoint.last_model_path else "")
             rank_zero_info(f"No best checkpoint: no validation ran before training stopped at step "
                            f"{self.trainer.global_step}, so there was no {checkpoint.monitor} to rank by{measure}")

@@ -106,9 +106,14 @@ def test_a_fit_that_stops_before_validation_says_so_instead_of_lightnings_hint(
         main(["fit", "--data.root", str(image_root), "--trainer.max_steps", "1", *FAST])
     assert not [w for w in shown if "could not find the monitored key" in str(w.message)]
     last = next(Path("runs").rglob("last.ckpt"))
+    config = last.parent.parent / "config.yaml"
+    command = f"lit-convnext validate --config {config} --ckpt_path {last}"
     assert ("No best checkpoint: no validation ran before training stopped at step 1, so there was no val/acc1 to "
-            f"rank by; `lit-convnext validate --ckpt_path {last}` measures the last weights") in caplog.text
+            f"rank by; `{command}` measures the last weights") in caplog.text
     assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
+    main(command.split()[1:] + ["--progress_bar.refresh_rate", "0"])  # the command it gives runs
+    with open("runs/convnext/version_1/val_predictions.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 12  # every validation image, measured with the last weights
 
 
 def test_progress_bar_and_checkpointing_can_be_turned_off_the_lightning_way(image_root: Path,
