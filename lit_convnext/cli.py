@@ -41,6 +41,7 @@ from lit_convnext.terminal import (LIGHTNING_INFO_LOGGER, RESTORING_LINE, DropLi
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
 from lit_convnext.weights.classes import stored_class_names
+from lit_convnext.weights.reading import quiet_pickle_protocol
 
 #: ``--ckpt_path`` values that Lightning resolves itself instead of reading a file.
 SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
@@ -164,7 +165,8 @@ class ConvNeXtCLI(LightningCLI):
             if subcommand != "predict":
                 raise UserError(f"`{subcommand}` needs a .ckpt checkpoint; an exported .onnx model can only `predict`")
             return
-        super()._parse_ckpt_path()
+        with quiet_pickle_protocol():  # a plain pickle is refused with its name (see lit_convnext.entry)
+            super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,14 @@ def test_a_malicious_pickle_is_never_unpickled(tmp_path: Path, image_root: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned"
     evil = _evil_file(tmp_path / f"evil{suffix}", marker)
-    line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST, "--model.pretrained", str(evil)])
-    assert line.startswith("lit-convnext: error:") and "evil" in line
-    line = one_line_error(capsys, ["predict", "--ckpt_path", str(evil), "--data.predict_dir", str(image_root)])
-    assert line.startswith("lit-convnext: error:")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST, "--model.pretrained", str(evil)])
+        assert line.startswith("lit-convnext: error:") and "evil" in line
+        line = one_line_error(capsys, ["predict", "--ckpt_path", str(evil), "--data.predict_dir", str(image_root)])
+        assert line.startswith("lit-convnext: error:")
     assert not marker.exists()
+    assert [str(w.message) for w in shown if "pickle protocol" in str(w.message)] == []  # the error says it all
 
 
 @pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n not really", b"PK\x03\x04truncated"])

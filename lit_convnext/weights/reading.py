@@ -14,6 +14,7 @@ import pathlib
 import pickle
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
 def _torch_load(path: Path, kind: str) -> Any:
     """``torch.load`` with ``weights_only=True``; refused pickles and corrupt files become ``UserError``."""
     try:
-        with _allow_extra_globals(), warnings.catch_warnings():
-            # plain-pickle files trigger a protocol warning right before the refusal we report anyway
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        with _allow_extra_globals(), quiet_pickle_protocol():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         needed = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
@@ -122,6 +121,15 @@ def _torch_load(path: Path, kind: str) -> Any:
         raise UserError(
             f"{path} is not a readable checkpoint (truncated or corrupt: {_first_line(exc)}); download it again"
         ) from exc
+
+
+@contextlib.contextmanager
+def quiet_pickle_protocol() -> Iterator[None]:
+    """Leave out torch's warning about a plain pickle's protocol: ``weights_only`` loading gives it right before
+    refusing such a file, which the error that follows reports with the file's name."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        yield
 
 
 def _allow_extra_globals() -> contextlib.AbstractContextManager[Any]:
