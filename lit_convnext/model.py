@@ -311,7 +311,7 @@ class ConvNeXtClassifier(LightningModule):
         """An evaluation batch's rows that count: all of them, or those of images that were read (a stand-in for
         an unreadable file keeps its row in the batch, so per-image results stay in dataset order).
 
-        Asking the accelerator waits for it; the metrics' own updates (``bincount``) wait for it at every batch too.
+        Asking waits for the accelerator, as the loss metric's NaN check (torchmetrics) does at every batch anyway.
         """
         keep = measured_rows(targets)
         if bool(keep.all()):

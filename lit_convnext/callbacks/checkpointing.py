@@ -94,7 +94,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         # Training stopped before its first validation (max_steps, max_time, a short limit_train_batches): there is
         # nothing to rank yet, and Lightning's warning would ask whether the module logs the metric. The end of fit
-        # says what happened instead (``stopped_before_validation``).
+        # says what happened instead (``ConvNeXtCLI.after_fit``).
         if (self.monitor is not None and self.monitor not in monitor_candidates
                 and not trainer.fit_loop.epoch_loop.val_loop._has_run):
             return
