@@ -30,7 +30,8 @@ from lit_convnext.callbacks import (
     ResumableModelCheckpoint,
     ThrottledRichProgressBar,
 )
-from lit_convnext.callbacks.checkpointing import LAST_NAME, newest_last_checkpoint, run_version
+from lit_convnext.callbacks.checkpointing import (LAST_NAME, MID_EPOCH_RESUME_WARNING, newest_last_checkpoint,
+                                                  run_version)
 from lit_convnext.commands import COMMANDS
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import label_columns
@@ -377,6 +378,8 @@ def main(args: ArgsType = None) -> None:
             # training metric per epoch as well (the report's curves draw them), so small datasets lose nothing.
             warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
                                                       r"logging interval")
+            # Resuming inside an epoch: the checkpoint callback says what happens to that epoch's data in numbers.
+            warnings.filterwarnings("ignore", message=MID_EPOCH_RESUME_WARNING)
             hide_pillow_file_warnings()
             if evaluating:
                 # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters

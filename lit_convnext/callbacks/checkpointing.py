@@ -29,6 +29,7 @@ warning that says so.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -39,7 +40,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.errors import UserError
 
@@ -135,6 +136,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             trainer.callback_metrics.setdefault(name, value)
         self._restored_metrics = {}
         self._planned_last = self._last_path_before_the_first_save(trainer)
+        _say_mid_epoch_resume(trainer)
 
     def _last_path_before_the_first_save(self, trainer: pl.Trainer) -> str:
         """``last.ckpt``'s path for the checkpoints saved before it is first written (a resumed run has it).
@@ -185,6 +187,26 @@ def newest_last_checkpoint(save_dir: Path, name: str) -> Path:
 def run_version(checkpoint: Path) -> str:
     """The version directory name (``version_3``) that holds ``.../version_3/checkpoints/x.ckpt``."""
     return checkpoint.parent.parent.name
+
+
+#: Lightning's warning when a run resumes from a mid-epoch checkpoint; ``_say_mid_epoch_resume`` says what it means.
+MID_EPOCH_RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
+
+
+def _say_mid_epoch_resume(trainer: pl.Trainer) -> None:
+    """A resume from a checkpoint saved inside an epoch (``every_n_train_steps``, a pre-emption): the loader cannot
+    restart where it stopped, so the rest of that epoch is drawn from a new shuffle (Lightning's loop counts the
+    batches already done). Said in numbers, instead of Lightning's advice to make the dataloader resumable."""
+    batches = trainer.num_training_batches
+    if trainer.ckpt_path is None or not math.isfinite(batches) or trainer.global_step == 0:
+        return
+    steps = math.ceil(batches / trainer.accumulate_grad_batches)
+    done = trainer.global_step % steps
+    if done:
+        rank_zero_info(f"Resuming inside epoch {trainer.current_epoch} ({done} of its {steps} steps done): its "
+                       f"remaining {steps - done} steps draw from a new shuffle of the training images, so some are "
+                       "seen twice in this epoch and others not at all; later epochs are whole (a checkpoint saved "
+                       "at an epoch's end resumes without this)")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
