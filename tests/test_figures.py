@@ -47,6 +47,17 @@ def test_training_curves_keep_long_tick_labels_inside(monkeypatch: pytest.Monkey
     assert_inside_and_apart(panels, bounds)
 
 
+def test_the_learning_rate_panel_draws_the_largest_and_smallest_group_or_one_shared_curve() -> None:
+    steps = range(0, 100, 10)
+    layered = {f"lr-AdamW/pg{g}": [(s, 1e-3 * 0.8 ** (13 - g) * (1 - s / 100)) for s in steps] for g in range(1, 15)}
+    # pg14 (the head, scale 1) and pg1 (the stem); sorted names would have given pg1, pg10, pg11.
+    assert figures.learning_rate_curves({**layered, "val/acc1": [(0, 0.5)]}) == {
+        "lr-AdamW/pg14": "largest of 14 groups", "lr-AdamW/pg1": f"smallest ({0.8 ** 13:.3g} x the largest)"}
+    shared = {f"lr-AdamW/pg{g}": [(s, 1e-3) for s in steps] for g in (1, 2)}  # decay and no-decay, no layer decay
+    assert figures.learning_rate_curves(shared) == {"lr-AdamW/pg1": "lr (2 groups)"}
+    assert figures.learning_rate_curves({"val/acc1": [(0, 0.5)]}) == {}
+
+
 def test_reliability_diagram_keeps_its_labels_inside(monkeypatch: pytest.MonkeyPatch) -> None:
     """Confidence runs to exactly 1.0, so the last tick label sits on the right edge of each panel."""
     bins = 15

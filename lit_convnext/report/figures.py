@@ -85,22 +85,37 @@ def save_png(figure: Any, target: str | Path | IO[bytes], dpi: int) -> None:
                       "Noto Sans CJK JP`", UserWarning, stacklevel=2)
 
 
+def learning_rate_curves(scalars: dict[str, list[tuple[int, float]]]) -> dict[str, str]:
+    """The learning-rate curves worth drawing, tag -> legend label: the parameter group with the largest and the
+    one with the smallest peak lr (layer decay gives every depth its own group; LearningRateMonitor names them
+    ``pg1``, ``pg2``, ... in optimizer order, which says nothing on the plot), or one curve when all groups share it."""
+    tags = [k for k in scalars if k.startswith("lr-") and scalars[k]]
+    if not tags:
+        return {}
+    peak = {tag: max(value for _, value in scalars[tag]) for tag in tags}
+    largest, smallest = max(tags, key=peak.get), min(tags, key=peak.get)
+    if len(tags) == 1 or peak[smallest] >= peak[largest] * (1 - 1e-6):
+        return {largest: f"lr ({len(tags)} group{'s' if len(tags) > 1 else ''})"}
+    return {largest: f"largest of {len(tags)} groups",
+            smallest: f"smallest ({peak[smallest] / peak[largest]:.3g} x the largest)"}
+
+
 def training_curves(scalars: dict[str, list[tuple[int, float]]]) -> bytes | None:
     """Loss, accuracy and learning rate against the optimizer step, one panel each, from the logged values."""
     panels = [
-        ("loss", [k for k in ("train/loss_step", "train/loss_epoch", "val/loss") if k in scalars]),
-        ("accuracy", [k for k in ("train/acc1", "val/acc1", "val/acc5", "val/f1") if k in scalars]),
-        ("learning rate", sorted(k for k in scalars if k.startswith("lr-"))[:3]),
+        ("loss", {k: k for k in ("train/loss_step", "train/loss_epoch", "val/loss") if k in scalars}),
+        ("accuracy", {k: k for k in ("train/acc1", "val/acc1", "val/acc5", "val/f1") if k in scalars}),
+        ("learning rate", learning_rate_curves(scalars)),
     ]
     panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
         return None
     figure, axes_row = _panels(len(panels), 4.2 * len(panels), 3.2, left=0.6, bottom=0.5, gap=0.8)
     for axes, (title, keys) in zip(axes_row, panels):
-        for key in keys:
+        for key, label in keys.items():
             steps, values = zip(*scalars[key])
             style = {"marker": "o", "markersize": 3} if len(steps) < 50 else {}
-            axes.plot(steps, values, label=key, **style)
+            axes.plot(steps, values, label=label, **style)
         axes.set_title(title)
         axes.set_xlabel("step")
         axes.grid(alpha=0.3)
