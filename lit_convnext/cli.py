@@ -378,6 +378,12 @@ def main(args: ArgsType = None) -> None:
             # training metric per epoch as well (the report's curves draw them), so small datasets lose nothing.
             warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
                                                       r"logging interval")
+            # Under DDP Lightning asks for sync_dist on every per-class value PerClassReport logs (3 lines a class):
+            # torchmetrics' compute() has gathered them from every device already.
+            warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/[^/']+/.+', "
+                                                      r"\.\.\., sync_dist=True\)`")
+            # Lightning's all_gather (the end-of-fit analysis under DDP) calls a torch function torch >= 2.10 deprecates.
+            warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
             # Resuming inside an epoch: the checkpoint callback says what happens to that epoch's data in numbers.
             warnings.filterwarnings("ignore", message=MID_EPOCH_RESUME_WARNING)
             hide_pillow_file_warnings()

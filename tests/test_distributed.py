@@ -79,6 +79,8 @@ def test_ddp_fit_validate_and_predict_count_each_image_once(tmp_path: Path) -> N
     out = run_cli("fit", "--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--data.root", str(root),
                   "--model.warmup_epochs", "0", "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1", *COMMON, *DDP, *csv_logger("ddp"))
     assert "Effective batch 8 (4 per device x 2 device(s) x 1 accumulation): lr 1.25e-05" in out
+    # No advice to synchronise the per-class values (torchmetrics has gathered them) and no torch deprecation.
+    assert "sync_dist=True" not in out and "all_gather is deprecated" not in out
     ddp_csv = Path("runs/ddp/version_0/metrics.csv")
     assert max(logged_lrs(ddp_csv)) == pytest.approx(4e-4 * 8 / 256, rel=1e-6)  # lr scaled by both devices
     ddp = last_metrics(ddp_csv)
