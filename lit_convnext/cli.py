@@ -30,14 +30,13 @@ from lit_convnext.callbacks import (
     ResumableModelCheckpoint,
     ThrottledRichProgressBar,
 )
-from lit_convnext.callbacks.checkpointing import (LAST_NAME, MID_EPOCH_RESUME_WARNING, newest_last_checkpoint,
-                                                  run_version)
+from lit_convnext.callbacks.checkpointing import LAST_NAME, newest_last_checkpoint, run_version
 from lit_convnext.commands import COMMANDS
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import label_columns
 from lit_convnext.entry import fail, run_command
 from lit_convnext.errors import UserError, out_of_memory_message
-from lit_convnext.terminal import (LIGHTNING_INFO_LOGGER, RESTORING_LINE, DropLines, hide_pillow_file_warnings,
+from lit_convnext.terminal import (LIGHTNING_INFO_LOGGER, RESTORING_LINE, DropLines, hide_library_advice,
                                    log_filter, show_warnings_as_one_line)
 from lit_convnext.model import ConvNeXtClassifier
 from lit_convnext.trainer import ConvNeXtTrainer
@@ -371,26 +370,7 @@ def main(args: ArgsType = None) -> None:
     noise = (*LIGHTNING_NOISE, *(EVALUATION_NOISE if evaluating else ()))
     try:
         with warnings.catch_warnings(), log_filter(LIGHTNING_INFO_LOGGER, DropLines(*noise)):
-            # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run; nothing to act on.
-            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                                    category=FutureWarning)
-            # Lightning asks for a shorter log interval when an epoch has fewer batches than it: the app logs every
-            # training metric per epoch as well (the report's curves draw them), so small datasets lose nothing.
-            warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
-                                                      r"logging interval")
-            # Under DDP Lightning asks for sync_dist on every per-class value PerClassReport logs (3 lines a class):
-            # torchmetrics' compute() has gathered them from every device already.
-            warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/[^/']+/.+', "
-                                                      r"\.\.\., sync_dist=True\)`")
-            # Lightning's all_gather (the end-of-fit analysis under DDP) calls a torch function torch >= 2.10 deprecates.
-            warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
-            # Resuming inside an epoch: the checkpoint callback says what happens to that epoch's data in numbers.
-            warnings.filterwarnings("ignore", message=MID_EPOCH_RESUME_WARNING)
-            hide_pillow_file_warnings()
-            if evaluating:
-                # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters
-                # when resuming training, not when only its weights are evaluated.
-                warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
+            hide_library_advice(evaluating)
             build_cli(args)
     except UserError as err:
         fail(str(err))

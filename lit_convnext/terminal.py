@@ -75,3 +75,33 @@ def show_warnings_as_one_line() -> None:
 
     warnings.formatwarning = format_warning
     _warnings_shown_as_one_line = True
+
+
+#: Lightning's warning when a run resumes from a mid-epoch checkpoint: the checkpoint callback says what it means
+#: (``lit_convnext.callbacks.checkpointing``).
+MID_EPOCH_RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
+
+
+def hide_library_advice(evaluating: bool) -> None:
+    """Leave out the library warnings that give a user of the app nothing to act on (scope it with
+    ``warnings.catch_warnings``); ``evaluating``: the command only evaluates weights (validate, test, predict)."""
+    # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    # Lightning asks for a shorter log interval when an epoch has fewer batches than it: the app logs every training
+    # metric per epoch as well (the report's curves draw them), so small datasets lose nothing.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
+                                              r"logging interval")
+    # Under DDP Lightning asks for sync_dist on every per-class value the per-class report logs (3 lines a class):
+    # torchmetrics' compute() has gathered them from every device already.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/[^/']+/.+', "
+                                              r"\.\.\., sync_dist=True\)`")
+    # Lightning's all_gather (the end-of-fit analysis under DDP) calls a function torch >= 2.10 deprecates.
+    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+    # Resuming inside an epoch: the checkpoint callback says what happens to that epoch's data, in numbers.
+    warnings.filterwarnings("ignore", message=MID_EPOCH_RESUME_WARNING)
+    hide_pillow_file_warnings()
+    if evaluating:
+        # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters when
+        # resuming training, not when only its weights are evaluated.
+        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
