@@ -161,6 +161,7 @@ class ConvNeXtClassifier(LightningModule):
         self.register_buffer("class_weight", resolve_class_weights(class_weights, self.class_names, class_counts),
                              persistent=False)
         self._training_tally = TrainingTally()
+        self._measured_rows: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # see measured()
         self._build_metrics()
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -311,12 +312,15 @@ class ConvNeXtClassifier(LightningModule):
         """An evaluation batch's rows that count: all of them, or those of images that were read (a stand-in for
         an unreadable file keeps its row in the batch, so per-image results stay in dataset order).
 
-        Asking waits for the accelerator, as the loss metric's NaN check (torchmetrics) does at every batch anyway.
+        Asking waits for the accelerator, as the loss metric's NaN check (torchmetrics) does at every batch anyway;
+        the answer is kept for the batch's callbacks, which ask again with the same targets.
         """
-        keep = measured_rows(targets)
-        if bool(keep.all()):
-            return logits, targets
-        return logits[keep], targets[keep]
+        asked, keep = self._measured_rows
+        if asked is not targets:
+            keep = measured_rows(targets)
+            keep = None if bool(keep.all()) else keep
+            self._measured_rows = (targets, keep)
+        return (logits, targets) if keep is None else (logits[keep], targets[keep])
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch

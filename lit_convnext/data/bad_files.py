@@ -85,12 +85,14 @@ def listing_size(listing: Path | None) -> int:
     return listing.stat().st_size if listing is not None and listing.is_file() else 0
 
 
-def listed_while_loading(listing: Path | None, path: Path, since: int = 0) -> bool:
-    """Whether ``path`` was added to the run's bad-file list as found while loading after byte ``since`` (by
-    another loader process or an earlier epoch of this command)."""
+def found_while_loading_since(listing: Path | None, offset: int) -> tuple[set[str], int]:
+    """The paths added to the run's bad-file list as found while loading after byte ``offset`` (by any loader
+    process of this command), and the offset to read from next time (rows are whole lines: each is one write)."""
     if listing is None or not listing.is_file():
-        return False
-    with listing.open(encoding="utf-8", newline="") as handle:
-        handle.seek(since)
-        return any(row[0] == str(path) and row[2] == FOUND_WHILE_LOADING
-                   for row in csv.reader(handle) if len(row) == 3)
+        return set(), offset
+    with listing.open("rb") as handle:
+        handle.seek(offset)
+        added = handle.read()
+    complete = added[: added.rfind(b"\n") + 1]  # a row still being written is read next time
+    rows = csv.reader(io.StringIO(complete.decode("utf-8"), newline=""))
+    return {row[0] for row in rows if len(row) == 3 and row[2] == FOUND_WHILE_LOADING}, offset + len(complete)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
-from lit_convnext.data.bad_files import FOUND_WHILE_LOADING, append_bad_files, listed_while_loading, listing_size
+from lit_convnext.data.bad_files import FOUND_WHILE_LOADING, append_bad_files, found_while_loading_since, listing_size
 from lit_convnext.data.images import failure_reason, load_rgb
 from lit_convnext.errors import UserError
 from lit_convnext.terminal import hide_pillow_file_warnings
@@ -74,8 +74,8 @@ class LabeledImages(Dataset):
         self.skip_bad = skip_bad
         self.bad_file_list = bad_file_list
         self.evaluation = evaluation
-        self._reported: set[str] = set()  # this process's unreadable files, named once
-        self._listed_from = listing_size(bad_file_list)  # where this command's rows start (a resume appends)
+        self._reported: set[str] = set()  # unreadable files named by this command (any of its processes)
+        self._listed_from = listing_size(bad_file_list)  # the bad-file list read up to here (a resume appends)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -94,8 +94,9 @@ class LabeledImages(Dataset):
 
     def _report(self, path: Path, reason: str) -> None:
         """List a file that failed while loading in the run's bad-file list, then stop or name it once."""
-        first = (str(path) not in self._reported
-                 and not listed_while_loading(self.bad_file_list, path, self._listed_from))
+        listed, self._listed_from = found_while_loading_since(self.bad_file_list, self._listed_from)
+        self._reported |= listed  # named by another loader process, or in an earlier epoch
+        first = str(path) not in self._reported
         self._reported.add(str(path))
         if first or not self.skip_bad:  # other processes (loader workers, later epochs) may have listed it
             append_bad_files(self.bad_file_list, [(str(path), reason)], FOUND_WHILE_LOADING)
