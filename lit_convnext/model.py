@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
 from torchmetrics import MeanMetric, MetricCollection
@@ -25,7 +26,14 @@ from lit_convnext.backbone import build_convnext
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.errors import UserError
 from lit_convnext.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
-from lit_convnext.optim import EffectiveBatch, LayerDecayGrouping, build_optimizer, build_scheduler, warmup_steps_for
+from lit_convnext.optim import (
+    EffectiveBatch,
+    LayerDecayGrouping,
+    build_optimizer,
+    build_scheduler,
+    fused_adamw_applies,
+    warmup_steps_for,
+)
 from lit_convnext.ranges import (
     ImageSize,
     LayerDecay,
@@ -442,14 +450,16 @@ class ConvNeXtClassifier(LightningModule):
             raise UserError(f"Mixup/CutMix pair images within a batch: use an even --data.batch_size, got {per_device}")
         batch = EffectiveBatch(per_device, trainer.world_size, trainer.accumulate_grad_batches)
         lr = batch.scaled_lr(hp.lr, hp.lr_reference_batch_size)
+        mixed_precision = isinstance(trainer.precision_plugin, MixedPrecision)
+        fused = fused_adamw_applies(self.net, clips_under_mixed_precision=mixed_precision and bool(trainer.gradient_clip_val))
         optimizer = build_optimizer(self.net, lr, hp.weight_decay, hp.layer_decay, tuple(hp.betas),
-                                    hp.get("layer_decay_grouping", "timm"))
+                                    hp.get("layer_decay_grouping", "timm"), fused=fused)
         warmup = warmup_steps_for(hp.warmup_epochs, total_steps, trainer.max_epochs,
                                   trainer.num_training_batches / trainer.accumulate_grad_batches)
         scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
         rank_zero_info(
             f"Effective batch {batch.describe()}: lr {lr:.3g} (= {hp.lr:g} x {batch.size}/{hp.lr_reference_batch_size}), "
-            f"{len(optimizer.param_groups)} parameter groups, layer decay {hp.layer_decay} "
+            f"{'fused ' if fused else ''}AdamW over {len(optimizer.param_groups)} parameter groups, layer decay {hp.layer_decay} "
             f"({hp.get('layer_decay_grouping', 'timm')} grouping), "
             f"{warmup} warm-up steps of {total_steps}."
         )

@@ -5,6 +5,9 @@
 * layer-wise lr decay in one of three groupings (``LayerDecayGrouping``): timm's per-block one, or the
   official ConvNeXt-V2 ``single`` and ConvNeXt V1 / V2 ``group`` assignments, read from timm's parameter names;
 * the lr is given for a reference batch and scaled linearly with the effective batch;
+* AdamW runs fused (one kernel per parameter group) where torch has the kernel and Lightning allows it
+  (``fused_adamw_applies``): 2.7 ms a step against 8.2 ms for torch's default ``foreach`` loop, convnext_atto
+  on 2 CPU cores, 4% of a training step;
 * linear warm-up then cosine decay, stepped per optimizer step (timm's ``CosineLRScheduler``).
 """
 
@@ -120,6 +123,19 @@ def official_layer_decay_groups(
     return list(groups.values())
 
 
+#: Device types whose fused AdamW kernel this project uses (torch has more; these are the ones it runs on).
+FUSED_ADAMW_DEVICES = frozenset({"cpu", "cuda"})
+
+
+def fused_adamw_applies(net: nn.Module, clips_under_mixed_precision: bool) -> bool:
+    """Whether AdamW can run fused for ``net`` as it is placed now: every parameter a floating-point tensor on a
+    device of ``FUSED_ADAMW_DEVICES``, and no gradient clipping under mixed precision (a fused step unscales the
+    gradients itself, after the point where Lightning clips them, so Lightning refuses clipping with it)."""
+    params = list(net.parameters())
+    return (not clips_under_mixed_precision and bool(params)
+            and all(p.is_floating_point() and p.device.type in FUSED_ADAMW_DEVICES for p in params))
+
+
 def build_optimizer(
     net: nn.Module,
     lr: float,
@@ -127,22 +143,28 @@ def build_optimizer(
     layer_decay: float | None,
     betas: tuple[float, float] = (0.9, 0.999),
     grouping: LayerDecayGrouping = "timm",
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
-    """AdamW over parameter groups whose ``lr_scale`` is their layer-decay factor (see ``LayerDecayGrouping``)."""
+    """AdamW over parameter groups whose ``lr_scale`` is their layer-decay factor (see ``LayerDecayGrouping``);
+    ``fused`` picks torch's fused kernel (see ``fused_adamw_applies``) over its default loop, the same update."""
+    options = {"opt": "adamw", "lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": 1e-8}
+    if fused:
+        options["fused"] = True
     if layer_decay is not None and grouping != "timm":
-        return create_optimizer_v2(
-            official_layer_decay_groups(net, weight_decay, layer_decay, grouping),
-            opt="adamw", lr=lr, weight_decay=weight_decay, betas=betas, eps=1e-8,
-        )
-    return create_optimizer_v2(
-        net,
-        opt="adamw",
-        lr=lr,
-        weight_decay=weight_decay,
-        layer_decay=layer_decay,
-        betas=betas,
-        eps=1e-8,
-    )
+        optimizer = create_optimizer_v2(official_layer_decay_groups(net, weight_decay, layer_decay, grouping), **options)
+    else:
+        optimizer = create_optimizer_v2(net, layer_decay=layer_decay, **options)
+    optimizer.register_load_state_dict_pre_hook(_keep_implementation)
+    return optimizer
+
+
+def _keep_implementation(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
+    """Resume with this run's AdamW implementation, not the saved one: a checkpoint's groups carry ``fused`` and
+    ``foreach``, which ``load_state_dict`` would restore (a fused checkpoint resumed where clipping needs the
+    unfused step, or the reverse under a gradient scaler, would fail at the first step)."""
+    groups = [{**saved, "fused": group.get("fused"), "foreach": group.get("foreach")}
+              for saved, group in zip(state_dict["param_groups"], optimizer.param_groups)]
+    return {**state_dict, "param_groups": groups}
 
 
 def build_scheduler(

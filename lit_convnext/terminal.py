@@ -98,6 +98,9 @@ def hide_library_advice(evaluating: bool) -> None:
                                               r"\.\.\., sync_dist=True\)`")
     # Lightning's all_gather (the end-of-fit analysis under DDP) calls a function torch >= 2.10 deprecates.
     warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+    # Under mixed precision Lightning's model summary says it counts the weights' size at 32 bits "instead": mixed
+    # precision keeps the weights in 32 bits, so the size shown is right (on every run of configs/gpu.yaml).
+    warnings.filterwarnings("ignore", message=r"Precision (bf)?16-mixed is not supported by the model summary")
     # Resuming inside an epoch: the checkpoint callback says what happens to that epoch's data, in numbers.
     warnings.filterwarnings("ignore", message=MID_EPOCH_RESUME_WARNING)
     hide_pillow_file_warnings()

@@ -227,3 +227,18 @@ def test_an_error_inside_a_loader_worker_reaches_the_user_as_one_line(image_root
     line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST, "--trainer.max_epochs", "1",
                                    "--data.num_workers", "1", "--data.check_files", "false"])
     assert str(broken) in line and "Traceback" not in line
+
+
+def test_adamw_runs_fused_and_unfused_where_lightning_clips_mixed_precision_gradients(
+        image_root: Path, recwarn: pytest.WarningsRecorder) -> None:
+    """Lightning refuses gradient clipping with a fused optimizer under mixed precision (the fused step unscales the
+    gradients itself, after the clipping); that run gets the unfused AdamW and trains. The model summary's note
+    that it counts mixed-precision weights at 32 bits (which they are) is not shown."""
+    with lightning_info_lines() as lines:
+        main(fit_args(image_root, "--trainer.max_steps", "2"))
+    assert any("fused AdamW over" in line for line in lines), lines
+    with lightning_info_lines() as lines:
+        main(fit_args(image_root, "--trainer.max_steps", "2", "--trainer.precision", "bf16-mixed",
+                      "--trainer.gradient_clip_val", "1.0"))
+    assert any(" AdamW over" in line and "fused" not in line for line in lines), lines
+    assert not [w for w in recwarn if "not supported by the model summary" in str(w.message)]

@@ -169,3 +169,48 @@ def test_the_model_option_reaches_the_optimizer_of_a_fit(image_root, caplog) -> 
     # convnext_atto: 2-2-6-2 = 12 blocks; "single" puts the stem with block 0 in layer 1 -> 0.5 ** 12.
     assert scale_of["stem.0.weight"] == scale_of["stages.0.blocks.0.conv_dw.weight"] == pytest.approx(0.5 ** 12)
     assert "layer decay 0.5 (single grouping)" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------ fused AdamW
+def _trained(fused: bool, steps: int = 5) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    net = timm.create_model("convnext_atto", num_classes=4)
+    images, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    optimizer = build_optimizer(net, lr=1e-3, weight_decay=0.05, layer_decay=0.8, fused=fused)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(images), targets).backward()
+        optimizer.step()
+    return net, optimizer
+
+
+def test_fused_adamw_makes_the_same_update_as_the_default_loop() -> None:
+    fused_net, fused = _trained(fused=True)
+    plain_net, plain = _trained(fused=False)
+    assert fused.defaults["fused"] and all(group["fused"] for group in fused.param_groups)
+    assert not plain.defaults.get("fused")
+    for (name, a), b in zip(fused_net.named_parameters(), plain_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fused_adamw_applies_only_where_torch_has_the_kernel_and_lightning_allows_it() -> None:
+    from lit_convnext.optim import fused_adamw_applies
+
+    assert fused_adamw_applies(torch.nn.Linear(2, 2), clips_under_mixed_precision=False)
+    assert not fused_adamw_applies(torch.nn.Linear(2, 2), clips_under_mixed_precision=True)
+    assert not fused_adamw_applies(torch.nn.Linear(2, 2, device="meta"), clips_under_mixed_precision=False)
+    assert not fused_adamw_applies(torch.nn.Identity(), clips_under_mixed_precision=False)
+
+
+@pytest.mark.parametrize("saved_fused", [True, False])
+def test_a_resumed_optimizer_keeps_this_runs_implementation(saved_fused: bool) -> None:
+    """A checkpoint's groups say fused or not; the resuming run's choice (its device, clipping) stands."""
+    _, saved = _trained(fused=saved_fused, steps=2)
+    net, resumed = _trained(fused=not saved_fused, steps=1)
+    before = {k: v for k, v in saved.state_dict()["param_groups"][5].items() if k not in ("fused", "foreach")}
+    resumed.load_state_dict(saved.state_dict())
+    assert all(bool(group["fused"]) is (not saved_fused) for group in resumed.param_groups)
+    assert {k: v for k, v in resumed.state_dict()["param_groups"][5].items() if k not in ("fused", "foreach")} == before
+    assert int(resumed.state_dict()["state"][0]["step"]) == 2  # the moments and step count are the checkpoint's
+    torch.nn.functional.cross_entropy(net(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+    resumed.step()
