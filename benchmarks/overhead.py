@@ -1,7 +1,7 @@
 """Framework overhead: the app's ``fit`` vs a plain PyTorch loop doing the same work.
 
 Both train the same timm ConvNeXt on the same generated JPEG folder with the same transforms,
-DataLoader settings, optimizer (timm AdamW + layer decay + cosine schedule), label-smoothed loss,
+DataLoader settings, optimizer (timm AdamW + layer decay + cosine schedule, fused as the app runs it), label-smoothed loss,
 batch size, precision and memory format. The app runs through ``lit_convnext.cli.main`` in-process
 with its default callbacks (checkpointing, progress bar, LR monitor, data-wait monitor, TensorBoard
 logger) and its validation at each epoch end (excluded from the step timing, like warm-up).
@@ -45,7 +45,7 @@ from lit_convnext.data.datasets import LabeledImages
 from lit_convnext.data.folders import read_folder_splits
 from lit_convnext.data.transforms import TrainAugmentation, build_train_transform, train_decode_size
 from lit_convnext.model import ConvNeXtClassifier
-from lit_convnext.optim import build_optimizer, build_scheduler
+from lit_convnext.optim import build_optimizer, build_scheduler, fused_adamw_applies
 
 
 def keep_in_memory(root: Path, args) -> None:
@@ -106,7 +106,9 @@ def run_plain(args, root: Path) -> float:
                         persistent_workers=args.workers > 0)
     hp = module.hparams
     lr = hp.lr * args.batch_size / hp.lr_reference_batch_size
-    optimizer = build_optimizer(net, lr, hp.weight_decay, hp.layer_decay, tuple(hp.betas))
+    # The same AdamW kernel as the app (fused where it applies), so the comparison is of the framework alone.
+    optimizer = build_optimizer(net, lr, hp.weight_decay, hp.layer_decay, tuple(hp.betas),
+                                fused=fused_adamw_applies(net, clips_under_mixed_precision=False))
     total = args.warmup + args.steps
     scheduler = build_scheduler(optimizer, total, 0, hp.min_lr)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision.startswith("bf16"))
