@@ -19,7 +19,9 @@ Pillow 13 refuses ``posterize`` with 0 bits, which timm's ``inc1`` RandAugment a
 (the app works around it in ``lit_convnext.data.transforms``); the plain loop and ``train.py`` get the same
 total posterize through ``SHIM`` (run before them), or their loader workers die a few percent into an epoch.
 
-The cases run in alternating order over ``--runs`` repetitions. The app's run is broken down by
+The cases run in alternating order over ``--runs`` repetitions; with timm's ``train.py`` each case is also
+compared with it run by run (the ratio of their walls within a repetition, which ran back to back), which holds
+when the machine's speed drifts between repetitions. The app's run is broken down by
 ``timing.PhaseTimer`` (start-up until the first step, the file check, each epoch's train and validation time,
 checkpoint writes, the end-of-fit analysis). Last, alpha compositing is timed in isolation: the app's
 ``load_rgb`` against ``Image.open(p).convert("RGB")`` (what torchvision's and timm's loaders do).
@@ -337,6 +339,12 @@ def main() -> None:
                   f"{train:>15}{val:>7}   " + ", ".join(f"{w:.1f}" for w in walls[case]))
         print("(train epoch, val: medians over every epoch of every run; the app's validation workers start in "
               "Lightning's sanity check, before its first step, the others' in their first validation)")
+        if args.timm_train and args.runs > 1:
+            # Each repetition's cases ran back to back, so a slow spell of the machine hits both sides of a pair.
+            print("paired with timm's train.py of the same repetition, median (min-max) of the runs' ratios:")
+            for case in cases[:3]:
+                ratios = sorted(a / b for a, b in zip(walls[case], walls["timm train.py"]))
+                print(f"  {case:<14}{statistics.median(ratios):.3f} ({ratios[0]:.3f}-{ratios[-1]:.3f})")
         app_us, plain_us = alpha_cost(root, 500)
         print(f"\nalpha compositing, 500 of these PNGs, one core: load_rgb {app_us:.0f} us/image, "
               f"Image.open().convert('RGB') {plain_us:.0f} us/image (+{app_us - plain_us:.0f} us, "
