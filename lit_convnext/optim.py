@@ -160,8 +160,9 @@ def build_optimizer(
 
 def _keep_implementation(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
     """Resume with this run's AdamW implementation, not the saved one: a checkpoint's groups carry ``fused`` and
-    ``foreach``, which ``load_state_dict`` would restore (a fused checkpoint resumed where clipping needs the
-    unfused step, or the reverse under a gradient scaler, would fail at the first step)."""
+    ``foreach``, which ``load_state_dict`` would restore. A checkpoint of an unfused run (one from before fused
+    AdamW, or one that clipped under mixed precision) resumed by a fused run under a gradient scaler would fail at
+    its first step: the scaler hands the fused optimizer its scale, which the restored loop refuses."""
     groups = [{**saved, "fused": group.get("fused"), "foreach": group.get("foreach")}
               for saved, group in zip(state_dict["param_groups"], optimizer.param_groups)]
     return {**state_dict, "param_groups": groups}

@@ -212,5 +212,10 @@ def test_a_resumed_optimizer_keeps_this_runs_implementation(saved_fused: bool) -
     assert all(bool(group["fused"]) is (not saved_fused) for group in resumed.param_groups)
     assert {k: v for k, v in resumed.state_dict()["param_groups"][5].items() if k not in ("fused", "foreach")} == before
     assert int(resumed.state_dict()["state"][0]["step"]) == 2  # the moments and step count are the checkpoint's
-    torch.nn.functional.cross_entropy(net(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
-    resumed.step()
+    # Under a gradient scaler (16-mixed on a GPU) a fused optimizer is handed the scale; with the saved unfused
+    # implementation restored, that step raised.
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(torch.nn.functional.cross_entropy(net(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1]))).backward()
+    scaler.step(resumed)
+    scaler.update()
+    assert int(resumed.state_dict()["state"][0]["step"]) == 3
