@@ -457,10 +457,11 @@ class ConvNeXtClassifier(LightningModule):
         warmup = warmup_steps_for(hp.warmup_epochs, total_steps, trainer.max_epochs,
                                   trainer.num_training_batches / trainer.accumulate_grad_batches)
         scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
+        decay = ("no layer decay" if hp.layer_decay is None
+                 else f"layer decay {hp.layer_decay} ({hp.get('layer_decay_grouping', 'timm')} grouping)")
         rank_zero_info(
             f"Effective batch {batch.describe()}: lr {lr:.3g} (= {hp.lr:g} x {batch.size}/{hp.lr_reference_batch_size}), "
-            f"{'fused ' if fused else ''}AdamW over {len(optimizer.param_groups)} parameter groups, layer decay {hp.layer_decay} "
-            f"({hp.get('layer_decay_grouping', 'timm')} grouping), "
+            f"{'fused ' if fused else ''}AdamW over {len(optimizer.param_groups)} parameter groups, {decay}, "
             f"{warmup} warm-up steps of {total_steps}."
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
