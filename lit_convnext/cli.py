@@ -202,8 +202,10 @@ class ConvNeXtCLI(LightningCLI):
             config.trainer.enable_checkpointing = False
         if self.subcommand == "predict":
             config.trainer.logger = False  # predict logs no metrics; it writes the output file only
-        self._follow_default_root_dir(config.trainer)
         parser = self._parser(self.subcommand)
+        if config.trainer.get("barebones"):
+            self._follow_barebones(config.trainer, parser)
+        self._follow_default_root_dir(config.trainer)
         parser.callback_keys = [key for key in parser.callback_keys
                                 if config.trainer.get(CALLBACK_SWITCHES.get(key, "")) is not False]
         precision = str(config.trainer.get("precision"))
@@ -224,6 +226,19 @@ class ConvNeXtCLI(LightningCLI):
         if model.get("task") == "multilabel" and checkpoint is not None and checkpoint.monitor == "val/acc1":
             checkpoint.monitor = "val/map"
             checkpoint.filename = checkpoint.filename.replace("acc{val/acc1", "map{val/map")
+
+    @staticmethod
+    def _follow_barebones(trainer, parser: LightningArgumentParser) -> None:
+        """Lightning's ``--trainer.barebones true`` times its loop alone: it turns logging, checkpointing, the progress
+        bar and the model summary off, and refuses any of them set. The app's defaults for those follow it off, and
+        so do its reports and monitors (per-class files, the end-of-fit analysis, the data-wait check), which are
+        the kind of work barebones leaves out. A value the user set stays, and Lightning refuses it (one line)."""
+        defaults = parser.get_defaults().trainer
+        if trainer.get("logger") == defaults.get("logger"):
+            trainer.logger = False
+        if trainer.get("log_every_n_steps") == defaults.get("log_every_n_steps"):
+            trainer.log_every_n_steps = None
+        parser.callback_keys = []
 
     @staticmethod
     def _follow_default_root_dir(trainer) -> None:
@@ -259,7 +274,12 @@ class ConvNeXtCLI(LightningCLI):
         return checkpoint
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except ValueError as err:  # Lightning refuses a feature set together with barebones, with a traceback
+            if "barebones=True" not in str(err):
+                raise
+            raise UserError(f"{err} Leave that option out, or --trainer.barebones.") from err
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own CheckpointIO plugin
             strategy.checkpoint_io = AtomicCheckpointIO()

@@ -101,6 +101,8 @@ def hide_library_advice(evaluating: bool) -> None:
     # Under mixed precision Lightning's model summary says it counts the weights' size at 32 bits "instead": mixed
     # precision keeps the weights in 32 bits, so the size shown is right (on every run of configs/gpu.yaml).
     warnings.filterwarnings("ignore", message=r"Precision (bf)?16-mixed is not supported by the model summary")
+    # Under --trainer.barebones Lightning drops every self.log call, and says so: the user asked for exactly that.
+    warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)` but `Trainer\(barebones=True\)`")
     # Resuming inside an epoch: the checkpoint callback says what happens to that epoch's data, in numbers.
     warnings.filterwarnings("ignore", message=MID_EPOCH_RESUME_WARNING)
     hide_pillow_file_warnings()

@@ -66,3 +66,31 @@ def test_switching_a_default_off_never_crashes(switch: str, fitted: dict[str, Pa
           "--output", str(out), *FAST, *off])
     assert len(out.read_text().splitlines()) == 1 + 12
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_barebones_runs_every_command_without_the_features_it_turns_off(fitted: dict[str, Path], tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str],
+                                                                       recwarn: pytest.WarningsRecorder) -> None:
+    """``--trainer.barebones true`` (Lightning's loop alone, for timing it) refuses a logger, checkpointing, a
+    progress bar and a log interval: the app's defaults of those and its reports follow it off."""
+    root, barebones = fitted["root"], ["--trainer.barebones", "true"]
+    main(fit_args(root, *barebones, *FIT_LIMITS))
+    assert not list(Path("runs").rglob("*.ckpt")) and not list(Path("runs").rglob("events.out.tfevents*"))
+    assert not list(Path("runs").rglob("val_*.csv"))  # no per-class files, no end-of-fit analysis
+    for command in ("validate", "test"):
+        main([command, "--ckpt_path", str(fitted["best"]), "--data.root", str(root), *FAST, *barebones])
+    out = tmp_path / "preds.csv"
+    main(["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir", str(root / "val"),
+          "--output", str(out), *FAST, *barebones])
+    assert len(out.read_text().splitlines()) == 1 + 12
+    assert "Traceback" not in capsys.readouterr().err
+    dropped_logs = "You are trying to `self.log()` but `Trainer(barebones=True)`"  # Lightning, at every dropped log
+    assert not [w for w in recwarn if dropped_logs in str(w.message)]
+
+
+def test_barebones_with_a_feature_it_turns_off_is_one_line(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.helpers import one_line_error
+
+    line = one_line_error(capsys, fit_args(image_root, "--trainer.barebones", "true",
+                                           "--trainer.enable_checkpointing", "true"))
+    assert "barebones=True, enable_checkpointing=True" in line and "Leave that option out" in line
