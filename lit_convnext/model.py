@@ -162,8 +162,6 @@ class ConvNeXtClassifier(LightningModule):
         self.tta = False
         self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
         self.hparams["preprocessing"] = self.preprocessing
-        # Lightning's model summary measures FLOPs with this input (without it the column shows zeros).
-        self.example_input_array = torch.zeros(1, *self.preprocessing["input_size"])
         self.mixup = self._build_mixup() if self.class_names else None
         # Not saved in checkpoints: recomputed from the options, and absent when predicting.
         self.register_buffer("class_weight", resolve_class_weights(class_weights, self.class_names, class_counts),
@@ -183,6 +181,14 @@ class ConvNeXtClassifier(LightningModule):
         return self.hparams.get("task") == "multilabel"
 
     # ----------------------------------------------------------------------------------------- set-up
+    @property
+    def example_input_array(self) -> torch.Tensor:
+        """One input of the model's size for Lightning's model summary, which measures FLOPs and sizes with it (the
+        column shows zeros without one). In the weights' dtype: ``--trainer.precision bf16-true``, ``16-true`` and
+        ``64-true`` convert the weights, and Lightning converts the batches but not this input."""
+        dtype = next(self.net.parameters()).dtype
+        return torch.zeros(1, *self.preprocessing["input_size"], dtype=dtype, device=self.device)
+
     def _build_mixup(self) -> Mixup | None:
         hp = self.hparams
         if hp.mixup_alpha <= 0 and hp.cutmix_alpha <= 0:

@@ -338,3 +338,15 @@ def test_warmup_epochs_become_optimizer_steps(warmup_epochs, total, max_epochs, 
     from lit_convnext.optim import warmup_steps_for
 
     assert warmup_steps_for(warmup_epochs, total, max_epochs, per_epoch) == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_the_model_summary_measures_flops_with_an_input_in_the_weights_dtype(dtype: torch.dtype) -> None:
+    """--trainer.precision bf16-true / 64-true convert the weights; the summary's example input follows them
+    (a float32 input stopped those runs before the first step with a dtype mismatch)."""
+    from lightning.pytorch.utilities.model_summary import summarize
+
+    model = ConvNeXtClassifier(model_name=TINY_MODEL, pretrained=False, class_names=["a", "b"], image_size=32)
+    model = model.to(dtype)
+    assert model.example_input_array.dtype == dtype and model.example_input_array.shape == (1, 3, 32, 32)
+    assert summarize(model, max_depth=1).total_flops > 0

@@ -94,3 +94,11 @@ def test_barebones_with_a_feature_it_turns_off_is_one_line(image_root: Path, cap
     line = one_line_error(capsys, fit_args(image_root, "--trainer.barebones", "true",
                                            "--trainer.enable_checkpointing", "true"))
     assert "barebones=True, enable_checkpointing=True" in line and "Leave that option out" in line
+
+
+def test_a_fit_in_bfloat16_weights_runs_to_its_report(image_root: Path) -> None:
+    """``--trainer.precision bf16-true`` (weights in bfloat16, not mixed precision) through the model summary, the
+    training steps and the end-of-fit analysis."""
+    main(fit_args(image_root, "--trainer.precision", "bf16-true", *FIT_LIMITS))
+    run = next(Path("runs/convnext").iterdir())
+    assert list((run / "checkpoints").glob("best-*.ckpt")) and (run / "report.html").is_file()
