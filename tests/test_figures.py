@@ -68,3 +68,21 @@ def test_reliability_diagram_keeps_its_labels_inside(monkeypatch: pytest.MonkeyP
     panels, bounds = drawn_panels(monkeypatch, lambda: figures.reliability_diagram(summary))
     assert len(panels) == 2
     assert_inside_and_apart(panels, bounds)
+
+
+def test_the_report_draws_the_curves_of_a_csv_logger_run(tmp_path) -> None:
+    """``--trainer.logger CSVLogger`` writes metrics.csv instead of TensorBoard events: the report reads it."""
+    from lit_convnext.report.html import logged_scalars
+
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,step,train/loss_step,lr-AdamW/pg1,val/acc1,val/f1/blue\n"
+        "0,9,2.3,1e-4,,\n"
+        "0,19,2.1,2e-4,,\n"
+        "0,19,,,0.5,0.4\n"
+        "1,29,1.9,oops,,\n"  # a cell that is no number is left out, not the report
+        ",,,,,\n", encoding="utf-8")
+    scalars = logged_scalars(tmp_path)
+    assert scalars == {"train/loss_step": [(9, 2.3), (19, 2.1), (29, 1.9)],
+                       "lr-AdamW/pg1": [(9, 1e-4), (19, 2e-4)], "val/acc1": [(19, 0.5)]}  # no per-class tags
+    assert figures.training_curves(scalars)[:4] == b"\x89PNG"
+    assert logged_scalars(tmp_path / "nothing") == {}

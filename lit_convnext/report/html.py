@@ -52,7 +52,7 @@ def build_report(run_dir: Path, model: Any = None, gallery_size: int = 24,
                         f"run `lit-convnext validate --config {run_dir / 'config.yaml'} --ckpt_path CKPT` into it")
     rows = _read_csv(predictions_csv)
     names = list(model.class_names) if model is not None else _class_names(run_dir, rows)
-    scalars = _safe_scalars(run_dir)  # read once: the TensorBoard event files are the largest input
+    scalars = logged_scalars(run_dir)  # read once: the TensorBoard event files are the largest input
     sections = [
         ("Summary", _summary(run_dir, rows, names, model, scalars)),
         ("Training curves", _curves(scalars)),
@@ -152,16 +152,43 @@ def _summary(run_dir: Path, rows: list[dict[str, str]], names: list[str], model:
     return _table(["", "this run"], items)
 
 
-def _safe_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    if not any(run_dir.glob("events.out.tfevents.*")):
-        return {}
-    return read_scalars(run_dir)
+def logged_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The run's logged values, tag -> [(step, value)]: from its TensorBoard events (the default logger), else from
+    the ``metrics.csv`` of Lightning's CSVLogger (``--trainer.logger CSVLogger``, no wall times there)."""
+    if any(run_dir.glob("events.out.tfevents.*")):
+        return read_scalars(run_dir)
+    if (run_dir / "metrics.csv").is_file():
+        return read_metrics_csv(run_dir / "metrics.csv")
+    return {}
+
+
+def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """A CSVLogger's ``metrics.csv`` (a ``step`` column, one column a tag, empty where a row lacks it) as
+    tag -> [(step, value)], leaving out the per-class tags as :func:`read_scalars` does."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    def number(text: str | None) -> float | None:
+        try:
+            return float(text) if text and text.strip() else None
+        except ValueError:  # not a value this reader can draw: the cell is left out, not the report
+            return None
+
+    for row in _read_csv(path):
+        step = number(row.get("step"))
+        if step is None:
+            continue
+        for tag, text in row.items():
+            value = number(text) if isinstance(text, str) else None
+            if tag in (None, "epoch", "step") or value is None or (tag.count("/") > 1 and not tag.startswith("lr-")):
+                continue
+            scalars.setdefault(tag, []).append((int(step), value))
+    return scalars
 
 
 def _curves(scalars: dict[str, list[tuple[int, float]]]) -> str:
     png = figures.training_curves(scalars) if scalars else None
     if png is None:
-        return "<p class=note>No TensorBoard scalars in this run directory (the run used another logger).</p>"
+        return ("<p class=note>No logged values in this run directory to draw (TensorBoard events, or a CSVLogger's "
+                "metrics.csv): the run used another logger, or none.</p>")
     return _img(png, alt="training curves")
 
 
