@@ -1,8 +1,9 @@
 """Assemble ``report.html`` from a run directory: one file, images embedded as data URIs, opens offline.
 
-Everything is read from the files the run wrote (config, TensorBoard events, CSVs, ``val_calibration.json``),
-so ``lit-convnext report RUN_DIR`` rebuilds the same page later. Tables and galleries are capped so the page
-stays fast at 1,000 classes and 100,000 validation images; the CSVs beside it hold everything.
+Everything is read from the files the run wrote (config, TensorBoard events or a CSVLogger's ``metrics.csv``,
+CSVs, ``val_calibration.json``), so ``lit-convnext report RUN_DIR`` rebuilds the same page later. Tables and
+galleries are capped so the page stays fast at 1,000 classes and 100,000 validation images; the CSVs beside it
+hold everything.
 """
 
 from __future__ import annotations
