@@ -59,13 +59,19 @@ def test_switching_a_default_off_never_crashes(switch: str, fitted: dict[str, Pa
         assert (Path("runs") / "checkpoints" / "last.ckpt").is_file()
     if switch == "enable_checkpointing":
         assert not list(Path("runs").rglob("*.ckpt"))
+    _evaluate_and_predict(fitted, tmp_path, off)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def _evaluate_and_predict(fitted: dict[str, Path], tmp_path: Path, options: list[str]) -> None:
+    """``validate``, ``test`` and ``predict`` of the fitted checkpoint with ``options``; predict writes every row."""
+    root = fitted["root"]
     for command in ("validate", "test"):
-        main([command, "--ckpt_path", str(fitted["best"]), "--data.root", str(root), *FAST, *off])
+        main([command, "--ckpt_path", str(fitted["best"]), "--data.root", str(root), *FAST, *options])
     out = tmp_path / "preds.csv"
     main(["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir", str(root / "val"),
-          "--output", str(out), *FAST, *off])
+          "--output", str(out), *FAST, *options])
     assert len(out.read_text().splitlines()) == 1 + 12
-    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_barebones_runs_every_command_without_the_features_it_turns_off(fitted: dict[str, Path], tmp_path: Path,
@@ -77,12 +83,7 @@ def test_barebones_runs_every_command_without_the_features_it_turns_off(fitted: 
     main(fit_args(root, *barebones, *FIT_LIMITS))
     assert not list(Path("runs").rglob("*.ckpt")) and not list(Path("runs").rglob("events.out.tfevents*"))
     assert not list(Path("runs").rglob("val_*.csv"))  # no per-class files, no end-of-fit analysis
-    for command in ("validate", "test"):
-        main([command, "--ckpt_path", str(fitted["best"]), "--data.root", str(root), *FAST, *barebones])
-    out = tmp_path / "preds.csv"
-    main(["predict", "--ckpt_path", str(fitted["best"]), "--data.predict_dir", str(root / "val"),
-          "--output", str(out), *FAST, *barebones])
-    assert len(out.read_text().splitlines()) == 1 + 12
+    _evaluate_and_predict(fitted, tmp_path, barebones)
     assert "Traceback" not in capsys.readouterr().err
     dropped_logs = "You are trying to `self.log()` but `Trainer(barebones=True)`"  # Lightning, at every dropped log
     assert not [w for w in recwarn if dropped_logs in str(w.message)]

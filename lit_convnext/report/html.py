@@ -167,22 +167,24 @@ def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
     """A CSVLogger's ``metrics.csv`` (a ``step`` column, one column a tag, empty where a row lacks it) as
     tag -> [(step, value)], leaving out the per-class tags as :func:`read_scalars` does."""
     scalars: dict[str, list[tuple[int, float]]] = {}
-    def number(text: str | None) -> float | None:
-        try:
-            return float(text) if text and text.strip() else None
-        except ValueError:  # not a value this reader can draw: the cell is left out, not the report
-            return None
-
     for row in _read_csv(path):
-        step = number(row.get("step"))
+        step = _number(row.get("step"))
         if step is None:
             continue
         for tag, text in row.items():
-            value = number(text) if isinstance(text, str) else None
+            value = _number(text)
             if tag in (None, "epoch", "step") or value is None or (tag.count("/") > 1 and not tag.startswith("lr-")):
                 continue
             scalars.setdefault(tag, []).append((int(step), value))
     return scalars
+
+
+def _number(text: Any) -> float | None:
+    """A CSV cell as a number; None for an empty cell or one that is not a number (left out, not the report)."""
+    try:
+        return float(text) if isinstance(text, str) and text.strip() else None
+    except ValueError:
+        return None
 
 
 def _curves(scalars: dict[str, list[tuple[int, float]]]) -> str:
