@@ -72,7 +72,7 @@ if __name__ == "__main__":
 FIT_CHECK = """
 import sys
 from pathlib import Path
-from lit_convnext.data.bad_files import check_samples
+from lit_convnext.checks.bad_files import check_samples
 from lit_convnext.data.folders import Sample
 paths = sorted(Path(sys.argv[1]).rglob("*.png"))
 check_samples([Sample(p, "any") for p in paths], "train", skip=False, workers=2)

@@ -36,8 +36,8 @@ from photos import make_photo_folder
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from lit_convnext.cli import build_cli
-from lit_convnext.cli import main as app_main
+from lit_convnext.cli.lightning_cli import build_cli
+from lit_convnext.cli.lightning_cli import main as app_main
 from lit_convnext.data.datasets import LabeledImages
 from lit_convnext.data.folders import read_folder_splits
 from lit_convnext.data.transforms import (
@@ -47,7 +47,7 @@ from lit_convnext.data.transforms import (
     eval_decode_size,
     train_decode_size,
 )
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.model.classifier import ConvNeXtClassifier
 
 #: Dense peak TFLOP/s (bf16 tensor core, fp32 without TF32) by GPU name fragment.
 PEAK_TFLOPS = {"H200": (989.0, 67.0), "H100 SXM": (989.0, 67.0), "H100 PCIe": (756.0, 51.0),

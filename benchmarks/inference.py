@@ -26,7 +26,7 @@ from photos import photo_like
 
 from lit_convnext import load_predictor
 from lit_convnext.commands.export import export
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.model.classifier import ConvNeXtClassifier
 
 
 def make_checkpoint(path: Path, model_name: str, image_size: int, num_classes: int = 10) -> Path:

@@ -2,7 +2,7 @@
 
 Both train the same timm ConvNeXt on the same generated JPEG folder with the same transforms,
 DataLoader settings, optimizer (timm AdamW + layer decay + cosine schedule, fused as the app runs it), label-smoothed loss,
-batch size, precision and memory format. The app runs through ``lit_convnext.cli.main`` in-process
+batch size, precision and memory format. The app runs through ``lit_convnext.cli.lightning_cli.main`` in-process
 with its default callbacks (checkpointing, progress bar, LR monitor, data-wait monitor, TensorBoard
 logger) and its validation at each epoch end (excluded from the step timing, like warm-up).
 
@@ -40,12 +40,12 @@ from lightning.pytorch import seed_everything
 from photos import make_photo_folder
 from torch.utils.data import DataLoader
 
-from lit_convnext.cli import main as app_main
+from lit_convnext.cli.lightning_cli import main as app_main
 from lit_convnext.data.datasets import LabeledImages
 from lit_convnext.data.folders import read_folder_splits
 from lit_convnext.data.transforms import TrainAugmentation, build_train_transform, train_decode_size
-from lit_convnext.model import ConvNeXtClassifier
-from lit_convnext.optim import build_optimizer, build_scheduler, fused_adamw_applies
+from lit_convnext.model.classifier import ConvNeXtClassifier
+from lit_convnext.model.optim import build_optimizer, build_scheduler, fused_adamw_applies
 
 
 def keep_in_memory(root: Path, args) -> None:

@@ -118,7 +118,7 @@ class PhaseTimer(pl.Callback):
         import json
         import os
 
-        from lit_convnext.callbacks.evaluation import EvaluationReport
+        from lit_convnext.evaluation.end_of_fit import EvaluationReport
         from lit_convnext.data import datamodule
 
         self.t0 = float(os.environ.get("WHOLE_RUN_T0", time.time()))

@@ -1,5 +1,5 @@
 """``python -m lit_convnext``: same as the ``lit-convnext`` command."""
 
-from lit_convnext.entry import main
+from lit_convnext.cli.entry import main
 
 main()

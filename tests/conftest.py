@@ -28,7 +28,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(base)
         patch.setenv("LIT_CONVNEXT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        from lit_convnext.cli import main
+        from lit_convnext.cli.entry import main
 
         main(["fit", "--data.root", str(root), "--trainer.max_epochs", "2", *FAST])
     run = base / "runs" / "convnext" / "version_0"

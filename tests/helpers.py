@@ -51,7 +51,7 @@ def fit_args(root: Path, *extra: str) -> list[str]:
 
 def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
     """Run the CLI with ``args``; assert it exits 2 with no traceback and return the last stderr line."""
-    from lit_convnext.cli import main
+    from lit_convnext.cli.entry import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -67,7 +67,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
 def lightning_info_lines() -> Iterator[list[str]]:
     """The info lines Lightning (and the app, through ``rank_zero_info``) log during the block, after the app's
     filters: its logger does not propagate to pytest's log capture, so a handler is put on it directly."""
-    from lit_convnext.terminal import LIGHTNING_INFO_LOGGER
+    from lit_convnext.cli.terminal import LIGHTNING_INFO_LOGGER
 
     lines: list[str] = []
     handler = logging.Handler()

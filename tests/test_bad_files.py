@@ -14,7 +14,7 @@ import torch
 from tests.bad_corpus import BAD, WARNED, build_corpus, write_bad_files
 from tests.helpers import TINY_MODEL
 
-from lit_convnext.cli import main
+from lit_convnext.cli.entry import main
 from lit_convnext.data.folders import iter_images
 
 
@@ -154,7 +154,7 @@ def test_stand_ins_for_validation_files_that_break_mid_run_are_measured_by_nobod
 
 def test_evaluation_metrics_leave_stand_in_rows_out() -> None:
     from lit_convnext.data.datasets import STAND_IN
-    from lit_convnext.model import ConvNeXtClassifier
+    from lit_convnext.model.classifier import ConvNeXtClassifier
 
     model = ConvNeXtClassifier(model_name=TINY_MODEL, pretrained=False, class_names=["a", "b", "c"],
                                image_size=32).eval()

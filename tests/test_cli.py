@@ -13,7 +13,8 @@ import torch
 import yaml
 from tests.helpers import FAST, TINY_MODEL, fit_args, lightning_info_lines, make_folder, one_line_error
 
-from lit_convnext.cli import ConvNeXtCLI, main
+from lit_convnext.cli.entry import main
+from lit_convnext.cli.lightning_cli import ConvNeXtCLI
 
 
 def test_fit_writes_best_and_last_checkpoints_with_class_names(fitted: dict[str, Path]) -> None:
@@ -197,7 +198,7 @@ def test_checkpoint_with_other_classes_is_refused(fitted: dict[str, Path], tmp_p
 
 def test_bf16_falls_back_to_16_mixed_on_a_gpu_without_bfloat16(image_root: Path, monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    from lit_convnext.cli import ConvNeXtCLI
+    from lit_convnext.cli.lightning_cli import ConvNeXtCLI
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)

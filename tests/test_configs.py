@@ -13,8 +13,8 @@ import pytest
 import yaml
 from lightning.pytorch.callbacks import WeightAveraging
 
-from lit_convnext.backbone import check_model_name
-from lit_convnext.cli import ConvNeXtCLI, build_cli
+from lit_convnext.model.backbone import check_model_name
+from lit_convnext.cli.lightning_cli import ConvNeXtCLI, build_cli
 from tests.helpers import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lit_convnext.cli import main
+from lit_convnext.cli.entry import main
 from lit_convnext.callbacks.data_wait import DataWaitMonitor
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lit_convnext.cli import main
+from lit_convnext.cli.entry import main
 from lit_convnext.data.folders import iter_images
 from lit_convnext.data.samplers import eval_sampler
-from lit_convnext.optim import EffectiveBatch
+from lit_convnext.model.optim import EffectiveBatch
 from tests.helpers import TINY_MODEL, make_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_under_ddp_each_machine_checks_the_files_once_before_every_process_does(
     from lightning.pytorch.trainer.states import TrainerFn
 
     from lit_convnext.data import ImageFolderDataModule
-    from lit_convnext.data import file_checks
+    from lit_convnext.checks import file_checks
 
     decoded: list[str] = []
     check = file_checks._check

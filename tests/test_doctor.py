@@ -9,9 +9,9 @@ import pytest
 from tests.bad_corpus import BAD, PIXEL_BAD, WARNED, build_corpus, write_bad_files
 from tests.helpers import make_folder
 
-from lit_convnext.cli import main
-from lit_convnext.data.file_checks import check_file
-from lit_convnext.data.scan import scan
+from lit_convnext.cli.entry import main
+from lit_convnext.checks.file_checks import check_file
+from lit_convnext.checks.scan import scan
 from lit_convnext.data.images import load_rgb
 
 

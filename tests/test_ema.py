@@ -12,9 +12,9 @@ from tests.helpers import FAST, TINY_MODEL, one_line_error
 from torch.optim.swa_utils import AveragedModel
 
 from lit_convnext.callbacks.ema import EMA, WarmupEMADecay, decay_for_horizon
-from lit_convnext.cli import main
+from lit_convnext.cli.entry import main
 from lit_convnext.data import ImageFolderDataModule
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.model.classifier import ConvNeXtClassifier
 
 
 def test_warmup_is_a_plain_mean_until_the_configured_decay_then_exactly_that_decay() -> None:

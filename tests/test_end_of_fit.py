@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_convnext.callbacks import class_report
+from lit_convnext.evaluation import class_report
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
-from lit_convnext.cli import main
-from lit_convnext.trainer import ConvNeXtTrainer
+from lit_convnext.cli.entry import main
+from lit_convnext.cli.trainer import ConvNeXtTrainer
 from tests.helpers import FAST, fit_args, lightning_info_lines, make_folder
 
 

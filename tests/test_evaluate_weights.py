@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.helpers import FAST, make_folder, one_line_error
 
-from lit_convnext.cli import main
+from lit_convnext.cli.entry import main
 from lit_convnext.commands.export import export
 
 EVAL = [*FAST[:2], *FAST[4:]]  # FAST without --model.pretrained false
@@ -60,9 +60,9 @@ def test_validate_on_hub_weights_is_refused_before_any_download(fitted: dict[str
                                                                  capsys: pytest.CaptureFixture[str],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The default ``--model.pretrained true`` is ImageNet's head: say so at once instead of fetching it first."""
-    import lit_convnext.backbone
+    import lit_convnext.model.backbone
 
-    monkeypatch.setattr(lit_convnext.backbone, "hub_weights_file", lambda name: pytest.fail("weights were fetched"))
+    monkeypatch.setattr(lit_convnext.model.backbone, "hub_weights_file", lambda name: pytest.fail("weights were fetched"))
     args = ["--data.root", str(fitted["root"]), *[a if a != "false" else "true" for a in FAST]]
     for subcommand in ("validate", "test"):
         line = one_line_error(capsys, [subcommand, *args])

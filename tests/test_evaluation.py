@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_convnext.calibration import calibration_error, fit_temperature
-from lit_convnext.cli import main
+from lit_convnext.evaluation.calibration import calibration_error, fit_temperature
+from lit_convnext.cli.entry import main
 from lit_convnext.data.folders import iter_images
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.model.classifier import ConvNeXtClassifier
 from tests.helpers import COLORS, FAST, TINY_MODEL, fit_args, make_folder, write_image
 
 PREDICTION_COLUMNS = ["path", "true", "predicted", "confidence", "loss", "correct",
@@ -198,7 +198,7 @@ def check_in_browser(report: Path, expected_text: list[str], min_images: int) ->
 def test_classes_too_small_for_cleanlab_are_one_warning_with_their_names(tmp_path: Path) -> None:
     """cleanlab warns once per class with a single validation image; a user gets one line naming the classes."""
     pytest.importorskip("cleanlab", reason="the label-issue search needs the report extra (cleanlab)")
-    from lit_convnext.callbacks.evaluation import write_label_issues
+    from lit_convnext.evaluation.end_of_fit import write_label_issues
 
     names = ["cat", "dog", "fox", "owl"]
     targets = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 3])  # fox and owl: one image each

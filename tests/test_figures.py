@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lit_convnext.report import figures
+from lit_convnext.evaluation.report import figures
 
 
 def drawn_panels(monkeypatch: pytest.MonkeyPatch, draw) -> list:
@@ -72,7 +72,7 @@ def test_reliability_diagram_keeps_its_labels_inside(monkeypatch: pytest.MonkeyP
 
 def test_the_report_draws_the_curves_of_a_csv_logger_run(tmp_path) -> None:
     """``--trainer.logger CSVLogger`` writes metrics.csv instead of TensorBoard events: the report reads it."""
-    from lit_convnext.report.html import logged_scalars
+    from lit_convnext.evaluation.report.html import logged_scalars
 
     (tmp_path / "metrics.csv").write_text(
         "epoch,step,train/loss_step,lr-AdamW/pg1,val/acc1,val/f1/blue\n"

@@ -10,9 +10,9 @@ from PIL import Image, PngImagePlugin
 from tests.bad_corpus import write_awkward_files, write_bad_files
 from tests.helpers import make_folder
 
-from lit_convnext.data import file_checks
-from lit_convnext.data.check_cache import CheckCache
-from lit_convnext.data.file_checks import check_file, inspect_files
+from lit_convnext.checks import file_checks
+from lit_convnext.checks.check_cache import CheckCache
+from lit_convnext.checks.file_checks import check_file, inspect_files
 from lit_convnext.data.images import load_rgb
 
 

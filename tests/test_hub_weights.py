@@ -51,7 +51,7 @@ def test_hub_weights_load_offline_and_a_new_class_count_resets_only_the_head(hub
     result = run_python(
         """
         import torch
-        from lit_convnext.backbone import build_convnext
+        from lit_convnext.model.backbone import build_convnext
         net, _ = build_convnext("convnext_atto.d2_in1k", num_classes=7, pretrained=True, drop_path_rate=0.1,
                                 layer_scale_init_value=None, head_init_scale=0.001)
         expected = torch.load("expected.pt", weights_only=True)
@@ -77,7 +77,7 @@ def test_hub_weights_missing_offline_is_a_one_line_error(tmp_path: Path) -> None
     empty_cache.mkdir()
     result = run_python(
         f"""
-        from lit_convnext.cli import main
+        from lit_convnext.cli.entry import main
         main(["fit", "--model.model_name", "convnext_atto.d2_in1k", "--model.pretrained", "true",
               "--data.root", {str(root)!r}, "--data.num_workers", "0", "--trainer.max_steps", "1"])
         """,
@@ -96,7 +96,7 @@ def test_hub_weights_that_lack_tensors_are_refused_like_a_file(tmp_path: Path) -
     write_hub_repo(cache, "timm/convnextv2_atto.fcmae_ft_in1k", timm.create_model("convnextv2_atto").state_dict())
     result = run_python(
         """
-        from lit_convnext.backbone import build_convnext
+        from lit_convnext.model.backbone import build_convnext
         from lit_convnext.errors import UserError
         try:
             build_convnext("convnextv2_atto.fcmae_ft_in1k", num_classes=3, pretrained=True, drop_path_rate=0.0,
@@ -120,7 +120,7 @@ def test_cached_hub_weights_are_used_without_asking_the_hub(hub_cache, monkeypat
     """No network round trip (and no retries on a machine without one) when the weights are in the cache."""
     import huggingface_hub
 
-    from lit_convnext.backbone import hub_weights_file
+    from lit_convnext.model.backbone import hub_weights_file
 
     cache, _ = hub_cache
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -135,8 +135,8 @@ def test_hub_retries_are_one_line_of_ours(caplog: pytest.LogCaptureFixture) -> N
     """huggingface_hub logs two lines per retry for up to a minute; the user gets one that says what to do."""
     import logging
 
-    from lit_convnext.backbone import HUB_HTTP_LOGGER, _RetriesSaidOnce
-    from lit_convnext.terminal import log_filter
+    from lit_convnext.model.backbone import HUB_HTTP_LOGGER, _RetriesSaidOnce
+    from lit_convnext.cli.terminal import log_filter
 
     logger = logging.getLogger(HUB_HTTP_LOGGER)
     url = "https://huggingface.co/timm/convnext_atto.d2_in1k/resolve/main/model.safetensors"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from tests.helpers import TINY_MODEL, make_folder
 
-from lit_convnext.callbacks import class_report
-from lit_convnext.cli import main
+from lit_convnext.evaluation import class_report
+from lit_convnext.cli.entry import main
 from lit_convnext.errors import UserError
 from lit_convnext.data.samplers import balanced_sampler
-from lit_convnext.losses import classification_loss, resolve_class_weights
+from lit_convnext.model.losses import classification_loss, resolve_class_weights
 
 
 def test_auto_weights_are_inverse_frequency_with_mean_one() -> None:

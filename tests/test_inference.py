@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 import lit_convnext
-from lit_convnext.cli import main
+from lit_convnext.cli.entry import main
 from lit_convnext.commands.export import export
 from lit_convnext.errors import UserError
 from lit_convnext.inference import onnx_export
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.model.classifier import ConvNeXtClassifier
 from tests.helpers import TINY_MODEL, one_line_error, write_image
 
 TEMPERATURE = 2.0

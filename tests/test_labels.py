@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_convnext.cli import main
+from lit_convnext.cli.entry import main
 from lit_convnext.data.labels import multi_hot, multilabel_split, read_label_file, read_label_splits
 from lit_convnext.data.samplers import balanced_sampler
 from lit_convnext.errors import UserError
-from lit_convnext.losses import multilabel_loss
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.model.losses import multilabel_loss
+from lit_convnext.model.classifier import ConvNeXtClassifier
 from tests.helpers import COLORS, FAST, TINY_MODEL, fit_args, one_line_error, write_image
 
 #: Multi-label images: the mean colour of the classes present (so each class is visible in the pixels).

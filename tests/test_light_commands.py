@@ -12,7 +12,7 @@ from tests.helpers import make_folder
 HEAVY = ("torch", "lightning", "timm", "torchvision")
 PROBE = """
 import sys
-from lit_convnext.entry import main
+from lit_convnext.cli.entry import main
 try:
     main({args!r})
 except SystemExit as exit:
@@ -39,7 +39,7 @@ def test_doctor_and_help_import_no_torch(args: list[str], tmp_path: Path) -> Non
 
 
 def test_fit_help_still_comes_from_lightning(capsys: pytest.CaptureFixture[str]) -> None:
-    from lit_convnext.entry import main
+    from lit_convnext.cli.entry import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--help"])
@@ -49,7 +49,7 @@ def test_fit_help_still_comes_from_lightning(capsys: pytest.CaptureFixture[str])
 
 FROZEN = """
 import gc, sys
-from lit_convnext.entry import main
+from lit_convnext.cli.entry import main
 sys.argv = ["lit-convnext", *{args!r}]
 try:
     main({call})

@@ -14,8 +14,8 @@ from lightning.pytorch.loggers import Logger
 
 from lit_convnext.data import ImageFolderDataModule, TrainAugmentation
 from lit_convnext.errors import UserError
-from lit_convnext.model import ConvNeXtClassifier
-from lit_convnext.optim import EffectiveBatch
+from lit_convnext.model.classifier import ConvNeXtClassifier
+from lit_convnext.model.optim import EffectiveBatch
 
 
 def classifier(**overrides) -> ConvNeXtClassifier:
@@ -61,7 +61,7 @@ def test_unknown_model_name_suggests_close_names() -> None:
 
 
 def test_param_groups_weight_decay_and_layer_scales() -> None:
-    from lit_convnext.optim import build_optimizer
+    from lit_convnext.model.optim import build_optimizer
 
     model = classifier()
     optimizer = build_optimizer(model.net, lr=1.0, weight_decay=0.05, layer_decay=0.5)
@@ -87,7 +87,7 @@ def test_param_groups_weight_decay_and_layer_scales() -> None:
 
 
 def test_v2_grn_parameters_get_no_weight_decay() -> None:
-    from lit_convnext.optim import build_optimizer
+    from lit_convnext.model.optim import build_optimizer
 
     model = classifier(model_name="convnextv2_atto")
     optimizer = build_optimizer(model.net, lr=1.0, weight_decay=0.05, layer_decay=0.9)
@@ -158,7 +158,7 @@ def test_training_accuracy_is_logged_once_per_epoch_over_all_its_images(image_ro
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """train/acc1 and train/f1 are logged at each epoch's end, computed over every training image of that epoch,
     and the metrics start again for the next epoch."""
-    from lit_convnext import model as model_module
+    from lit_convnext.model import classifier as model_module
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     loss = model_module.classification_loss
@@ -222,8 +222,8 @@ def test_training_loss_is_written_as_the_mean_of_each_logging_window_and_of_each
     """train/loss_step, written every log_every_n_steps, is the mean loss per image since the previous write (not
     one batch's loss), and train/loss_epoch the epoch's mean; training accuracy is unchanged by keeping the logits
     between metric updates."""
-    from lit_convnext import model as model_module
-    from lit_convnext.tally import TrainingTally
+    from lit_convnext.model import classifier as model_module
+    from lit_convnext.model.tally import TrainingTally
 
     losses: list[float] = []
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -263,7 +263,7 @@ def test_training_loss_is_written_as_the_mean_of_each_logging_window_and_of_each
 def test_the_training_tally_weights_batches_by_their_images_and_windows_by_step() -> None:
     """A short batch counts by its images; under gradient accumulation several batches share one step, and a
     window goes on until the step after the one it was ended at."""
-    from lit_convnext.tally import TrainingTally
+    from lit_convnext.model.tally import TrainingTally
 
     tally = TrainingTally()
     assert tally.add_loss(torch.tensor(1.0), 4, step=0) is True  # the epoch's first batch
@@ -335,7 +335,7 @@ def test_python_user_gets_the_image_size_given_to_the_model(image_root: Path) ->
     ],
 )
 def test_warmup_epochs_become_optimizer_steps(warmup_epochs, total, max_epochs, per_epoch, expected) -> None:
-    from lit_convnext.optim import warmup_steps_for
+    from lit_convnext.model.optim import warmup_steps_for
 
     assert warmup_steps_for(warmup_epochs, total, max_epochs, per_epoch) == expected
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from lit_convnext.report.figures import MOSAIC_CAPTION, MOSAIC_COLUMNS, MOSAIC_TILE, augmentation_mosaic, fit_caption
+from lit_convnext.evaluation.report.figures import MOSAIC_CAPTION, MOSAIC_COLUMNS, MOSAIC_TILE, augmentation_mosaic, fit_caption
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -48,8 +48,8 @@ def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path) -> None:
     parse error, and ``$5-$10`` would have lost its dollars."""
     from matplotlib.cbook import is_math_text
 
-    from lit_convnext.callbacks.class_report import plot_confusion
-    from lit_convnext.report.figures import as_written, normalised_confusion
+    from lit_convnext.evaluation.class_report import plot_confusion
+    from lit_convnext.evaluation.report.figures import as_written, normalised_confusion
 
     names = ["$$", "$5-$10", r"x_1 $\alpha$", "plain"]
     for name in names:
@@ -64,7 +64,7 @@ def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path) -> None:
 def test_the_counts_png_of_many_classes_shows_those_with_the_most_errors(tmp_path, monkeypatch) -> None:
     """At 100 classes the counts PNG shows the 30 classes most involved in errors, with a title that says so and
     points at the CSV; cells without images stay empty."""
-    from lit_convnext.callbacks import class_report
+    from lit_convnext.evaluation import class_report
 
     figures = []
     monkeypatch.setattr(class_report, "save_png", lambda figure, path, dpi: figures.append(figure))
@@ -93,8 +93,8 @@ def test_characters_the_font_lacks_are_one_line_of_ours(tmp_path, monkeypatch) -
 
     import matplotlib
 
-    from lit_convnext.callbacks.class_report import plot_confusion
-    from lit_convnext.report import figures
+    from lit_convnext.evaluation.class_report import plot_confusion
+    from lit_convnext.evaluation.report import figures
 
     monkeypatch.setattr(figures, "_REPORTED_GLYPHS", set())
     names, confusion = ["\U0001d49c class", "plain"], torch.tensor([[2, 1], [0, 3]])

@@ -15,7 +15,7 @@ import pytest
 import timm
 import torch
 
-from lit_convnext.optim import build_optimizer
+from lit_convnext.model.optim import build_optimizer
 
 # convnext_base / convnext_large (depths 3-3-27-3), official V1 12 groups (V2 "group").
 GROUP_27 = {
@@ -156,7 +156,7 @@ def test_the_model_option_reaches_the_optimizer_of_a_fit(image_root, caplog) -> 
     from lightning.pytorch import Trainer
 
     from lit_convnext.data import ImageFolderDataModule
-    from lit_convnext.model import ConvNeXtClassifier
+    from lit_convnext.model.classifier import ConvNeXtClassifier
     from tests.helpers import TINY_MODEL
 
     model = ConvNeXtClassifier(model_name=TINY_MODEL, pretrained=False, class_names=["blue", "green", "red"],
@@ -194,7 +194,7 @@ def test_fused_adamw_makes_the_same_update_as_the_default_loop() -> None:
 
 
 def test_fused_adamw_applies_only_where_torch_has_the_kernel_and_lightning_allows_it() -> None:
-    from lit_convnext.optim import fused_adamw_applies
+    from lit_convnext.model.optim import fused_adamw_applies
 
     assert fused_adamw_applies(torch.nn.Linear(2, 2), clips_under_mixed_precision=False)
     assert not fused_adamw_applies(torch.nn.Linear(2, 2), clips_under_mixed_precision=True)

@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lit_convnext import model as model_module
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.model import classifier as model_module
+from lit_convnext.model.classifier import ConvNeXtClassifier
 from tests.helpers import TINY_MODEL
 
 CLASSES = ["a", "b", "c"]

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from tests.helpers import FAST, make_folder, one_line_error
 
-from lit_convnext.cli import main
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.cli.entry import main
+from lit_convnext.model.classifier import ConvNeXtClassifier
 
 
 class _WritesMarker:

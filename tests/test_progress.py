@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ProgressBar
 
 from lit_convnext.callbacks.progress import ThrottledRichProgressBar
 
-from lit_convnext.cli import main
+from lit_convnext.cli.entry import main
 
 READ_METRICS = ProgressBar.get_metrics  # the real read of the logged values (what syncs with the GPU)
 
@@ -97,7 +97,7 @@ def test_the_bar_is_drawn_between_steps_at_most_refresh_rate_times_a_second(imag
             super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     monkeypatch.setattr(progress, "ThrottledRichProgressBar", Watch)
-    from lit_convnext import cli
+    from lit_convnext.cli import lightning_cli as cli
 
     monkeypatch.setattr(cli, "ThrottledRichProgressBar", Watch, raising=False)
     main(["fit", "--data.root", str(image_root), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "10",

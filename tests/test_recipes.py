@@ -16,7 +16,7 @@ import yaml
 from tests.helpers import TINY_MODEL
 
 from lit_convnext.callbacks.ema import EMA
-from lit_convnext.cli import build_cli
+from lit_convnext.cli.lightning_cli import build_cli
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = REPO / "configs" / "official"

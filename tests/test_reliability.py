@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.model.classifier import ConvNeXtClassifier
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
 from tests.helpers import fit_args, one_line_error
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_convnext.cli import ConvNeXtCLI, main
+from lit_convnext.cli.entry import main
+from lit_convnext.cli.lightning_cli import ConvNeXtCLI
 from tests.helpers import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.helpers import FAST, fit_args
 
-from lit_convnext.cli import main
+from lit_convnext.cli.entry import main
 
 FIT_LIMITS = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import lit_convnext
-from lit_convnext import terminal
-from lit_convnext.terminal import show_warnings_as_one_line
+from lit_convnext.cli import terminal
+from lit_convnext.cli.terminal import show_warnings_as_one_line
 
 
 def test_our_warnings_are_one_line_and_others_keep_their_format(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,10 +1,8 @@
 """Everything the Trainer calls during a run, one module per callback (as Lightning's own ``callbacks``)."""
 
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO, ResumableModelCheckpoint
-from lit_convnext.callbacks.class_report import PerClassReport
 from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.ema import EMA
-from lit_convnext.callbacks.evaluation import EvaluationReport
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
 from lit_convnext.callbacks.prediction_writer import PredictionWriter
 from lit_convnext.callbacks.progress import ThrottledRichProgressBar
@@ -13,9 +11,7 @@ __all__ = [
     "EMA",
     "AtomicCheckpointIO",
     "DataWaitMonitor",
-    "EvaluationReport",
     "FiniteLossGuard",
-    "PerClassReport",
     "PredictionWriter",
     "ResumableModelCheckpoint",
     "ThrottledRichProgressBar",

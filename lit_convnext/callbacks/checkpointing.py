@@ -193,7 +193,7 @@ def _say_mid_epoch_resume(trainer: pl.Trainer) -> None:
     """A resume from a checkpoint saved inside an epoch (``every_n_train_steps``, a pre-emption): the loader cannot
     restart where it stopped, so the rest of that epoch is drawn from a new shuffle (Lightning's loop counts the
     batches already done). Said in numbers, instead of Lightning's advice to make the dataloader resumable
-    (``lit_convnext.terminal.MID_EPOCH_RESUME_WARNING``)."""
+    (``lit_convnext.cli.terminal.MID_EPOCH_RESUME_WARNING``)."""
     batches = trainer.num_training_batches
     if trainer.ckpt_path is None or not math.isfinite(batches) or trainer.global_step == 0:
         return

@@ -36,7 +36,7 @@ def doctor(root: Path, json: Path | None = None, image_size: int | None = None, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from lit_convnext.commands.doctor_tables import render
-    from lit_convnext.data.scan import scan, scan_label_file
+    from lit_convnext.checks.scan import scan, scan_label_file
 
     root = Path(root).expanduser()
     if not root.is_dir():

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lit_convnext.data.scan import DoctorReport
+from lit_convnext.checks.scan import DoctorReport
 
 #: Rows shown per table; the JSON report always has everything.
 SHOW = 20

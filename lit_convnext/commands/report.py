@@ -15,8 +15,8 @@ def report(run_dir: Path, ckpt_path: Path | None = None, gallery_size: PositiveI
             ``none`` builds the report without overlays.
         gallery_size: Images per gallery (worst errors, suspected label errors).
     """
-    from lit_convnext.model import ConvNeXtClassifier
-    from lit_convnext.report import build_report
+    from lit_convnext.model.classifier import ConvNeXtClassifier
+    from lit_convnext.evaluation.report import build_report
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

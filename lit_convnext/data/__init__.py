@@ -1,7 +1,7 @@
-"""Reading image folders: file discovery, decoding, transforms and the DataModule.
+"""The training pipeline: class folders and label files, decoding, transforms, datasets, samplers and the DataModule.
 
-The DataModule and transforms need torch and Lightning; they are imported on first use, so the file
-checks (``scan``, used by ``lit-convnext doctor``) start without them.
+The DataModule and transforms need torch and Lightning; they are imported on first use, so the folder and
+label-file readers (used by ``lit-convnext doctor``) start without them.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from lit_convnext.data.bad_files import BAD_FILES_NAME, check_samples
+from lit_convnext.checks.bad_files import BAD_FILES_NAME, check_samples
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
-from lit_convnext.data.file_checks import inspect_files
+from lit_convnext.checks.file_checks import inspect_files
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
 from lit_convnext.data.labels import multi_hot, read_label_splits, sample_labels
 from lit_convnext.data.transforms import (

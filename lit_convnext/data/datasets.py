@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
-from lit_convnext.data.bad_files import FOUND_WHILE_LOADING, append_bad_files, found_while_loading_since, listing_size
+from lit_convnext.checks.bad_files import FOUND_WHILE_LOADING, append_bad_files, found_while_loading_since, listing_size
 from lit_convnext.data.images import failure_reason, load_rgb
 from lit_convnext.errors import UserError
-from lit_convnext.terminal import hide_pillow_file_warnings
+from lit_convnext.cli.terminal import hide_pillow_file_warnings
 
 log = logging.getLogger(__name__)
 

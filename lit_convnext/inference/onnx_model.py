@@ -15,7 +15,7 @@ from lightning.pytorch import LightningModule
 
 from lit_convnext.errors import UserError
 from lit_convnext.inference.metadata import INPUT_NAME, ModelCard
-from lit_convnext.model import ConvNeXtClassifier
+from lit_convnext.model.classifier import ConvNeXtClassifier
 
 
 def open_session(path: Path, device: str = "cpu") -> tuple[Any, ModelCard]:

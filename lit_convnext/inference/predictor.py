@@ -146,7 +146,7 @@ def load_checkpoint_model(path: Path, device: str = "cpu") -> Any:
     """A ``ConvNeXtClassifier`` from a checkpoint, read without unpickling code and without downloading weights."""
     import pickle
 
-    from lit_convnext.model import ConvNeXtClassifier
+    from lit_convnext.model.classifier import ConvNeXtClassifier
 
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass the path of a .ckpt (or an exported .onnx)")

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lit_convnext.data.images import DamagedImageError, failure_reason, load_pixels, open_image, to_rgb
-from lit_convnext.terminal import hide_pillow_file_warnings
+from lit_convnext.cli.terminal import hide_pillow_file_warnings
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from lit_convnext.data.images import load_rgb
 from lit_convnext.data.transforms import build_eval_transform
-from lit_convnext.report.figures import denormalise
+from lit_convnext.evaluation.report.figures import denormalise
 
 #: Shown in the report instead of the overlays when torchcam is not installed.
 CAM_MISSING = "Install the report extra for class-activation overlays: pip install 'lit-convnext[report]' (torchcam)."

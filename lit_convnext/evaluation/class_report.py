@@ -39,7 +39,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from lit_convnext.report.figures import as_written, confusion_classes, save_png
+from lit_convnext.evaluation.report.figures import as_written, confusion_classes, save_png
 
 #: Per-class metrics of the report, logged as ``{stage}/{metric}/{class name}``.
 PER_CLASS = {"precision": MulticlassPrecision, "recall": MulticlassRecall, "f1": MulticlassF1Score}

@@ -22,11 +22,11 @@ from torchmetrics.classification import (
     MultilabelPrecisionRecallCurve,
 )
 
-from lit_convnext.backbone import build_convnext
+from lit_convnext.model.backbone import build_convnext
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.errors import UserError
-from lit_convnext.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
-from lit_convnext.optim import (
+from lit_convnext.model.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
+from lit_convnext.model.optim import (
     EffectiveBatch,
     LayerDecayGrouping,
     build_optimizer,
@@ -43,7 +43,7 @@ from lit_convnext.ranges import (
     Probability,
     Rate,
 )
-from lit_convnext.tally import TrainingTally
+from lit_convnext.model.tally import TrainingTally
 
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -79,7 +79,7 @@ class ConvNeXtClassifier(LightningModule):
             the next); ``None`` turns it off.
         layer_decay_grouping: What a layer is: ``timm`` (one per block, the stem alone), ``single`` (official
             ConvNeXt-V2 per-block, the stem with the first block) or ``group`` (official V1 / V2 12 groups, made for
-            3-3-27-3 depths). See ``lit_convnext.optim.LayerDecayGrouping``.
+            3-3-27-3 depths). See ``lit_convnext.model.optim.LayerDecayGrouping``.
         betas: AdamW betas.
         label_smoothing: Label smoothing of the cross-entropy (also applied under Mixup/CutMix); multi-label:
             each binary target moves towards 0.5.

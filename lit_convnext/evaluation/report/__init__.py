@@ -4,6 +4,6 @@
 ``html`` reads the run's files and assembles the page.
 """
 
-from lit_convnext.report.html import build_report
+from lit_convnext.evaluation.report.html import build_report
 
 __all__ = ["build_report"]

@@ -2,7 +2,7 @@
 
 :func:`scan` walks the same layouts ``fit`` accepts (``root/train|val|test/<class>/...`` or
 ``root/<class>/...``) but, unlike the training scan, reports every problem instead of stopping at the
-first. The per-file pass (decode, hash, cache) is :mod:`lit_convnext.data.file_checks`, which the
+first. The per-file pass (decode, hash, cache) is :mod:`lit_convnext.checks.file_checks`, which the
 DataModule also runs before training.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_convnext.data.file_checks import FileCheck, FileChecker, inspect_files
+from lit_convnext.checks.file_checks import FileCheck, FileChecker, inspect_files
 from lit_convnext.data.folders import IMAGE_SUFFIXES, SPLIT_NAMES, class_folders, is_hidden, natural_key
 
 

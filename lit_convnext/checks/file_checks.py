@@ -1,6 +1,6 @@
 """Check image files one by one, the way training reads them: in parallel, and only once per file version.
 
-Each file is read once: its bytes are hashed (duplicate and leakage detection by :mod:`lit_convnext.data.scan`),
+Each file is read once: its bytes are hashed (duplicate and leakage detection by :mod:`lit_convnext.checks.scan`),
 the header is parsed by ``PIL.Image.open``, and the pixels are decoded as training decodes them
 (:func:`lit_convnext.data.images.load_pixels`; JPEGs at 1/8 scale through libjpeg's ``draft``, which still
 reads every coded block), then converted to RGB where training would convert them, so every file that would
@@ -9,11 +9,11 @@ fail in training fails here. ``header_only=True`` replaces the decode by ``verif
 whose pixel data is corrupt (bad palettes, broken compressed streams). What Pillow warns about while it
 opens and decodes a file that still loads (corrupt EXIF, an invalid APNG frame sequence, tags pointing past the
 end of the file) is kept in the file's ``notes``: outside the checks those warnings are left out of the
-terminal (:func:`lit_convnext.terminal.hide_pillow_file_warnings`), so this is where they are reported.
+terminal (:func:`lit_convnext.cli.terminal.hide_pillow_file_warnings`), so this is where they are reported.
 
 :func:`inspect_files` spreads the files over worker processes (the start method is the platform's, as for
 PyTorch's loader workers: the workers only run Pillow) and skips files whose size and modification time are
-those of an earlier check (:mod:`lit_convnext.data.check_cache`); the workers do the ``stat`` calls too, so
+those of an earlier check (:mod:`lit_convnext.checks.check_cache`); the workers do the ``stat`` calls too, so
 the main process only lists the files and collects the results.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from lit_convnext.data.check_cache import CheckCache
+from lit_convnext.checks.check_cache import CheckCache
 from lit_convnext.data.images import (ALPHA_MODES, HIGH_DEPTH_MODES, ORIENTATION_TAG, DamagedImageError, load_pixels,
                                       needs_conversion, open_image, to_rgb)
 
@@ -300,7 +300,7 @@ def inspect_files(
         workers: Parallel processes; ``None`` means one per CPU core; 1 checks in this process.
         progress: Called with the number of files finished after each chunk.
         cache: Reuse the result of files whose size and modification time are unchanged since an earlier
-            check, and remember the new ones (:mod:`lit_convnext.data.check_cache`).
+            check, and remember the new ones (:mod:`lit_convnext.checks.check_cache`).
     """
     with FileChecker(header_only, workers, progress, cache) as checker:
         checker.add(paths)

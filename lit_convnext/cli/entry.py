@@ -14,8 +14,9 @@ import warnings
 from typing import NoReturn
 
 from lit_convnext.commands import COMMANDS
+from lit_convnext.cli.messages import fail
 from lit_convnext.errors import UserError
-from lit_convnext.terminal import hide_pillow_file_warnings, show_warnings_as_one_line
+from lit_convnext.cli.terminal import hide_pillow_file_warnings, show_warnings_as_one_line
 
 HELP = """\
 usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve,report} ...
@@ -46,11 +47,11 @@ def main(args: list[str] | None = None) -> None:
     if argv in (["-h"], ["--help"]):
         print(HELP, end="")
         raise SystemExit(0)
-    from lit_convnext.cli import main as cli_main
+    from lit_convnext.cli.lightning_cli import run_lightning_command
 
     if ends_process:
         settle_the_imports()
-    cli_main(args)
+    run_lightning_command(argv)
     if ends_process:
         leave_the_heap_to_the_os()
 
@@ -91,12 +92,3 @@ def leave_the_heap_to_the_os() -> None:
     ``fit`` beside torch and Lightning on 2 cores, 25 ms after ``doctor``). The commands close their files,
     loggers and loader workers before they return, so nothing waits for that collection."""
     gc.freeze()
-
-
-def fail(message: str) -> NoReturn:
-    """Print ``message`` as the one error line and exit with status 2."""
-    # Errors raised inside DataLoader workers arrive wrapped with the worker's traceback: keep our line.
-    if "Original Traceback" in message:
-        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-    print(f"lit-convnext: error: {message}", file=sys.stderr)
-    raise SystemExit(2)

@@ -9,7 +9,7 @@ multi-label model's thresholds are tuned at each validation. When training ends,
 :meth:`EvaluationReport.analyse_fit` takes the best checkpoint's validation logits (those kept, else, after a
 resume or under DDP, by validating it once more, and then stores the temperature fitted on them in that
 checkpoint), lists likely label errors (cleanlab), draws a mosaic of the augmented training batch and writes
-``report.html`` (see ``lit_convnext.report``).
+``report.html`` (see ``lit_convnext.evaluation.report``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_convnext.calibration import calibration_summary, fit_temperature
-from lit_convnext.callbacks.class_report import PerClassReport
+from lit_convnext.evaluation.calibration import calibration_summary, fit_temperature
+from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.data.datasets import measured_rows
-from lit_convnext.terminal import LIGHTNING_INFO_LOGGER, LOADED_WEIGHTS_LINE, RESTORING_LINE, DropLines, log_filter
+from lit_convnext.cli.terminal import LIGHTNING_INFO_LOGGER, LOADED_WEIGHTS_LINE, RESTORING_LINE, DropLines, log_filter
 
 #: Images kept from the first training batch for the augmentation mosaic.
 MOSAIC_IMAGES = 32
@@ -221,12 +221,12 @@ class EvaluationReport(Callback):
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
             if self._first_batch is not None:
-                from lit_convnext.report.figures import augmentation_mosaic
+                from lit_convnext.evaluation.report.figures import augmentation_mosaic
 
                 images, targets = self._first_batch
                 augmentation_mosaic(images, targets, model).save(run_dir / "train_batch_mosaic.png")
             if self.report:
-                from lit_convnext.report import build_report
+                from lit_convnext.evaluation.report import build_report
 
                 path = build_report(run_dir, model, gallery_size=self.gallery_size,
                                     analysis_seconds=validated - start)

@@ -13,7 +13,7 @@ import torch
 
 class TrainingTally:
     """The training step's logits (for the training metrics) and loss sums (for ``train/loss_step`` and
-    ``train/loss_epoch``), between the points where :class:`~lit_convnext.model.ConvNeXtClassifier` logs them."""
+    ``train/loss_epoch``), between the points where :class:`~lit_convnext.model.classifier.ConvNeXtClassifier` logs them."""
 
     #: Batches of logits kept before the metrics are updated with all of them at once ...
     BATCHES = 16

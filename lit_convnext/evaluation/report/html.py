@@ -23,8 +23,8 @@ from PIL import Image
 
 from lit_convnext.data.images import load_rgb
 from lit_convnext.errors import UserError
-from lit_convnext.report import figures
-from lit_convnext.report.cam import CAM_MISSING, cam_available, cam_overlays
+from lit_convnext.evaluation.report import figures
+from lit_convnext.evaluation.report.cam import CAM_MISSING, cam_available, cam_overlays
 
 #: Rows of the per-class table (worst F1 first) and of the confused-pairs table.
 TABLE_ROWS = 200

@@ -20,26 +20,25 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_convnext.backbone import check_model_name
+from lit_convnext.model.backbone import check_model_name
 from lit_convnext.callbacks import (
     AtomicCheckpointIO,
     DataWaitMonitor,
-    EvaluationReport,
     FiniteLossGuard,
-    PerClassReport,
     ResumableModelCheckpoint,
     ThrottledRichProgressBar,
 )
+from lit_convnext.evaluation.class_report import PerClassReport
+from lit_convnext.evaluation.end_of_fit import EvaluationReport
 from lit_convnext.callbacks.checkpointing import LAST_NAME, newest_last_checkpoint, run_version
-from lit_convnext.commands import COMMANDS
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import label_columns
-from lit_convnext.entry import fail, run_command
-from lit_convnext.errors import UserError, out_of_memory_message
-from lit_convnext.terminal import (LIGHTNING_INFO_LOGGER, RESTORING_LINE, DropLines, hide_library_advice,
-                                   log_filter, show_warnings_as_one_line)
-from lit_convnext.model import ConvNeXtClassifier
-from lit_convnext.trainer import ConvNeXtTrainer
+from lit_convnext.cli.messages import fail, option_error, out_of_memory_message
+from lit_convnext.errors import UserError
+from lit_convnext.cli.terminal import (LIGHTNING_INFO_LOGGER, RESTORING_LINE, DropLines, hide_library_advice,
+                                   log_filter)
+from lit_convnext.model.classifier import ConvNeXtClassifier
+from lit_convnext.cli.trainer import ConvNeXtTrainer
 from lit_convnext.weights.classes import stored_class_names
 from lit_convnext.weights.reading import quiet_pickle_protocol
 
@@ -64,60 +63,6 @@ class OneLineErrorParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         raise UserError(option_error(message))
-
-
-_BOUNDS = {"Gt": ">", "Ge": ">=", "Lt": "<", "Le": "<=", "MultipleOf": "a multiple of"}
-
-
-def option_error(message: str) -> str:
-    """``--model.lr 0: must be > 0`` from jsonargparse's and pydantic's multi-line message."""
-    key = re.search(r'Parser key "([^"]+)"', message)
-    nested = re.search(r"--([\w.]+) (\S+): must be (.+?)(?= - |\n|$)", message)  # a nested parser's own line
-    if key and nested:  # e.g. a callback's init argument inside --trainer.callbacks
-        return f"--{key.group(1)}.{nested.group(1)} {nested.group(2)}: must be {nested.group(3).strip()}"
-    value = re.search(r"input_value=('[^']*'|[^,\]]+)[,\]]", message) or re.search(r"Given value: (.+)", message)
-    shown = f" {value.group(1).strip(chr(39))}" if value else ""
-    subtypes = re.search(r"Subtypes: \[(.*)\]\n", message)
-    reason = re.search(r"Input should be ([^\[\n]+)", message)
-    if key and subtypes:  # an Optional or Union option: say every accepted form
-        return f"--{key.group(1)}{shown}: must be " + ", or ".join(_describe(t) for t in _split_top(subtypes.group(1)))
-    expected = re.search(r"Expected a (.+?)\. Got value: (.+)", message)
-    if key and expected:
-        return f"--{key.group(1)} {expected.group(2).strip()}: must be {_describe(expected.group(1))}"
-    if key and reason:
-        return f"--{key.group(1)}{shown}: must be {reason.group(1).strip()}"
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
-
-
-def _describe(annotation: str) -> str:
-    """Words for one type as jsonargparse prints it: ``Annotated[float, Gt(gt=0)]`` -> ``a number > 0``."""
-    annotation = annotation.replace("typing.", "").strip()
-    if "NoneType" in annotation:
-        return "null"
-    if annotation.startswith("Literal["):
-        return "one of " + ", ".join(v.strip(" '") for v in _split_top(annotation[8:-1]))
-    if annotation.startswith("dict["):
-        key_type, value_type = _split_top(annotation[5:-1])
-        return f"a mapping name -> {_describe(value_type)}"
-    bounds = re.findall(r"\b(Gt|Ge|Lt|Le|MultipleOf)\(\w+=([^)]+)\)", annotation)
-    kind = "an integer" if "int" in annotation.split(",")[0] else "a number"
-    if bounds:
-        return f"{kind} " + " and ".join(f"{_BOUNDS[name]} {bound}" for name, bound in bounds)
-    return annotation.removeprefix("<class '").removesuffix("'>")
-
-
-def _split_top(text: str) -> list[str]:
-    """Split at commas outside brackets."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "[(" and 1 or 0
-        depth -= char in "])" and 1 or 0
-        if char == "," and depth == 0:
-            parts.append(current.strip())
-            current = ""
-        else:
-            current += char
-    return [*parts, current.strip()] if current.strip() else parts
 
 
 class ConvNeXtCLI(LightningCLI):
@@ -165,7 +110,7 @@ class ConvNeXtCLI(LightningCLI):
             if subcommand != "predict":
                 raise UserError(f"`{subcommand}` needs a .ckpt checkpoint; an exported .onnx model can only `predict`")
             return
-        with quiet_pickle_protocol():  # a plain pickle is refused with its name (see lit_convnext.entry)
+        with quiet_pickle_protocol():  # a plain pickle is refused with its name (see lit_convnext.cli.entry)
             super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -380,24 +325,17 @@ LIGHTNING_NOISE = ("litlogger", "Loading `train_dataloader` to estimate number o
 EVALUATION_NOISE = (RESTORING_LINE,)
 
 
-def main(args: ArgsType = None) -> None:
-    """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
-    argv = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, list) else None
-    show_warnings_as_one_line()
-    if argv and argv[0] in COMMANDS:
-        run_command(argv[0], argv[1:])
+def run_lightning_command(argv: list[str]) -> None:
+    """Run ``fit``, ``validate``, ``test`` or ``predict`` (``argv`` without the program name), its user mistakes
+    ending as one line; called by the console entry (:func:`lit_convnext.cli.entry.main`)."""
     evaluating = bool(argv) and argv[0] in ("validate", "test", "predict")
     noise = (*LIGHTNING_NOISE, *(EVALUATION_NOISE if evaluating else ()))
     try:
         with warnings.catch_warnings(), log_filter(LIGHTNING_INFO_LOGGER, DropLines(*noise)):
             hide_library_advice(evaluating)
-            build_cli(args)
+            build_cli(argv)
     except UserError as err:
         fail(str(err))
     except pickle.UnpicklingError as err:
         fail(f"refusing to load a checkpoint that is not plain tensors and values (it would run code "
              f"when unpickled): {str(err).splitlines()[0]}")
-
-
-if __name__ == "__main__":
-    main()

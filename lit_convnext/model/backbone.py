@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_convnext.errors import UserError
-from lit_convnext.terminal import log_filter
+from lit_convnext.cli.terminal import log_filter
 
 
 @lru_cache(maxsize=1)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lit_convnext.data.folders import Sample
-from lit_convnext.data.file_checks import FileCheck, inspect_files
+from lit_convnext.checks.file_checks import FileCheck, inspect_files
 from lit_convnext.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: in
                   bad_file_list: Path | None = None) -> list[Sample]:
     """``samples`` without undecodable files; raises :class:`UserError` listing them unless ``skip``.
 
-    Every image is decoded (see :mod:`lit_convnext.data.file_checks`); the bad ones are also appended to
+    Every image is decoded (see :mod:`lit_convnext.checks.file_checks`); the bad ones are also appended to
     ``bad_file_list`` (the run directory's ``bad_files.csv``).
     """
     checks = inspect_files([s.path for s in samples], workers=workers)

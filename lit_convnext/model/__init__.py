@@ -1,0 +1,20 @@
+"""The LightningModule and what only it uses: the timm network (``backbone``), the optimizer and schedule
+(``optim``), the losses, the training-step bookkeeping (``tally``).
+
+Imported on first use, so ``lit_convnext.model`` costs nothing until the classifier is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"ConvNeXtClassifier": "lit_convnext.model.classifier"}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
