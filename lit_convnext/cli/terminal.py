@@ -19,7 +19,7 @@ LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 RESTORING_LINE = "Restoring states from the checkpoint path"
 LOADED_WEIGHTS_LINE = "Loaded model weights from the checkpoint"
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # lit_convnext/
 _warnings_shown_as_one_line = False
 
 
