@@ -1,8 +1,8 @@
 """An exported ONNX model run by ONNX Runtime, behind the same interface as the trained LightningModule.
 
 ``OnnxClassifier`` has what ``predict`` and the predictor use from ``ConvNeXtClassifier``: ``class_names``,
-``preprocessing``, ``forward`` (logits), ``probabilities`` and ``predict_step``, the last two taken from
-``ConvNeXtClassifier`` itself so an ONNX model's rows are computed and written exactly like a checkpoint's.
+``preprocessing``, ``forward`` (logits), and the post-processing both share (:mod:`lit_convnext.model.postprocess`),
+so an ONNX model's rows are computed and written exactly like a checkpoint's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from lightning.pytorch import LightningModule
 
 from lit_convnext.errors import UserError
 from lit_convnext.inference.metadata import INPUT_NAME, ModelCard
-from lit_convnext.model.classifier import ConvNeXtClassifier
+from lit_convnext.model.postprocess import ClassifierOutputs
 
 
 def open_session(path: Path, device: str = "cpu") -> tuple[Any, ModelCard]:
@@ -46,7 +46,7 @@ def open_session(path: Path, device: str = "cpu") -> tuple[Any, ModelCard]:
     return session, card
 
 
-class OnnxClassifier(LightningModule):
+class OnnxClassifier(ClassifierOutputs, LightningModule):
     """An exported model (``lit-convnext export CKPT model.onnx``) for ``predict`` and the Python predictor.
 
     Args:
@@ -71,10 +71,3 @@ class OnnxClassifier(LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.session.run(None, {INPUT_NAME: images.detach().float().cpu().numpy()})[0]
         return torch.from_numpy(logits).to(images.device)
-
-    multilabel = ConvNeXtClassifier.multilabel
-    probabilities = ConvNeXtClassifier.probabilities
-    evaluation_logits = ConvNeXtClassifier.evaluation_logits
-    decision_thresholds = ConvNeXtClassifier.decision_thresholds
-    decide = ConvNeXtClassifier.decide
-    predict_step = ConvNeXtClassifier.predict_step

@@ -2,7 +2,6 @@
 
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +25,7 @@ from lit_convnext.model.backbone import build_convnext
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.errors import UserError
 from lit_convnext.model.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
+from lit_convnext.model.postprocess import ClassifierOutputs
 from lit_convnext.model.optim import (
     EffectiveBatch,
     LayerDecayGrouping,
@@ -51,7 +51,7 @@ PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", 
 COMPILE_OPTIONS: dict[str, Any] = {}
 
 
-class ConvNeXtClassifier(LightningModule):
+class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
     """Fine-tune a timm ConvNeXt V1/V2 onto the classes of an image folder.
 
     Args:
@@ -175,10 +175,6 @@ class ConvNeXtClassifier(LightningModule):
             # In place (nn.Module.compile): state_dict keys stay plain, and deep copies (EMA) run eagerly on
             # their own weights.
             self.net.compile(**COMPILE_OPTIONS)
-
-    @property
-    def multilabel(self) -> bool:
-        return self.hparams.get("task") == "multilabel"
 
     # ----------------------------------------------------------------------------------------- set-up
     @property
@@ -405,47 +401,6 @@ class ConvNeXtClassifier(LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, "test")
-
-    def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
-        images, indices = batch[0], batch[1]
-        errors = list(batch[2]) if len(batch) > 2 else [""] * len(indices)  # unreadable files (see UnlabeledImages)
-        return {"probabilities": self.probabilities(self.evaluation_logits(images)), "indices": indices,
-                "errors": errors}
-
-    def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for validate/test/predict; with ``tta`` the log of the mean probability over image and mirror.
-
-        Log-probabilities are valid logits (softmax returns the averaged probabilities), so the loss, metrics,
-        callbacks and the temperature treat both cases alike.
-        """
-        logits = self(images)
-        if not self.tta:
-            return logits
-        if self.multilabel:  # each class's probability averaged over both views, as logits again
-            mean = (logits.float().sigmoid() + self(images.flip(-1)).float().sigmoid()) / 2
-            return torch.logit(mean, eps=1e-6)
-        views = torch.stack([logits.float().log_softmax(-1), self(images.flip(-1)).float().log_softmax(-1)])
-        return views.logsumexp(dim=0) - math.log(len(views))
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities as validate, test and predict report them (calibrated when a temperature was fitted;
-        multi-label: each class's sigmoid, independent of the others)."""
-        if self.multilabel:
-            return logits.float().sigmoid()
-        return (logits.float() / float(self.calibration.get("temperature", 1.0))).softmax(dim=-1)
-
-    def decision_thresholds(self) -> torch.Tensor:
-        """Multi-label: per-class thresholds in use: ``threshold`` when set, else the tuned ones, else 0.5."""
-        n = len(self.class_names or [])
-        if self.threshold is not None:
-            values = [float(self.threshold)] * n
-        else:
-            values = list(self.calibration.get("thresholds") or [0.5] * n)
-        return torch.tensor(values, device=self.device)
-
-    def decide(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """Multi-label: which classes each image has (probability at or above its class's threshold)."""
-        return probabilities >= self.decision_thresholds().to(probabilities.device)
 
     # --------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
