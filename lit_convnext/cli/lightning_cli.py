@@ -8,7 +8,6 @@ one-line errors.
 from __future__ import annotations
 
 import pickle
-import re
 import sys
 import warnings
 from pathlib import Path
