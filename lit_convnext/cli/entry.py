@@ -51,7 +51,7 @@ def main(args: list[str] | None = None) -> None:
 
     if ends_process:
         settle_the_imports()
-    run_lightning_command(argv)
+    run_lightning_command(args)
     if ends_process:
         leave_the_heap_to_the_os()
 

@@ -324,15 +324,17 @@ LIGHTNING_NOISE = ("litlogger", "Loading `train_dataloader` to estimate number o
 EVALUATION_NOISE = (RESTORING_LINE,)
 
 
-def run_lightning_command(argv: list[str]) -> None:
-    """Run ``fit``, ``validate``, ``test`` or ``predict`` (``argv`` without the program name), its user mistakes
-    ending as one line; called by the console entry (:func:`lit_convnext.cli.entry.main`)."""
+def run_lightning_command(args: list[str] | None) -> None:
+    """Run ``fit``, ``validate``, ``test`` or ``predict`` from ``args`` (without the program name; ``None``: the
+    process's own command line), its user mistakes ending as one line; called by the console entry
+    (:func:`lit_convnext.cli.entry.main`)."""
+    argv = sys.argv[1:] if args is None else args
     evaluating = bool(argv) and argv[0] in ("validate", "test", "predict")
     noise = (*LIGHTNING_NOISE, *(EVALUATION_NOISE if evaluating else ()))
     try:
         with warnings.catch_warnings(), log_filter(LIGHTNING_INFO_LOGGER, DropLines(*noise)):
             hide_library_advice(evaluating)
-            build_cli(argv)
+            build_cli(args)  # None: LightningCLI reads sys.argv itself (args and sys.argv both set would warn)
     except UserError as err:
         fail(str(err))
     except pickle.UnpicklingError as err:
