@@ -29,8 +29,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_convnext.errors import UserError
 from lit_convnext.ranges import OpenFraction
 
-#: Used when neither ``decay`` nor ``horizon`` is given: the average spans the last 10% of the run (see README,
-#: "Choosing the recipe", for the measurement behind it).
+#: Used when neither ``decay`` nor ``horizon`` is given: the average spans the last 10% of the run (see
+#: docs/recipes.md, "EMA", for the measurement behind it).
 DEFAULT_HORIZON = 0.1
 
 
