@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, UnidentifiedImageError
-from tests.bad_corpus import write_pixel_bad_files, write_warned_files
+from torch.utils.data import DataLoader
+from tests.bad_corpus import BOMBS, write_bombs, write_pixel_bad_files, write_warned_files
 
-from lit_convnext.data import datasets
-from lit_convnext.data.images import ALPHA_BACKGROUND, DamagedImageError, load_rgb, open_image
+from lit_convnext.data import datasets, images
+from lit_convnext.data.images import ALPHA_BACKGROUND, MAX_PIXELS, DamagedImageError, load_rgb, open_image
 
 
 def test_grayscale_palette_cmyk_and_one_bit_become_rgb(tmp_path: Path) -> None:
@@ -86,21 +91,63 @@ def test_a_file_with_a_known_signature_that_pillow_refuses_says_why(tmp_path: Pa
     assert out + err == ""
 
 
-def test_loader_workers_leave_pillow_file_warnings_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A loader worker started by spawn or forkserver does not inherit the command's warning filters: the dataset
-    sets the filter itself, so Pillow's notes about a damaged file that decodes print no bare lines."""
+def test_loader_workers_leave_pillow_file_warnings_out(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A loader worker is a process of the loader's own: it leaves out Pillow's notes about a damaged file that still
+    decodes, also when it inherits nothing (spawn, forkserver) or inherits a process that shows every warning (fork,
+    as here on Linux); the process that builds the loader (a user's, outside the commands) still shows them."""
     files = write_warned_files(tmp_path)
-    monkeypatch.setattr(datasets, "get_worker_info", lambda: object())  # as inside a worker
-    monkeypatch.setattr(datasets, "_worker_quiet", False)
-    with warnings.catch_warnings(record=True) as shown:
+    dataset = datasets.UnlabeledImages(sorted(files.values()), lambda image: torch.zeros(1))
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # reaches fd 2 from any process
+        os.write(2, f"shown: {message}\n".encode())
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = show
+        for _, _, errors in DataLoader(dataset, batch_size=2, num_workers=1):
+            assert list(errors) == ["", ""]
+        assert "shown:" not in capfd.readouterr().err
         for path in files.values():
-            image, reason = datasets.decode_error(path)
-            assert image is not None and reason == ""
-    assert shown == []
-    with warnings.catch_warnings(record=True) as shown:  # outside a worker (and outside the CLI) they still show
-        warnings.simplefilter("always")
-        monkeypatch.setattr(datasets, "get_worker_info", lambda: None)
-        monkeypatch.setattr(datasets, "_worker_quiet", False)
-        datasets.decode_error(files["corrupt_exif"])
-    assert any("Corrupt EXIF data" in str(w.message) for w in shown)
+            dataset.decode(path)  # this process: not a loader worker
+        assert "shown: Corrupt EXIF data" in capfd.readouterr().err
+
+
+def test_the_pixel_limit_is_the_apps_whatever_pillows_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header's size is checked against :data:`MAX_PIXELS` per file; Pillow's own limit is the host's (here
+    switched off, as a host may do) and is left as it is."""
+    write_bombs(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    for name in BOMBS:
+        with pytest.raises(Image.DecompressionBombError, match=f"exceeds limit of {MAX_PIXELS} pixels: a decompression"):
+            load_rgb(tmp_path / name)
+    assert Image.MAX_IMAGE_PIXELS is None
+
+
+def test_other_threads_keep_their_pillow_and_libtiff_messages(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """While this thread reads images, what another thread's Pillow logs and libtiff reports goes where it would go
+    without the app (libtiff's default handler prints on stderr; a log record reaches the root's handlers), and
+    none of it is taken for this thread's file."""
+    write_pixel_bad_files(tmp_path)
+    libtiff = images._libtiff_errors()
+    assert libtiff is not None  # Pillow's libtiff is reachable (Linux and macOS wheels link it as a shared library)
+
+    def other_thread() -> None:
+        with Image.open(tmp_path / "tiff_corrupt_fax.tif") as img:
+            img.load()  # plain Pillow, not the app: libtiff complains on stderr
+        logging.getLogger("PIL.SomePlugin").warning("a record of another thread")
+
+    ours_tiff, ours_log = libtiff.messages.start(), images._PILLOW_LOG.messages.start()
+    try:
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    finally:
+        images._PILLOW_LOG.messages.stop()
+        libtiff.messages.stop()
+    assert ours_tiff == [] and ours_log == []
+    assert "Fax4Decode: Bad code word" in capfd.readouterr().err
+    assert "a record of another thread" in caplog.text
+    with pytest.raises(OSError, match=r"corrupt TIFF data \(libtiff: Fax4Decode"):  # this thread's file, its reason
+        load_rgb(tmp_path / "tiff_corrupt_fax.tif")
+    assert "Fax4Decode" not in capfd.readouterr().err

@@ -9,7 +9,7 @@ fail in training fails here. ``header_only=True`` replaces the decode by ``verif
 whose pixel data is corrupt (bad palettes, broken compressed streams). What Pillow warns about while it
 opens and decodes a file that still loads (corrupt EXIF, an invalid APNG frame sequence, tags pointing past the
 end of the file) is kept in the file's ``notes``: outside the checks those warnings are left out of the
-terminal (:func:`lit_convnext.cli.terminal.hide_pillow_file_warnings`), so this is where they are reported.
+terminal (:func:`lit_convnext.data.images.hide_pillow_file_warnings`), so this is where they are reported.
 
 :func:`inspect_files` spreads the files over worker processes (the start method is the platform's, as for
 PyTorch's loader workers: the workers only run Pillow) and skips files whose size and modification time are

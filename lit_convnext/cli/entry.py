@@ -16,7 +16,7 @@ from typing import NoReturn
 from lit_convnext.commands import COMMANDS
 from lit_convnext.cli.messages import fail
 from lit_convnext.errors import UserError
-from lit_convnext.cli.terminal import hide_pillow_file_warnings, show_warnings_as_one_line
+from lit_convnext.cli.terminal import show_warnings_as_one_line
 
 HELP = """\
 usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve,report} ...
@@ -36,12 +36,16 @@ subcommands (`lit-convnext SUBCOMMAND --help` lists each one's options):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use."""
+    """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use.
+
+    Without ``args`` the process is the command's: only then are the garbage collector and the warning format set,
+    for that process. With ``args`` (a test, a user's program) nothing outside the command's own scope changes.
+    """
     ends_process = args is None
     if ends_process:
         gc.disable()  # while the imports run: see settle_the_imports
+        show_warnings_as_one_line()
     argv = list(sys.argv[1:] if args is None else args)
-    show_warnings_as_one_line()
     if argv and argv[0] in COMMANDS:
         run_command(argv[0], argv[1:], ends_process=ends_process)
     if argv in (["-h"], ["--help"]):
@@ -60,6 +64,8 @@ def run_command(name: str, argv: list[str], ends_process: bool = False) -> NoRet
     """Run a command that needs no Trainer (``doctor``, ``export``) from its function's typed signature;
     ``ends_process`` when its exit ends the Python process (the console entry), not a caller's code."""
     from jsonargparse import auto_cli
+
+    from lit_convnext.data.images import hide_pillow_file_warnings
 
     module_name, function_name = COMMANDS[name].split(":")
     function = getattr(importlib.import_module(module_name), function_name)

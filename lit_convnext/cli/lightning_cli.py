@@ -74,7 +74,8 @@ class ConvNeXtCLI(LightningCLI):
 
     def __init__(self, *args, only_subcommand: str | None = None, **kwargs) -> None:
         self._only_subcommand = only_subcommand
-        super().__init__(*args, **kwargs)
+        with warnings.catch_warnings():  # the filters added while parsing and running end with this CLI's run
+            super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:
         every = LightningCLI.subcommands()
@@ -199,7 +200,8 @@ class ConvNeXtCLI(LightningCLI):
 
     def _resume_into_last_run(self, config) -> Path:
         """Resolve ``--ckpt_path last`` to the newest run's last.ckpt and log into that run again (whose checkpoint
-        folder is not empty, by design: Lightning's warning about that is dropped)."""
+        folder is not empty, by design: Lightning's warning about that is dropped, for this CLI's
+        run only: see ``__init__``)."""
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         self._follow_default_root_dir(config.trainer)
         logger = config.trainer.get("logger")

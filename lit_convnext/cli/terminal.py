@@ -20,7 +20,6 @@ RESTORING_LINE = "Restoring states from the checkpoint path"
 LOADED_WEIGHTS_LINE = "Loaded model weights from the checkpoint"
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # lit_convnext/
-_warnings_shown_as_one_line = False
 
 
 class DropLines(logging.Filter):
@@ -46,26 +45,15 @@ def log_filter(logger_name: str, log_filter_: logging.Filter) -> Iterator[None]:
         logger.removeFilter(log_filter_)
 
 
-def hide_pillow_file_warnings() -> None:
-    """Leave Pillow's warnings about a damaged file that still decodes out of the terminal ("Corrupt EXIF data",
-    "Invalid APNG, will use default PNG image if possible", "Tag data larger than file"): raised in the loader they
-    print as bare lines that name no file, once per file and epoch. The file checks record them per file instead
-    (``doctor`` lists each, ``fit`` says which before the first step). Call inside ``warnings.catch_warnings`` to
-    scope it; loader workers inherit it when forked and set it themselves otherwise
-    (:mod:`lit_convnext.data.datasets`)."""
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-
-
 def show_warnings_as_one_line() -> None:
     """Print warnings raised by lit-convnext's own code as ``lit-convnext: warning: MESSAGE``.
 
     Python's default format adds the source file, line number and the line of code that warned, which tell a user
     nothing (Lightning shortens its own warnings the same way). Other packages' warnings keep their format.
-    Installed once per process; Lightning, imported later, wraps it and still hands other files' warnings on.
+    It replaces ``warnings.formatwarning`` for the rest of the process: only the console entry calls it, once, in a
+    process that is the command's (:func:`lit_convnext.cli.entry.main`); Lightning, imported later, wraps it and
+    still hands other files' warnings on.
     """
-    global _warnings_shown_as_one_line
-    if _warnings_shown_as_one_line:
-        return
     previous = warnings.formatwarning
 
     def format_warning(message, category, filename, lineno, line=None) -> str:
@@ -74,7 +62,6 @@ def show_warnings_as_one_line() -> None:
         return previous(message, category, filename, lineno, line)
 
     warnings.formatwarning = format_warning
-    _warnings_shown_as_one_line = True
 
 
 #: Lightning's warning when a run resumes from a mid-epoch checkpoint: the checkpoint callback says what it means
@@ -85,6 +72,8 @@ MID_EPOCH_RESUME_WARNING = "You're resuming from a checkpoint that ended before 
 def hide_library_advice(evaluating: bool) -> None:
     """Leave out the library warnings that give a user of the app nothing to act on (scope it with
     ``warnings.catch_warnings``); ``evaluating``: the command only evaluates weights (validate, test, predict)."""
+    from lit_convnext.data.images import hide_pillow_file_warnings  # Pillow: not for the console entry's --help
+
     # Lightning 2.6 with torch >= 2.10 warns about torch's own pytree API on every run.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
@@ -105,7 +94,7 @@ def hide_library_advice(evaluating: bool) -> None:
     warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)` but `Trainer\(barebones=True\)`")
     # Resuming inside an epoch: the checkpoint callback says what happens to that epoch's data, in numbers.
     warnings.filterwarnings("ignore", message=MID_EPOCH_RESUME_WARNING)
-    hide_pillow_file_warnings()
+    hide_pillow_file_warnings()  # the file checks before the run report them per file
     if evaluating:
         # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters when
         # resuming training, not when only its weights are evaluated.

@@ -17,9 +17,8 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from lit_convnext.checks.bad_files import FOUND_WHILE_LOADING, append_bad_files, found_while_loading_since, listing_size
-from lit_convnext.data.images import failure_reason, load_rgb
+from lit_convnext.data.images import failure_reason, hide_pillow_file_warnings, load_rgb
 from lit_convnext.errors import UserError
-from lit_convnext.cli.terminal import hide_pillow_file_warnings
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +29,9 @@ STAND_IN = -1
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
-_worker_quiet = False
-
 
 def decode_error(path: Path, min_size: int | None = None) -> tuple[Image.Image | None, str]:
     """``(image, "")`` or ``(None, reason)``: any exception while decoding makes the file a bad file."""
-    global _worker_quiet
-    if not _worker_quiet and get_worker_info() is not None:
-        # A loader worker started by spawn or forkserver does not inherit the command's warning filters.
-        hide_pillow_file_warnings()
-        _worker_quiet = True
     try:
         return load_rgb(path, min_size), ""
     except Exception as err:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError, struct.error, ...
@@ -51,7 +43,28 @@ def measured_rows(targets: torch.Tensor) -> torch.Tensor:
     return targets >= 0 if targets.ndim == 1 else targets[:, 0] >= 0
 
 
-class LabeledImages(Dataset):
+class _ImageFiles(Dataset):
+    """What both datasets share: a file decoded as every command decodes it (:func:`decode_error`), and Pillow's
+    warnings about files that still decode left out of a loader worker's output
+    (:func:`lit_convnext.data.images.hide_pillow_file_warnings`).
+
+    A worker is a process of the loader's own; one started by spawn or forkserver does not inherit the command's
+    warning filters, so the worker sets the filter itself, once, noted in its own copy of the dataset (not in a
+    ``worker_init_fn``: Lightning seeds the workers through that one when the loader leaves it free).
+    """
+
+    decode_min_size: int | None = None
+    _worker_quiet = False
+
+    def decode(self, path: Path) -> tuple[Image.Image | None, str]:
+        """:func:`decode_error` of ``path`` at this dataset's ``decode_min_size``."""
+        if not self._worker_quiet and get_worker_info() is not None:
+            hide_pillow_file_warnings()
+            self._worker_quiet = True
+        return decode_error(path, self.decode_min_size)
+
+
+class LabeledImages(_ImageFiles):
     """Images with integer class targets, or multi-hot rows (multi-label): yields ``(image_tensor, target)``.
 
     Args:
@@ -83,7 +96,7 @@ class LabeledImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         for offset in range(len(self.paths)):
             candidate = (index + offset) % len(self.paths)
-            image, reason = decode_error(self.paths[candidate], self.decode_min_size)
+            image, reason = self.decode(self.paths[candidate])
             if image is not None:
                 target = self.targets[candidate]
                 if offset and self.evaluation:
@@ -109,7 +122,7 @@ class LabeledImages(Dataset):
             log.warning("skipping %s, which cannot be read now (%s)", path, reason)
 
 
-class UnlabeledImages(Dataset):
+class UnlabeledImages(_ImageFiles):
     """Images to predict: yields ``(image_tensor, index, error)``; the index maps back to ``paths``.
 
     An unreadable file does not stop a prediction run: it yields a blank placeholder image and the
@@ -125,7 +138,7 @@ class UnlabeledImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        image, reason = decode_error(self.paths[index], self.decode_min_size)
+        image, reason = self.decode(self.paths[index])
         if image is None:
             placeholder = self.transform(Image.new("RGB", (32, 32), (0, 0, 0)))
             return placeholder, index, f"cannot read image: {reason}"

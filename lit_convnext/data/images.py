@@ -4,23 +4,28 @@ Training, validation, prediction and the data checks all call :func:`load_rgb`, 
 identically in each: EXIF orientation applied, first frame of animations and multi-page files,
 16-bit and float images scaled to 8 bits, transparency composited onto a fixed background.
 
-Every failure to decode a file surfaces here as an exception, never as stray output: the pixel limit
-raises :class:`PIL.Image.DecompressionBombError`, libtiff's complaints (which it writes to the
-process's stderr, not to Python) are captured and raised as an ``OSError`` naming them, and so is what
-Pillow logs about a file it then refuses (a file that carries a known format's signature but cannot be
-opened raises :class:`DamagedImageError` with that reason, not a bare "cannot identify image file").
+Every failure to decode a file surfaces here as an exception, never as stray output: an image over the app's
+pixel limit raises :class:`PIL.Image.DecompressionBombError`, libtiff's complaints about a TIFF's data are
+raised as an ``OSError`` naming them, and so is what Pillow logs about a file it then refuses (a file that carries
+a known format's signature but cannot be opened raises :class:`DamagedImageError` with that reason, not a bare
+"cannot identify image file").
+
+Nothing here changes the process it runs in (a user's program, a server): Pillow's own pixel limit and warning
+filters are left as the host set them, and what Pillow and libtiff report only through process-wide hooks (a log
+record, libtiff's error handler) is taken for the thread that reads an image, while it reads it
+(:class:`_ThreadMessages`); every other thread's messages go where they would have gone without the app.
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
+import functools
 import logging
 import math
 import os
-import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -33,14 +38,11 @@ ALPHA_BACKGROUND = (255, 255, 255)
 #: Largest image accepted, in pixels (width x height): 150 megapixels, above every camera sensor in common
 #: use (medium format reaches ~100 MP) yet small enough that one decoded RGB copy (450 MB) cannot exhaust a
 #: loader worker. Larger files, and files whose header merely claims a larger size (decompression bombs),
-#: are bad files with this reason in every command. Set once here for the whole app.
+#: are bad files with this reason in every command. Checked by :func:`open_image` against the header's size,
+#: before any pixel is decoded; Pillow's own limit (``Image.MAX_IMAGE_PIXELS``: it warns above it and raises above
+#: twice it) belongs to the process the app runs in and is left as it is (the commands hide its warning).
 MAX_PIXELS = 150_000_000
-
-# Pillow raises DecompressionBombError above twice MAX_IMAGE_PIXELS (checked in Image.open, before any pixel
-# is decoded) and only warns between once and twice: so its limit is half ours, and its warning, which
-# would announce files that are fine by our limit, is silenced.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_BOMB_ADVICE = "a decompression bomb, or too large to train on (downscale the image or remove it)"
 
 #: Modes :func:`to_rgb` scales to 8 bits, and modes with an alpha channel (composited onto the background).
 HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -62,40 +64,87 @@ class DamagedImageError(UnidentifiedImageError):
     header); the message names the format and, when Pillow said why, the reason."""
 
 
+class _ThreadMessages:
+    """What a library reports only through a process-wide hook, kept for the threads of the app that ask for it.
+
+    The hook (``install``) is in place only while at least one thread reads an image through this module, and is
+    taken out (``uninstall``) when the last one is done; while it is in place, the hook hands every other thread's
+    messages on as if it were not there (:meth:`caught` is ``None`` for them). So a host process (a user's program,
+    a server that logs to stderr) sees nothing of it, and two threads of the app never read each other's messages.
+    """
+
+    def __init__(self, install: Callable[[], None], uninstall: Callable[[], None]) -> None:
+        self._install, self._uninstall = install, uninstall
+        self._lock = threading.Lock()
+        self._users = 0
+        self._local = threading.local()
+
+    def start(self) -> list[str]:
+        """Keep this thread's messages, until :meth:`stop`, in the list returned."""
+        messages: list[str] = []
+        self._local.messages = messages
+        with self._lock:
+            if self._users == 0:
+                self._install()
+            self._users += 1
+        return messages
+
+    def stop(self) -> None:
+        self._local.messages = None
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._uninstall()
+
+    def caught(self) -> list[str] | None:
+        """The calling thread's list while it reads an image; ``None`` when the message is someone else's."""
+        return getattr(self._local, "messages", None)
+
+
 class _PillowLog(logging.Handler):
-    """Keeps what Pillow logs (warnings and errors, on its ``PIL`` logger) while this thread opens an image.
+    """Keeps what Pillow logs (warnings and errors, on its ``PIL`` loggers) while this thread opens an image.
 
     A few plugins log why they refuse a file and then raise ("More samples per pixel than can be decoded:
     303169682"); with no handler configured Python would print that line bare on stderr, with no file named.
-    Having this handler also stops that print; the message goes into the file's error instead.
+    The message goes into the file's error instead. Another thread's record meanwhile reaches the handlers it
+    would reach anyway, and Python's last-resort print when it has none.
     """
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.local = threading.local()
+        logger = logging.getLogger("PIL")
+        self.messages = _ThreadMessages(lambda: logger.addHandler(self), lambda: logger.removeHandler(self))
 
     def emit(self, record: logging.LogRecord) -> None:
-        messages = getattr(self.local, "messages", None)
-        if messages is not None:
-            messages.append(record.getMessage())
+        caught = self.messages.caught()
+        if caught is not None:
+            caught.append(record.getMessage())
+        elif not self._handled_elsewhere(record) and logging.lastResort is not None \
+                and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)
+
+    def _handled_elsewhere(self, record: logging.LogRecord) -> bool:
+        """Whether the record's logger or one it propagates to has a handler besides this one."""
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            if any(handler is not self for handler in logger.handlers):
+                return True
+            logger = logger.parent if logger.propagate else None
+        return False
 
 
 _PILLOW_LOG = _PillowLog()
-logging.getLogger("PIL").addHandler(_PILLOW_LOG)
 
 
 def open_image(source: str | Path | IO[bytes]) -> Image.Image:
     """``Image.open`` whose refusals say what was wrong: the pixel limit and what to do about it, or why a file with
     a known format's signature cannot be opened (:class:`DamagedImageError`). Use it as ``with open_image(...)``,
     as ``Image.open``: a plain function, not a generator, since every training sample goes through it."""
-    messages = _PILLOW_LOG.local.messages = []
+    messages = _PILLOW_LOG.messages.start()
     try:
-        return Image.open(source)
-    except Image.DecompressionBombError as err:
-        raise Image.DecompressionBombError(
-            f"{str(err).split(', could be')[0]}: a decompression bomb, or too large to train on "
-            "(downscale the image or remove it)"
-        ) from None
+        img = Image.open(source)
+    except Image.DecompressionBombError as err:  # over Pillow's own limit (twice Image.MAX_IMAGE_PIXELS)
+        raise Image.DecompressionBombError(f"{str(err).split(', could be')[0]}: {_BOMB_ADVICE}") from None
     except UnidentifiedImageError as err:
         claimed = signature_format(_prefix(source))
         if claimed is None:
@@ -103,7 +152,13 @@ def open_image(source: str | Path | IO[bytes]) -> Image.Image:
         reason = "; ".join(messages) or "damaged or unsupported header"
         raise DamagedImageError(f"a {claimed} file that Pillow cannot open: {reason}") from err
     finally:
-        _PILLOW_LOG.local.messages = None
+        _PILLOW_LOG.messages.stop()
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()  # closes the file only if Image.open opened it
+        raise Image.DecompressionBombError(
+            f"Image size ({width * height} pixels) exceeds limit of {MAX_PIXELS} pixels: {_BOMB_ADVICE}")
+    return img
 
 
 def failure_reason(err: Exception) -> str:
@@ -161,8 +216,7 @@ def load_pixels(img: Image.Image, min_size: int | None = None) -> None:
     if min_size is not None and img.format == "JPEG":
         draft_to_short_side(img, min_size)
     if img.format == "TIFF":
-        with libtiff_errors_raised():
-            img.load()
+        _load_tiff(img)
     else:
         img.load()
 
@@ -173,31 +227,94 @@ def needs_conversion(img: Image.Image, orientation: int | None) -> bool:
     return img.mode != "RGB" or _has_transparency(img) or orientation in ROTATING_ORIENTATIONS
 
 
-_STDERR_LOCK = threading.Lock()
+def _load_tiff(img: Image.Image) -> None:
+    """Decode a TIFF; what libtiff reports as an error while it does makes the file a bad file.
 
-
-@contextlib.contextmanager
-def libtiff_errors_raised() -> Iterator[None]:
-    """Capture what libtiff writes to stderr while decoding; raise its errors, drop its warnings.
-
-    libtiff reports corrupt fax or LZW streams on file descriptor 2 and may still return garbage pixels,
-    so a user would see unexplained lines ("Fax4Decode: Bad code word") and train on noise. Its default
-    handler marks warnings with "Warning,"; any other line is an error and makes the file a bad file.
-    The descriptor is process-wide, so captures are serialised (only TIFF decoding takes this path).
+    libtiff reports corrupt fax or LZW streams through its error handler and may still return garbage pixels,
+    which Pillow accepts: a user would see unexplained lines on stderr ("Fax4Decode: Bad code word") and train on
+    noise. Pillow installs no error handler of its own, so this thread's errors are taken from libtiff's (see
+    :func:`_libtiff_errors`). Where libtiff's handler cannot be reached, the file decodes as Pillow decodes it.
     """
-    with _STDERR_LOCK, tempfile.TemporaryFile(mode="w+b") as capture:
-        saved = os.dup(2)
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            lines = capture.read().decode("utf-8", "replace").splitlines()
-    errors = [line.strip() for line in lines if line.strip() and "Warning," not in line]
+    hook = _libtiff_errors()
+    if hook is None:
+        img.load()
+        return
+    errors = hook.messages.start()
+    try:
+        img.load()
+    finally:
+        hook.messages.stop()
     if errors:
         raise OSError(f"corrupt TIFF data (libtiff: {'; '.join(errors[:3])})")
+
+
+#: libtiff's ``TIFFErrorHandler``: ``void (*)(const char *module, const char *fmt, va_list ap)``. Every argument is
+#: passed as a pointer (``va_list`` too, on the ABIs Pillow ships wheels for with a shared libtiff), and forwarded
+#: as it came.
+_TIFF_ERROR_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+
+
+class _LibtiffErrors:
+    """libtiff's process-wide error handler, replaced only while the app decodes a TIFF (:class:`_ThreadMessages`):
+    the decoding thread's errors are kept, formatted as libtiff's default handler prints them; any other thread's
+    go to the handler that was in place (libtiff's default prints them on stderr, as before)."""
+
+    def __init__(self, set_handler: Callable[[int | None], int | None], vsnprintf: Callable[..., int]) -> None:
+        self._set_handler, self._vsnprintf = set_handler, vsnprintf
+        self._previous: int | None = None
+        self._handler = _TIFF_ERROR_HANDLER(self._handle)
+        self._address = ctypes.cast(self._handler, ctypes.c_void_p).value
+        self.messages = _ThreadMessages(self._install, self._uninstall)
+
+    def _install(self) -> None:
+        self._previous = self._set_handler(self._address)
+
+    def _uninstall(self) -> None:
+        replaced = self._set_handler(self._previous)
+        if replaced != self._address:  # someone else set a handler meanwhile: theirs stays
+            self._set_handler(replaced)
+
+    def _handle(self, module: int | None, fmt: int | None, args: int | None) -> None:
+        caught = self.messages.caught()
+        if caught is None:
+            if self._previous:  # NULL: the host silenced libtiff's errors
+                _TIFF_ERROR_HANDLER(self._previous)(module, fmt, args)
+            return
+        text = ctypes.create_string_buffer(512)
+        if fmt:
+            self._vsnprintf(text, len(text), fmt, args)
+        message = text.value.decode("utf-8", "replace")
+        caught.append(f"{ctypes.string_at(module).decode('utf-8', 'replace')}: {message}" if module else message)
+
+
+@functools.cache
+def _libtiff_errors() -> _LibtiffErrors | None:
+    """The hook on the libtiff Pillow decodes with, or ``None`` where it cannot be reached (a Pillow built without
+    libtiff, or linking it statically, as its Windows wheels do)."""
+    try:
+        # Pillow's C extension: looking a symbol up through it finds the libtiff it is linked with, not another one.
+        imaging = ctypes.CDLL(Image.core.__file__)
+        set_handler = imaging.TIFFSetErrorHandler
+        vsnprintf = ctypes.CDLL(None).vsnprintf  # the C library's, to format libtiff's message
+    except (AttributeError, OSError, TypeError):  # no such symbol; no shared library; no C library by that name
+        return None
+    set_handler.restype, set_handler.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    vsnprintf.restype = ctypes.c_int
+    vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
+    return _LibtiffErrors(set_handler, vsnprintf)
+
+
+def hide_pillow_file_warnings() -> None:
+    """Leave Pillow's warnings about a file that still decodes out of the terminal: a damaged one ("Corrupt EXIF
+    data", "Invalid APNG, will use default PNG image if possible", "Tag data larger than file"), and one larger than
+    Pillow's pixel limit but within the app's (:data:`MAX_PIXELS` decides). Raised in the loader they print as bare
+    lines that name no file, once per file and epoch; the file checks record them per file instead (``doctor``
+    lists each, ``fit`` says which before the first step).
+
+    It changes the process's warning filters: call it only inside ``warnings.catch_warnings`` (the commands and the
+    server do), or in a process the app owns (a loader worker, see :mod:`lit_convnext.data.datasets`)."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def draft_to_short_side(img: Image.Image, min_size: int) -> None:

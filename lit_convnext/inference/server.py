@@ -7,6 +7,7 @@ a whole batch when one request in it raises, so a bad image must be refused befo
 
 import io
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lit_convnext.data.images import DamagedImageError, failure_reason, load_pixels, open_image, to_rgb
-from lit_convnext.cli.terminal import hide_pillow_file_warnings
+from lit_convnext.data.images import (DamagedImageError, failure_reason, hide_pillow_file_warnings, load_pixels,
+                                      open_image, to_rgb)
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,18 @@ FIELD = "image"
 def open_upload(data: bytes, max_pixels: int, min_size: int | None = None) -> Image.Image:
     """Decode uploaded bytes to upright RGB as every command decodes files (:mod:`lit_convnext.data.images`: a
     corrupt TIFF is refused, not predicted on libtiff's noise); ``HTTPException`` 413 for too many pixels, 400 with
-    the reason for anything Pillow cannot decode (it raises many exception types)."""
+    the reason for anything Pillow cannot decode (it raises many exception types). Pillow's warnings about a file
+    that still decodes are left out (one bare line per request otherwise), for this call only."""
     try:
-        with open_image(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > max_pixels:  # refused from the header, before any pixel is decoded
-                raise HTTPException(413, f"image is {width}x{height} = {width * height} pixels, over the server's "
-                                         f"limit of {max_pixels}; send a smaller image")
-            load_pixels(img, min_size)
-            return to_rgb(img)
+        with warnings.catch_warnings():
+            hide_pillow_file_warnings()
+            with open_image(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > max_pixels:  # refused from the header, before any pixel is decoded
+                    raise HTTPException(413, f"image is {width}x{height} = {width * height} pixels, over the "
+                                             f"server's limit of {max_pixels}; send a smaller image")
+                load_pixels(img, min_size)
+                return to_rgb(img)
     except HTTPException:
         raise
     except Image.DecompressionBombError as err:
@@ -64,7 +68,6 @@ class UploadCheck:
                  max_pixels: int = 40_000_000, decode_size: int | None = None) -> None:
         self.app, self.path, self.max_bytes, self.max_pixels = app, path, max_bytes, max_pixels
         self.decode_size = decode_size
-        hide_pillow_file_warnings()  # the HTTP process (spawned by LitServe) decodes every upload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
@@ -138,7 +141,6 @@ class ClassifierAPI(ls.LitAPI):
             handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
             log.addHandler(handler)
             log.setLevel(logging.INFO)
-        hide_pillow_file_warnings()  # a model worker decodes each upload again: one warning per request otherwise
         self.predictor = load_predictor(self.model_path, device=device)
 
     # Annotated with ``Request`` (no postponed annotations in this module): LitServe then hands over the parsed form.
@@ -152,7 +154,9 @@ class ClassifierAPI(ls.LitAPI):
 
     def predict(self, images: list[Image.Image]) -> list[Any]:
         log.info("predicted a batch of %d image(s)", len(images))
-        return self.predictor.predict(images, top_k=self.top_k, batch_size=len(images))
+        with warnings.catch_warnings():  # the images' EXIF is read again: its warnings were the upload check's
+            hide_pillow_file_warnings()
+            return self.predictor.predict(images, top_k=self.top_k, batch_size=len(images))
 
     def unbatch(self, output: list[Any]) -> list[Any]:
         return list(output)
