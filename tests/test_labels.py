@@ -242,7 +242,7 @@ def test_validate_threshold_override_changes_f1_not_map(multilabel_file: Path) -
 
 
 def test_explicit_multilabel_task_on_class_folders(image_root: Path) -> None:
-    main(fit_args(image_root, "--model.task", "multilabel"))
+    main(fit_args(image_root, "--data.task", "multilabel"))
     checkpoint = torch.load("runs/convnext/version_0/checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["task"] == "multilabel" and len(checkpoint["calibration"]["thresholds"]) == 3
 
@@ -256,7 +256,7 @@ def test_a_multiclass_checkpoint_refuses_a_multilabel_file(fitted: dict[str, Pat
         {"path": str(val / "green" / "img0.png"), "labels": "red;blue", "split": "val"},
     ])
     line = one_line_error(capsys, ["validate", "--ckpt_path", str(fitted["best"]), "--data.labels", str(labels), *FAST])
-    assert "has a 'labels' column (multi-label) but the model is multi-class" in line
+    assert "the checkpoint's model is multiclass but the data is multilabel" in line
 
 
 # ---------------------------------------------------------------------------------------------- pieces
