@@ -247,3 +247,19 @@ def test_the_recorded_best_counts_even_after_the_run_was_moved(tmp_path: Path) -
     torch.save({"callbacks": {"ModelCheckpoint{'monitor': 'val/acc1'}": state}}, tmp_path / "last.ckpt")
     assert best_checkpoint(tmp_path) == tmp_path / "best-epoch=1.ckpt"
     assert best_checkpoint(tmp_path / "none") is None
+
+
+def test_without_cleanlab_a_fit_ends_without_a_warning_and_the_report_says_it_once(
+        image_root: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder) -> None:
+    """cleanlab is the ``report`` extra: the base install's default run must end clean, the report naming the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cleanlab", None)  # `import cleanlab` now fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
+    main(fit_args(image_root))
+    run = Path("runs/convnext/version_0")
+    assert (run / "report.html").is_file() and not (run / "val_label_issues.csv").exists()
+    app_warnings = [str(w.message) for w in recwarn if "lit_convnext" in w.filename]
+    assert not app_warnings
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert page.count("pip install 'lit-convnext[report]'") == 1 and "lists them in val_label_issues.csv" in page
