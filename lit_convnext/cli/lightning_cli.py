@@ -119,6 +119,7 @@ class ConvNeXtCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
+            self._task_of_earlier_runs(self.config)
             self._monitor_follows_task(self.config)
             return
         config = self.config[self.subcommand]
@@ -137,6 +138,7 @@ class ConvNeXtCLI(LightningCLI):
             path = Path(ckpt_path)
             if not path.is_file():
                 raise UserError(f"checkpoint {path} does not exist: pass the path of a .ckpt file with --ckpt_path")
+        self._task_of_earlier_runs(config)
         self._monitor_follows_task(config)
         if ckpt_path:
             # The weights come from the checkpoint: do not download or read the original ones again.
@@ -171,6 +173,17 @@ class ConvNeXtCLI(LightningCLI):
         if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             rank_zero_warn(f"This GPU does not support bfloat16: using 16-mixed instead of {precision}.")
             config.trainer.precision = "16-mixed"
+
+    @staticmethod
+    def _task_of_earlier_runs(config) -> None:
+        """A checkpoint keeps its task, and so does a config.yaml written before the data owned it: their
+        ``model.task`` (a checkpoint's hyperparameters are parsed into the model's options) is otherwise overridden
+        by the ``data.task`` link, so a multi-label one becomes the data's task unless ``--data.task`` was given.
+        A multi-class one needs nothing: the data is multi-class unless its label file says otherwise, and then the
+        model refuses the checkpoint (``ConvNeXtClassifier.on_load_checkpoint``)."""
+        data, model = config.get("data"), config.get("model")
+        if data is not None and model is not None and model.get("task") == "multilabel" and data.get("task") is None:
+            data.task = "multilabel"
 
     @staticmethod
     def _monitor_follows_task(config) -> None:
