@@ -64,3 +64,31 @@ def test_cli_registers_the_monitor_by_default(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         main(["fit", "--print_config"])
     assert "data_wait:\n  threshold: 0.3" in capsys.readouterr().out
+
+
+def test_each_epoch_is_judged_on_its_own_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast epoch, then one whose steps wait half the time: the second warns, named. Counted over both epochs the
+    share would stay at a third, under the threshold."""
+    from types import SimpleNamespace
+
+    from lit_convnext.callbacks import data_wait
+
+    clock = [0.0]
+    monkeypatch.setattr(data_wait, "time", SimpleNamespace(perf_counter=lambda: clock[0]))  # this module's clock only
+    monitor = DataWaitMonitor(threshold=0.4, min_steps=5)
+    trainer = SimpleNamespace(train_dataloader=None, datamodule=None, current_epoch=0)
+    for epoch, wait in ((0, 0.0), (1, 1.0)):
+        trainer.current_epoch = epoch
+        monitor.on_train_epoch_start(trainer, None)
+        for step in range(11):
+            clock[0] += wait  # waiting for the batch
+            monitor.on_train_batch_start(trainer, None, None, step)
+            clock[0] += 1.0  # the step
+            if epoch == 1 and step == 5:
+                with pytest.warns(UserWarning, match=r"waited for data 50% of the time over the first 5 steps of "
+                                                     r"epoch 1"):
+                    monitor.on_train_batch_end(trainer, None, None, None, step)
+            else:
+                monitor.on_train_batch_end(trainer, None, None, None, step)
+        assert monitor.warned == (epoch == 1)
+    assert monitor.steps == 10 and monitor.wait_share == pytest.approx(0.5)  # the epoch's first batch not counted

@@ -210,3 +210,56 @@ def test_classes_too_small_for_cleanlab_are_one_warning_with_their_names(tmp_pat
     assert len(messages) == 1, messages
     assert "2 class(es) have too few validation images" in messages[0] and "fox, owl" in messages[0]
     assert (tmp_path / "issues.csv").read_text().startswith("rank,path,given")
+
+
+# ------------------------------------------------------------------------------------ report's default checkpoint
+def test_report_picks_the_best_checkpoint_the_run_recorded_not_the_highest_epoch(image_root: Path) -> None:
+    """Monitoring ``epoch`` in ``min`` mode, epoch 0 is the best of two; the names hold the accuracy (not the
+    monitored value) and the lexically last name is epoch 1."""
+    from lit_convnext.commands.report import best_checkpoint
+
+    main(fit_args(image_root, "--trainer.max_epochs", "2", "--checkpoint.save_top_k", "2",
+                  "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min", "--evaluation.enabled", "false"))
+    folder = Path("runs/convnext/version_0/checkpoints")
+    assert len(list(folder.glob("best-*.ckpt"))) == 2
+    assert best_checkpoint(folder).name.startswith("best-epoch000-")
+
+
+@pytest.mark.parametrize(("names", "best"), [
+    (["best-epoch001-acc0.9000", "best-epoch002-acc0.8000"], "best-epoch001-acc0.9000"),
+    (["best-epoch001-map0.7000", "best-epoch010-map0.6500"], "best-epoch001-map0.7000"),  # 010 sorts last
+    (["best-epoch001-val_loss=0.5000", "best-epoch002-val_loss=0.3000"], "best-epoch002-val_loss=0.3000"),
+])
+def test_without_a_recorded_best_the_score_in_the_name_decides(tmp_path: Path, names: list[str], best: str) -> None:
+    from lit_convnext.commands.report import best_checkpoint
+
+    for name in names:  # checkpoints without callback state (written by another tool, or trimmed)
+        torch.save({"state_dict": {}}, tmp_path / f"{name}.ckpt")
+    assert best_checkpoint(tmp_path) == tmp_path / f"{best}.ckpt"
+
+
+def test_the_recorded_best_counts_even_after_the_run_was_moved(tmp_path: Path) -> None:
+    from lit_convnext.commands.report import best_checkpoint
+
+    for epoch in (1, 2):  # names without a score
+        torch.save({"state_dict": {}}, tmp_path / f"best-epoch={epoch}.ckpt")
+    state = {"best_model_path": "/where/it/was/trained/checkpoints/best-epoch=1.ckpt", "best_model_score": 0.9}
+    torch.save({"callbacks": {"ModelCheckpoint{'monitor': 'val/acc1'}": state}}, tmp_path / "last.ckpt")
+    assert best_checkpoint(tmp_path) == tmp_path / "best-epoch=1.ckpt"
+    assert best_checkpoint(tmp_path / "none") is None
+
+
+def test_without_cleanlab_a_fit_ends_without_a_warning_and_the_report_says_it_once(
+        image_root: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder) -> None:
+    """cleanlab is the ``report`` extra: the base install's default run must end clean, the report naming the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cleanlab", None)  # `import cleanlab` now fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
+    main(fit_args(image_root))
+    run = Path("runs/convnext/version_0")
+    assert (run / "report.html").is_file() and not (run / "val_label_issues.csv").exists()
+    app_warnings = [str(w.message) for w in recwarn if "lit_convnext" in w.filename]
+    assert not app_warnings
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert page.count("pip install 'lit-convnext[report]'") == 1 and "lists them in val_label_issues.csv" in page

@@ -242,9 +242,28 @@ def test_validate_threshold_override_changes_f1_not_map(multilabel_file: Path) -
 
 
 def test_explicit_multilabel_task_on_class_folders(image_root: Path) -> None:
-    main(fit_args(image_root, "--model.task", "multilabel"))
-    checkpoint = torch.load("runs/convnext/version_0/checkpoints/last.ckpt", weights_only=True)
+    main(fit_args(image_root, "--data.task", "multilabel"))
+    last = "runs/convnext/version_0/checkpoints/last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["hyper_parameters"]["task"] == "multilabel" and len(checkpoint["calibration"]["thresholds"]) == 3
+    # The checkpoint keeps its task: validated on the same folders without --data.task, it is measured multi-label.
+    main(["validate", "--ckpt_path", last, "--data.root", str(image_root), *FAST,
+          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "csv",
+          "--trainer.logger.name", "val"])
+    with open("csv/val/version_0/metrics.csv") as handle:
+        assert "val/map" in next(csv.DictReader(handle))
+
+
+def test_a_config_yaml_written_when_the_model_owned_the_task_keeps_it(image_root: Path, tmp_path: Path) -> None:
+    """Earlier runs' config.yaml hold ``model.task``: it still chooses the task (now the data's) and the monitor."""
+    from lit_convnext.cli.lightning_cli import build_cli
+
+    old = tmp_path / "config.yaml"
+    old.write_text(f"model:\n  model_name: {TINY_MODEL}\n  pretrained: false\n  image_size: 32\n  task: multilabel\n"
+                   f"data:\n  root: {image_root}\n  num_workers: 0\n", encoding="utf-8")
+    cli = build_cli(["--config", str(old), "--trainer.accelerator", "cpu"], run=False)
+    assert cli.datamodule.task == cli.model.hparams.task == "multilabel"
+    assert cli.config.checkpoint.monitor == "val/map"
 
 
 def test_a_multiclass_checkpoint_refuses_a_multilabel_file(fitted: dict[str, Path], tmp_path: Path,
@@ -256,7 +275,7 @@ def test_a_multiclass_checkpoint_refuses_a_multilabel_file(fitted: dict[str, Pat
         {"path": str(val / "green" / "img0.png"), "labels": "red;blue", "split": "val"},
     ])
     line = one_line_error(capsys, ["validate", "--ckpt_path", str(fitted["best"]), "--data.labels", str(labels), *FAST])
-    assert "has a 'labels' column (multi-label) but the model is multi-class" in line
+    assert "the checkpoint's model is multiclass but the data is multilabel" in line
 
 
 # ---------------------------------------------------------------------------------------------- pieces

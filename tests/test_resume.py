@@ -130,6 +130,29 @@ def test_ckpt_path_last_without_a_previous_run_says_so(capsys, image_root: Path)
     assert "no run under runs/convnext has checkpoints/last.ckpt" in capsys.readouterr().err
 
 
+def test_runs_without_a_logger_get_a_directory_each_and_last_resumes_the_newest(image_root: Path,
+                                                                               tmp_path: Path) -> None:
+    """``--trainer.logger false`` twice into one root stopped at the first run's config.yaml (Lightning's
+    RuntimeError); each run now gets ``<root>/version_N`` as a logger's runs do, and ``--ckpt_path last`` goes on
+    with the newest of them in place."""
+    root = tmp_path / "out"
+    args = [*fit_args(image_root)[:-4], "--trainer.max_epochs", "1", "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(root)]
+    main(args)
+    first = (root / "version_0" / "config.yaml").read_bytes()
+    main(args)
+    assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1"]
+    for run in ("version_0", "version_1"):
+        assert (root / run / "config.yaml").is_file() and (root / run / "checkpoints" / "last.ckpt").is_file()
+    assert (root / "version_0" / "config.yaml").read_bytes() == first  # nothing of the first run overwritten
+    main([*args[:-4], "--trainer.max_epochs", "2", *args[-4:], "--ckpt_path", "last"])
+    assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1"]
+    resumed = torch.load(root / "version_1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 6  # two epochs of 3 steps: the second one was added to the newest run
+    assert torch.load(root / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)["global_step"] == 3
+
+
 def test_last_ckpt_holds_the_latest_epoch_when_the_best_does_not_improve(image_root: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Lightning 2.6 rewrote last.ckpt only together with a new best checkpoint: monitoring ``epoch`` in ``min``

@@ -55,8 +55,8 @@ def test_switching_a_default_off_never_crashes(switch: str, fitted: dict[str, Pa
     off = [f"--trainer.{switch}", "false"]
     root = fitted["root"]
     main(fit_args(root, *off, *FIT_LIMITS))
-    if switch == "logger":  # no logger: checkpoints go to <default_root_dir>/checkpoints
-        assert (Path("runs") / "checkpoints" / "last.ckpt").is_file()
+    if switch == "logger":  # no logger: the run is <default_root_dir>/version_N, its checkpoints in it
+        assert (Path("runs") / "version_0" / "checkpoints" / "last.ckpt").is_file()
     if switch == "enable_checkpointing":
         assert not list(Path("runs").rglob("*.ckpt"))
     _evaluate_and_predict(fitted, tmp_path, off)

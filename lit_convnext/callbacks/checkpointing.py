@@ -1,7 +1,7 @@
 """Checkpoints that survive kills and resumes: atomic writes, ``--ckpt_path last``, best-k across resumes.
 
 ``fit --ckpt_path last`` in Lightning only looks in the current run's directory, but every CLI run
-gets a new ``runs/<name>/version_N``; the CLI therefore resolves ``last`` here to the newest run's
+gets a new ``runs/<name>/version_N`` (``<default_root_dir>/version_N`` without a logger); the CLI therefore resolves ``last`` here to the newest run's
 ``last.ckpt`` and keeps logging into that run's directory, so ModelCheckpoint's best-k bookkeeping
 (restored from the checkpoint) still points at files that exist.
 
@@ -182,6 +182,14 @@ def newest_last_checkpoint(save_dir: Path, name: str) -> Path:
             "pass the path of a .ckpt file instead"
         )
     return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def next_run_dir(root: Path) -> Path:
+    """``<root>/version_N`` for a new run, N one above the highest existing (0 at first), as Lightning's loggers
+    number theirs: a run without a logger gets its own directory too, so nothing of an earlier run is overwritten."""
+    versions = [int(p.name.removeprefix("version_")) for p in Path(root).glob("version_*")
+                if p.is_dir() and p.name.removeprefix("version_").isdigit()]
+    return Path(root) / f"version_{max(versions) + 1 if versions else 0}"
 
 
 def run_version(checkpoint: Path) -> str:

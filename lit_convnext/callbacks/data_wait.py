@@ -18,9 +18,12 @@ from lit_convnext.ranges import OpenFraction, PositiveInt
 class DataWaitMonitor(pl.Callback):
     """Measure time between training batches vs time inside them; warn once if the loader is the bottleneck.
 
+    Each epoch is judged on its own steps: the counts start again at every epoch, so a loader that slows down later
+    (a cache that no longer fits, another job on the disk) is not hidden by the fast epochs before it.
+
     Args:
-        threshold: Warn when this share of training time (0-1) is spent waiting for batches.
-        min_steps: Training steps measured (per epoch, after the first batch) before judging.
+        threshold: Warn when this share of an epoch's training time (0-1) is spent waiting for batches.
+        min_steps: Training steps of the epoch measured (after its first batch) before judging.
     """
 
     def __init__(self, threshold: OpenFraction = 0.3, min_steps: PositiveInt = 20) -> None:
@@ -39,6 +42,7 @@ class DataWaitMonitor(pl.Callback):
         return self.wait / total if total > 0 else 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.wait, self.busy, self.steps = 0.0, 0.0, 0
         self._batch_end = None  # the first batch of an epoch includes loader start-up: not counted
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -47,10 +51,13 @@ class DataWaitMonitor(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         now = time.perf_counter()
+        # A step is measured from the previous step's end to its own end, wait and work alike; the epoch's first
+        # step and the first after a validation have no previous end and are left out whole.
+        self._batch_start = None
         if self._batch_end is not None:
             self.wait += now - self._batch_end
             self.steps += 1
-        self._batch_start = now
+            self._batch_start = now
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -71,5 +78,6 @@ class DataWaitMonitor(pl.Callback):
             tips.append("turn --data.reduced_decode back on (decodes large JPEGs at 1/2-1/8 size)")
         tips.append("store the images smaller (e.g. short side 2x the training size) or on a faster disk")
         tips.append("lighten the augmentation (--data.augmentation.rand_augment null)")
-        return (f"Training steps waited for data {self.wait_share:.0%} of the time over the last "
-                f"{self.steps} steps: the data loader is the bottleneck. Try: " + "; ".join(tips) + ".")
+        return (f"Training steps waited for data {self.wait_share:.0%} of the time over the first {self.steps} "
+                f"steps of epoch {trainer.current_epoch}: the data loader is the bottleneck. Try: "
+                + "; ".join(tips) + ".")

@@ -1,8 +1,9 @@
 """The ``lit-convnext`` command: LightningCLI wired for fine-tuning ConvNeXt on image folders.
 
-This module owns the wiring only: which arguments are linked (class names, image size and batch size
-flow from the data to the model), the default callbacks and logger, and turning user mistakes into
-one-line errors.
+This module owns the wiring only: which arguments are linked (the data owns the class names and counts, the
+task and the batch size, and they are linked to the model; the model owns the preprocessing, image size included,
+which the DataModule reads from it), the default callbacks and logger, and turning user mistakes into one-line
+errors.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_convnext.model.backbone import check_model_name
+from lit_convnext.model.backbone import check_model_name, pretrained_off
 from lit_convnext.callbacks import (
     AtomicCheckpointIO,
     DataWaitMonitor,
@@ -29,14 +30,14 @@ from lit_convnext.callbacks import (
 )
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
-from lit_convnext.callbacks.checkpointing import LAST_NAME, newest_last_checkpoint, run_version
+from lit_convnext.callbacks.checkpointing import newest_last_checkpoint, next_run_dir, run_version
 from lit_convnext.data import ImageFolderDataModule
-from lit_convnext.data.labels import label_columns
+from lit_convnext.data.labels import data_task
 from lit_convnext.cli.messages import fail, option_error, out_of_memory_message
 from lit_convnext.errors import UserError
 from lit_convnext.cli.terminal import (LIGHTNING_INFO_LOGGER, RESTORING_LINE, DropLines, hide_library_advice,
                                    log_filter)
-from lit_convnext.model.classifier import ConvNeXtClassifier
+from lit_convnext.model.classifier import ConvNeXtClassifier, check_mixup_batch
 from lit_convnext.cli.trainer import ConvNeXtTrainer
 from lit_convnext.weights.classes import stored_class_names
 from lit_convnext.weights.reading import quiet_pickle_protocol
@@ -82,9 +83,12 @@ class ConvNeXtCLI(LightningCLI):
         return {self._only_subcommand: every[self._only_subcommand]} if self._only_subcommand in every else every
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # The folder decides the classes: num_classes is never typed by the user.
+        # The data owns these; each reaches the model by one link, in one direction. The folder decides the
+        # classes (num_classes is never typed by the user), the label file (or --data.task) the task.
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
+        parser.link_arguments("data.task", "model.task", apply_on="instantiate")
+        parser.link_arguments("data.batch_size", "model.batch_size", apply_on="parse")
         parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -115,24 +119,32 @@ class ConvNeXtCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
-            self._choose_task(self.config)
+            self._task_of_earlier_runs(self.config)
+            self._monitor_follows_task(self.config)
             return
         config = self.config[self.subcommand]
-        if config.get("model") is not None:  # before the data folder is scanned (class_names link) or weights are read
+        # Before the data folder is scanned (class_names link) or weights are read:
+        if config.get("model") is not None:
             check_model_name(config.model.model_name)
+            if self.subcommand == "fit":
+                check_mixup_batch(config.data.batch_size, config.model.mixup_alpha, config.model.cutmix_alpha)
+            else:  # the model's batch_size is the training batch; validate, test and predict do not train
+                config.model.batch_size = None
         ckpt_path = config.get("ckpt_path")
-        if self.subcommand == "fit" and str(ckpt_path) == "last":
+        resumed = self.subcommand == "fit" and str(ckpt_path) == "last"
+        if resumed:
             ckpt_path = config.ckpt_path = str(self._resume_into_last_run(config))
         if ckpt_path and str(ckpt_path) not in SPECIAL_CKPT_PATHS:
             path = Path(ckpt_path)
             if not path.is_file():
                 raise UserError(f"checkpoint {path} does not exist: pass the path of a .ckpt file with --ckpt_path")
-        self._choose_task(config)
+        self._task_of_earlier_runs(config)
+        self._monitor_follows_task(config)
         if ckpt_path:
             # The weights come from the checkpoint: do not download or read the original ones again.
             config.model.pretrained = False
         elif self.subcommand == "predict" or (self.subcommand in ("validate", "test")
-                                              and config.model.pretrained in (False, None, "", "false")):
+                                              and pretrained_off(config.model.pretrained)):
             also = "" if self.subcommand == "predict" else " or --model.pretrained WEIGHTS with a head for the classes"
             raise UserError(f"`{self.subcommand}` needs a trained model: pass --ckpt_path CHECKPOINT.ckpt{also}")
         elif self.subcommand in ("validate", "test") and config.model.pretrained is True:
@@ -151,6 +163,10 @@ class ConvNeXtCLI(LightningCLI):
         if config.trainer.get("barebones"):
             self._follow_barebones(config.trainer, parser)
         self._follow_default_root_dir(config.trainer)
+        if not config.trainer.get("logger") and self.subcommand != "predict" and not resumed:
+            # Without a logger Lightning writes into default_root_dir itself, and a second run would overwrite the
+            # first (or stop at its config.yaml): each run gets its own version_N, as a logger's runs do.
+            config.trainer.default_root_dir = str(next_run_dir(Path(config.trainer.default_root_dir)))
         parser.callback_keys = [key for key in parser.callback_keys
                                 if config.trainer.get(CALLBACK_SWITCHES.get(key, "")) is not False]
         precision = str(config.trainer.get("precision"))
@@ -158,17 +174,26 @@ class ConvNeXtCLI(LightningCLI):
             rank_zero_warn(f"This GPU does not support bfloat16: using 16-mixed instead of {precision}.")
             config.trainer.precision = "16-mixed"
 
-    def _choose_task(self, config) -> None:
-        """A label file with a ``labels`` column makes the model multi-label; multi-label checkpoints are chosen
-        by mean average precision (``val/map``) unless another monitor was given."""
+    @staticmethod
+    def _task_of_earlier_runs(config) -> None:
+        """A checkpoint keeps its task, and so does a config.yaml written before the data owned it: their
+        ``model.task`` (a checkpoint's hyperparameters are parsed into the model's options) is otherwise overridden
+        by the ``data.task`` link, so a multi-label one becomes the data's task unless ``--data.task`` was given.
+        A multi-class one needs nothing: the data is multi-class unless its label file says otherwise, and then the
+        model refuses the checkpoint (``ConvNeXtClassifier.on_load_checkpoint``)."""
         data, model = config.get("data"), config.get("model")
-        if data is None or model is None:
+        if data is not None and model is not None and model.get("task") == "multilabel" and data.get("task") is None:
+            data.task = "multilabel"
+
+    @staticmethod
+    def _monitor_follows_task(config) -> None:
+        """Multi-label checkpoints are chosen by mean average precision (``val/map``, there is no top-1) unless
+        another monitor was given. The task is the data's (:func:`lit_convnext.data.labels.data_task`, which reads a
+        label file's header only), the same value the ``data.task`` link gives the model."""
+        data, checkpoint = config.get("data"), config.get("checkpoint")
+        if data is None or checkpoint is None or checkpoint.monitor != "val/acc1":
             return
-        # A checkpoint keeps its own task (a multi-class model evaluated on a multi-label file is refused in setup).
-        if data.get("labels") is not None and label_columns(Path(data.labels))[1] and not config.get("ckpt_path"):
-            model.task = "multilabel"
-        checkpoint = config.get("checkpoint")
-        if model.get("task") == "multilabel" and checkpoint is not None and checkpoint.monitor == "val/acc1":
+        if data_task(data.get("labels"), data.get("task")) == "multilabel":
             checkpoint.monitor = "val/map"
             checkpoint.filename = checkpoint.filename.replace("acc{val/acc1", "map{val/map")
 
@@ -206,10 +231,11 @@ class ConvNeXtCLI(LightningCLI):
         self._follow_default_root_dir(config.trainer)
         logger = config.trainer.get("logger")
         init = getattr(logger, "init_args", None)
-        if not logger:  # no logger: Lightning writes checkpoints to <default_root_dir>/checkpoints
-            checkpoint = Path(config.trainer.default_root_dir) / "checkpoints" / LAST_NAME
-            if not checkpoint.is_file():
-                raise UserError(f"--ckpt_path last: {checkpoint} does not exist; pass the path of a .ckpt file")
+        if not logger:  # no logger: each run is <default_root_dir>/version_N, with checkpoints/ in it
+            checkpoint = newest_last_checkpoint(Path(config.trainer.default_root_dir), "")
+            config.trainer.default_root_dir = str(checkpoint.parent.parent)
+            self.save_config_kwargs["overwrite"] = True  # the same run directory: config.yaml records the resume
+            rank_zero_info(f"Resuming {checkpoint}")
             return checkpoint
         if init is None or init.get("save_dir") is None:
             raise UserError("--ckpt_path last needs a logger with a save_dir (runs/...): pass the .ckpt path instead")

@@ -1,7 +1,12 @@
 """What reaches the user's terminal from other code: the app's warnings as one line, and library log lines that
 are not about the user's run left out (or said once, in the app's words).
 
-Every such rule lives here, so a newcomer finds in one place why a Lightning or huggingface_hub line is missing.
+The shared pieces live here: the one-line warning format, the log filters, and the rules for the lines Lightning
+prints on every command. A rule about one library call sits next to that call, where the reason for it is:
+huggingface_hub's retry lines (``model/backbone.py``), cleanlab's per-class warnings (``evaluation/end_of_fit.py``),
+numpy's copy warning around torchmetrics' plot (``evaluation/class_report.py``), Pillow's decompression-bomb warning
+(``data/images.py``), torch's pickle-protocol warning (``weights/reading.py``), Lightning's per-command lines
+(``cli/lightning_cli.py``), and the test run's own filters (``pyproject.toml``).
 """
 
 from __future__ import annotations

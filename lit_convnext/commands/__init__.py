@@ -1,6 +1,6 @@
 """Commands outside LightningCLI's subcommands, one module each; a command's typed signature is its command line.
 
-Each is run by ``cli.main`` through jsonargparse's ``auto_cli`` and imported only when asked for, so
+Each is run by the console entry (:func:`lit_convnext.cli.entry.main`) through jsonargparse's ``auto_cli`` and imported only when asked for, so
 ``lit-convnext doctor`` does not pay for torch and Lightning it does not use.
 """
 

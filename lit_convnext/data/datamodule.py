@@ -20,7 +20,7 @@ from lit_convnext.checks.bad_files import BAD_FILES_NAME, check_samples
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
 from lit_convnext.checks.file_checks import inspect_files
 from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
-from lit_convnext.data.labels import multi_hot, read_label_splits, sample_labels
+from lit_convnext.data.labels import Task, data_task, multi_hot, read_label_splits, sample_labels
 from lit_convnext.data.transforms import (
     TrainAugmentation,
     build_eval_transform,
@@ -57,6 +57,9 @@ class ImageFolderDataModule(LightningDataModule):
             a ``label`` (one class) or ``labels`` column (multi-label), optionally ``split`` (train/val/test).
             Relative paths start at ``root``, or at the file's folder when ``root`` is not given.
         label_separator: What separates the class names in a ``labels`` cell (class names may contain spaces).
+        task: ``multilabel`` (any number of classes per image: multi-hot targets for a sigmoid per class) or
+            ``multiclass``; ``None`` decides from the data: a label file with a ``labels`` column is multi-label,
+            anything else multi-class. The data owns the task; the CLI links it to the model (``model.task``).
         predict_dir: Folder of images to label with ``predict`` (searched recursively).
         val_fraction: Share of each class held out for validation when ``root`` has no ``val/``.
         split_seed: Seed of that split; the split is also written to ``split_manifest.csv`` in the run directory.
@@ -84,6 +87,7 @@ class ImageFolderDataModule(LightningDataModule):
         predict_dir: Path | None = None,
         labels: Path | None = None,
         label_separator: str = ";",
+        task: Task | None = None,
         val_fraction: OpenFraction = 0.2,
         split_seed: int = 42,
         split_manifest: Path | None = None,
@@ -102,6 +106,8 @@ class ImageFolderDataModule(LightningDataModule):
         self.predict_dir = Path(predict_dir).expanduser() if predict_dir is not None else None
         self.labels = Path(labels).expanduser() if labels is not None else None
         self.label_separator = label_separator
+        self._task = task
+        self._resolved_task: Task | None = None
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.split_manifest = Path(split_manifest) if split_manifest is not None else None
@@ -144,6 +150,13 @@ class ImageFolderDataModule(LightningDataModule):
         return None if self._no_data else self.splits.class_names
 
     @property
+    def task(self) -> Task:
+        """``multiclass`` or ``multilabel`` (see ``task`` in the class docstring; reads only a label file's header)."""
+        if self._resolved_task is None:
+            self._resolved_task = data_task(self.labels, self._task)
+        return self._resolved_task
+
+    @property
     def _no_data(self) -> bool:
         return self.root is None and self.labels is None
 
@@ -174,9 +187,6 @@ class ImageFolderDataModule(LightningDataModule):
             self.datasets["predict"] = UnlabeledImages(self._predict_paths(), eval_transform, eval_size)
             return
         splits = self.splits
-        if splits.multilabel and self._task() != "multilabel":
-            raise UserError(f"label file {self.labels} has a 'labels' column (multi-label) but the model is "
-                            "multi-class: pass --model.task multilabel, or use a 'label' column")
         self._drop_bad_files(CHECKED_SPLITS.get(stage, ()))
         if stage == "fit":
             if len(splits.train) < self.batch_size:
@@ -220,12 +230,6 @@ class ImageFolderDataModule(LightningDataModule):
             setattr(self.splits, name, kept)
             self._checked.add(name)
 
-    def _task(self) -> str:
-        """The attached model's task: multi-label models get multi-hot targets, whatever the data source."""
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(model, "hparams", {}).get("task", "multiclass") if model is not None else (
-            "multilabel" if self.splits.multilabel else "multiclass")
-
     def _resolve_preprocessing(self) -> dict[str, Any]:
         model = self.trainer.lightning_module if self.trainer is not None else None
         preprocessing = getattr(model, "preprocessing", None) or self.preprocessing
@@ -236,7 +240,7 @@ class ImageFolderDataModule(LightningDataModule):
 
     def _labeled(self, samples: list, transform: Any, decode_min_size: int | None = None,
                  evaluation: bool = True) -> LabeledImages:
-        if self._task() == "multilabel":
+        if self.task == "multilabel":
             targets = multi_hot(samples, self.splits.class_names)
         else:
             targets = self.splits.targets(samples)
@@ -282,7 +286,7 @@ class ImageFolderDataModule(LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            drop_last=split == "train",  # equal-size training batches (Mixup/CutMix pair samples within a batch)
+            drop_last=split == "train",  # equal-size training batches (see check_mixup_batch in model.classifier)
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=self.persistent_workers and workers > 0,

@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import numpy as np
 import torch
@@ -94,6 +94,20 @@ def label_columns(file: Path) -> tuple[list[str], bool]:
         raise UserError(f"label file {file} needs exactly one of the columns 'label' (one class per image) or "
                         f"'labels' (multi-label), found columns {', '.join(columns)}")
     return columns, "labels" in columns
+
+
+#: What a label is: one class per image (softmax) or any number of classes per image (a sigmoid per class).
+Task = Literal["multiclass", "multilabel"]
+
+
+def data_task(labels: Path | None, task: Task | None = None) -> Task:
+    """The task the data asks for, the one rule: ``task`` when given, else ``multilabel`` for a label file with a
+    ``labels`` column and ``multiclass`` for everything else (class folders, a ``label`` column, no data)."""
+    multilabel_file = labels is not None and label_columns(Path(labels))[1]
+    if task == "multiclass" and multilabel_file:
+        raise UserError(f"label file {labels} has a 'labels' column (multi-label) but --data.task is multiclass: "
+                        "leave --data.task out, or use a 'label' column (one class per image)")
+    return task or ("multilabel" if multilabel_file else "multiclass")
 
 
 class _Utf8Lines:

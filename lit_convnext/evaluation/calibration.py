@@ -3,7 +3,7 @@
 One scalar ``T`` divides the logits before softmax (Guo et al., 2017): it leaves the ranking of classes,
 so accuracy, untouched and only makes the confidence match how often the model is right. During ``fit``
 ``T`` is fitted on each validation's logits and stored as ``checkpoint["calibration"]["temperature"]`` in the
-checkpoints saved after it (see ``ConvNeXtClassifier.probabilities`` and ``callbacks.evaluation``).
+checkpoints saved after it (see ``ConvNeXtClassifier.probabilities`` and ``lit_convnext.evaluation.end_of_fit``).
 """
 
 from __future__ import annotations

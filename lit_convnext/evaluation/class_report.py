@@ -9,7 +9,7 @@ recall and F1 at their decision thresholds plus each class's average precision (
 (an image can be in several classes). During ``fit`` the PNG is drawn
 once, from the last validation, when training ends: matplotlib needs 0.2 s for 10 classes and 0.5 s for
 the 30 shown of 100 or more, on one core, time the accelerator would otherwise sit idle every epoch. When the best checkpoint was saved
-from an earlier validation, the end-of-fit analysis (``callbacks.evaluation``) rewrites the ``val_*`` files from
+from an earlier validation, the end-of-fit analysis (``evaluation.end_of_fit``) rewrites the ``val_*`` files from
 that validation's logits, so they describe the same weights as ``val_predictions.csv`` and the report; the CLI
 therefore has the PNG drawn after that analysis (:meth:`PerClassReport.defer_fit_plot`), once.
 """

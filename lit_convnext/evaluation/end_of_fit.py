@@ -45,7 +45,9 @@ class EvaluationReport(Callback):
         top_k: Classes (with probabilities) per image in ``{stage}_predictions.csv``.
         calibrate: Fit a temperature on each validation's logits during fit, kept in the checkpoints saved after it,
             and report the best checkpoint's (validate, test and predict then give calibrated probabilities).
-        label_issues: List likely label errors of the validation split with cleanlab (``val_label_issues.csv``).
+        label_issues: List likely label errors of the validation split with cleanlab (``val_label_issues.csv``;
+            cleanlab is the ``report`` extra: without it the list is left out quietly and ``report.html`` says
+            how to get it, so a run of the base install ends without a warning).
         report: Write ``report.html`` into the run directory when ``fit`` ends.
         gallery_size: Images per gallery in the report (worst errors, suspected label errors).
     """
@@ -300,11 +302,11 @@ SMALL_CLASS_WARNING = re.compile(r"May not flag all label issues in class: (\d+)
 
 def write_label_issues(path: Path, paths: list[str], names: list[str], probabilities: torch.Tensor,
                        targets: torch.Tensor) -> None:
-    """Likely label errors found by cleanlab's confident learning, most likely first."""
+    """Likely label errors found by cleanlab's confident learning, most likely first; nothing without cleanlab (an
+    optional extra: ``report.html`` says once how to get the list, see ``evaluation.report.html``)."""
     try:
         from cleanlab.filter import find_label_issues
     except ImportError:
-        rank_zero_warn("val_label_issues.csv not written: pip install 'lit-convnext[report]' (cleanlab) for it")
         return
     labels = targets.numpy()
     probs = probabilities.double()

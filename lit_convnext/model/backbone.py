@@ -43,6 +43,14 @@ def check_model_name(model_name: str) -> str:
     return arch
 
 
+def pretrained_off(pretrained: bool | str | None) -> bool:
+    """Whether ``pretrained`` means random initialisation: ``False``, ``None``, or an empty or ``"false"`` string
+    (any case), as a YAML file, a command line or a Python caller may spell it. The one definition of "off"."""
+    if pretrained is None or pretrained is False:
+        return True
+    return isinstance(pretrained, str) and pretrained.strip().lower() in ("", "false")
+
+
 def build_convnext(
     model_name: str,
     num_classes: int,
@@ -64,7 +72,7 @@ def build_convnext(
     )
     if layer_scale_init_value is not None:
         options["ls_init_value"] = layer_scale_init_value
-    if pretrained is False or pretrained in ("", "false", "False"):
+    if pretrained_off(pretrained):
         return timm.create_model(model_name, pretrained=False, **options), None
     # The hub's file goes through the same loader as a local file, so missing or unexpected tensors are
     # reported and refused the same way (timm's own pretrained load is non-strict once the head is dropped).

@@ -21,9 +21,10 @@ from torchmetrics.classification import (
     MultilabelPrecisionRecallCurve,
 )
 
-from lit_convnext.model.backbone import build_convnext
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.errors import UserError
+from lit_convnext.evaluation.calibration import ECE_BINS
+from lit_convnext.model.backbone import build_convnext
 from lit_convnext.model.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
 from lit_convnext.model.postprocess import ClassifierOutputs
 from lit_convnext.model.optim import (
@@ -92,15 +93,22 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         preprocessing: Mean, std, interpolation, crop and input size; resolved from the weights' pretrained
             config when ``None`` and stored in checkpoints, so evaluation and predict reuse it exactly.
         class_weights: Training-loss class weights: ``none``, ``auto`` (inverse training frequency, mean 1) or a
-            mapping class name -> weight. Composes with label smoothing and Mixup/CutMix (see ``imbalance.py``).
+            mapping class name -> weight. Composes with label smoothing and Mixup/CutMix (see
+            ``lit_convnext.model.losses``).
         class_counts: Training images per class. Set from the data folder (never by hand).
         channels_last: Keep weights and input batches in channels-last memory format (faster convolutions on
             recent GPUs, especially with bf16/fp16).
         compile: Run the network through ``torch.compile`` (first steps are slow while it compiles).
             Checkpoints are unaffected: they hold the plain network's weights.
         task: ``multiclass`` (one class per image, softmax) or ``multilabel`` (any number of classes per image:
-            sigmoid per class, binary cross-entropy, per-class thresholds tuned on validation). A label file with
-            a ``labels`` column selects ``multilabel`` by itself.
+            sigmoid per class, binary cross-entropy, per-class thresholds tuned on validation). The data owns it:
+            the CLI links it from ``ImageFolderDataModule.task`` (``--data.task``, or a label file's ``labels``
+            column); in Python pass the datamodule's ``task``. A model without classes (predict) takes the
+            checkpoint's.
+        batch_size: Images per device per step (>= 1), by which the learning rate is scaled and which Mixup/CutMix
+            need even. The data owns it: the CLI links it from ``--data.batch_size``. In Python it may be left out:
+            a fit with a datamodule reads the datamodule's ``batch_size`` (given here too, the two must agree);
+            given here, an odd size under Mixup/CutMix is refused at construction, before any file is read.
     """
 
     def __init__(
@@ -134,8 +142,11 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         task: Literal["multiclass", "multilabel"] = "multiclass",
+        batch_size: PositiveInt | None = None,
     ) -> None:
         super().__init__()
+        if batch_size is not None:
+            check_mixup_batch(batch_size, mixup_alpha, cutmix_alpha)
         self.save_hyperparameters()
         self.class_names = _class_names(class_names, num_classes)
         if self.class_names and not class_names:  # stored, so checkpoints and exports carry the names
@@ -224,7 +235,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
         # ECE of the raw (uncalibrated) softmax: what the temperature fitted after training has to correct.
         self.calibration_errors = torch.nn.ModuleDict(
-            {stage: MulticlassCalibrationError(n, n_bins=15, norm="l1", validate_args=False) for stage in ("val", "test")}
+            {stage: MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="l1", validate_args=False)
+             for stage in ("val", "test")}
         )
 
     def _build_multilabel_metrics(self, n: int) -> None:
@@ -407,8 +419,7 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         hp, trainer = self.hparams, self.trainer
         total_steps = int(trainer.estimated_stepping_batches)
         per_device = self._per_device_batch()
-        if self.mixup is not None and per_device % 2:
-            raise UserError(f"Mixup/CutMix pair images within a batch: use an even --data.batch_size, got {per_device}")
+        check_mixup_batch(per_device, hp.mixup_alpha, hp.cutmix_alpha)  # in Python the batch may be known only now
         batch = EffectiveBatch(per_device, trainer.world_size, trainer.accumulate_grad_batches)
         lr = batch.scaled_lr(hp.lr, hp.lr_reference_batch_size)
         mixed_precision = isinstance(trainer.precision_plugin, MixedPrecision)
@@ -428,18 +439,31 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _per_device_batch(self) -> int:
-        """The training loader's batch size: the data owns it; the lr scaling and the Mixup check read it here."""
-        if self.trainer.train_dataloader is None:  # estimated_stepping_batches skips loading for unbounded runs
-            self.trainer.fit_loop.setup_data()
-        loader = self.trainer.train_dataloader
-        size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+        """Images per device per step: the attached datamodule's ``batch_size`` (the data owns it), else the model's
+        own ``batch_size`` (linked from the data by the CLI, or given in Python)."""
+        given = self.hparams.get("batch_size")
+        data = getattr(self.trainer.datamodule, "batch_size", None)
+        if isinstance(data, int) and given is not None and data != given:
+            raise UserError(f"the model was given batch_size={given} but the datamodule's batch_size is {data}: "
+                            "the learning rate is scaled by the batch the loader yields; pass the same value, or "
+                            "leave the model's out")
+        size = data if isinstance(data, int) else given
         if size is None:
-            raise UserError("cannot tell the training batch size (a loader without batch_size): the lr is scaled by it")
+            raise UserError("cannot tell the per-device batch size, by which the learning rate is scaled: pass "
+                            "batch_size to ConvNeXtClassifier, or fit with a datamodule that has a batch_size")
         return int(size)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         # timm schedulers are stepped by update count; this also applies each group's layer-decay lr_scale.
         scheduler.step_update(num_updates=self.global_step)
+
+    def setup(self, stage: str) -> None:
+        """Refuse data of another task than the model's: multi-hot targets given to a softmax, or single labels to
+        per-class sigmoids, would train or measure the wrong thing without an error (the CLI links the two)."""
+        data_task = getattr(self.trainer.datamodule, "task", None)
+        if stage != "predict" and data_task in ("multiclass", "multilabel") and data_task != self.hparams.task:
+            raise UserError(f"the data is {data_task} but the model is {self.hparams.task}: build the model with "
+                            f"task={data_task!r} (the datamodule's task), or use data of the model's task")
 
     def on_fit_start(self) -> None:
         """Keep the pretrained-weights load report with the run, so what was loaded can be audited later."""
@@ -454,21 +478,38 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         checkpoint["calibration"] = dict(self.calibration)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Adopt the checkpoint's calibration and classes (predict), or refuse a checkpoint trained on other classes."""
+        """Adopt the checkpoint's calibration, and its classes and task when the model has no classes (predict); refuse
+        a checkpoint trained on other classes or for another task (a checkpoint keeps its task)."""
         self.calibration = dict(checkpoint.get("calibration") or {})
-        saved = list(checkpoint.get("hyper_parameters", {}).get("class_names") or [])
+        hparams = checkpoint.get("hyper_parameters", {})
+        saved = list(hparams.get("class_names") or [])
         if not saved:
             return
-        if self.class_names is None:
+        saved_task = hparams.get("task") or "multiclass"
+        if self.class_names is None:  # nothing built for classes yet (no metrics, no Mixup): take the checkpoint's
             self.class_names = saved
             self.hparams["class_names"] = saved
+            self.hparams["task"] = saved_task
             self.net.reset_classifier(len(saved))
+        elif saved_task != self.hparams.task:
+            other = "a 'label' column or class folders" if saved_task == "multiclass" else "--data.task multilabel"
+            raise UserError(f"the checkpoint's model is {saved_task} but the data is {self.hparams.task}: use data of "
+                            f"the checkpoint's task ({other}), or start a new fine-tune from these weights with "
+                            "`fit --model.pretrained CHECKPOINT`")
         elif saved != self.class_names:
             raise UserError(
                 f"the checkpoint was trained on classes {_short(saved)} but the data folder has "
                 f"{_short(self.class_names)}: use data with the same class folders, or start a new fine-tune "
                 "from these weights with `fit --model.pretrained CHECKPOINT`"
             )
+
+
+def check_mixup_batch(batch_size: int, mixup_alpha: float, cutmix_alpha: float) -> None:
+    """The one Mixup/CutMix batch rule: timm's ``Mixup`` pairs each image with the one mirrored across its batch, so
+    the per-device batch must be even. Checked by the CLI when it parses, by the model when it is given a batch size,
+    and when a fit starts."""
+    if (mixup_alpha > 0 or cutmix_alpha > 0) and batch_size % 2:
+        raise UserError(f"Mixup/CutMix pair images within a batch: use an even --data.batch_size, got {batch_size}")
 
 
 def resolve_preprocessing(net: torch.nn.Module, image_size: int | None, stored: dict[str, Any] | None) -> dict[str, Any]:

@@ -14,8 +14,8 @@ averaged over the batch. (For hard targets PyTorch divides by the summed weights
 instead; the gradient direction is the same.) Validation and test losses stay unweighted so runs compare.
 The class-balanced sampler (``--data.sampler balanced``) lives in ``data/samplers.py``.
 
-Multi-label models (``--model.task multilabel``) use binary cross-entropy on the sigmoid of each class's logit
-(:func:`multilabel_loss`); class weights scale each class's binary loss, and label smoothing moves each binary
+Multi-label models (a label file's ``labels`` column, or ``--data.task multilabel``) use binary cross-entropy on
+the sigmoid of each class's logit (:func:`multilabel_loss`); class weights scale each class's binary loss, and label smoothing moves each binary
 target towards 0.5 (``y (1 - s) + s / 2``, as timm's multi-label Mixup does), not towards ``1 / n_classes``.
 """
 

@@ -1,6 +1,6 @@
 """Pretrained ConvNeXt weights, in reading order: read a file safely (``reading``, ``containers``), recognise and
 convert its layout to timm (``layouts``, ``convert``, ``shapes``), load it with checks (``loading``, ``architecture``,
-``report``), and export (``export``).
+``report``), and save for plain timm (``saving``).
 
 Supported layouts: timm, official facebookresearch ConvNeXt / ConvNeXt-V2 (incl. FCMAE pre-training),
 torchvision, Hugging Face transformers, and this app's Lightning checkpoints (EMA or raw weights).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -292,8 +293,12 @@ def _worst_errors(rows: list[dict[str, str]], names: list[str], model: Any, size
 def _label_issues(run_dir: Path, size: int) -> str:
     path = run_dir / "val_label_issues.csv"
     if not path.is_file():
-        return ("<p class=note>val_label_issues.csv is missing (label-issue search off, or cleanlab not installed: "
-                "pip install 'lit-convnext[report]').</p>")
+        if importlib.util.find_spec("cleanlab") is None:  # the run's one mention of the extra (it ends without a warning)
+            return ("<p class=note>Likely label errors are found with cleanlab, which this installation does not have: "
+                    "<code>pip install 'lit-convnext[report]'</code>, and the next <code>fit</code> or "
+                    "<code>validate</code> lists them in val_label_issues.csv.</p>")
+        return ("<p class=note>val_label_issues.csv is missing: the label-issue search was off "
+                "(<code>--evaluation.label_issues</code>), or cleanlab was not installed when the run was made.</p>")
     rows = _read_csv(path)
     if not rows:
         return "<p>cleanlab found no likely label errors in the validation split.</p>"
