@@ -32,6 +32,7 @@ from lit_convnext.evaluation.calibration import calibration_summary, fit_tempera
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.cli.terminal import LIGHTNING_INFO_LOGGER, LOADED_WEIGHTS_LINE, RESTORING_LINE, DropLines, log_filter
+from lit_convnext.text import preview
 
 #: Images kept from the first training batch for the augmentation mosaic.
 MOSAIC_IMAGES = 32
@@ -324,7 +325,7 @@ def write_label_issues(path: Path, paths: list[str], names: list[str], probabili
                                        caught_warning.lineno)
         if small:
             rank_zero_warn(f"label issues: {len(small)} class(es) have too few validation images for cleanlab to "
-                           f"flag every likely label error ({', '.join(small[:10])}{', ...' if len(small) > 10 else ''})")
+                           f"flag every likely label error ({preview(small, 10)})")
     else:
         rank_zero_warn(f"label issues: the validation split has {present} class(es); no errors can be estimated")
     with path.open("w", newline="", encoding="utf-8") as handle:

@@ -21,6 +21,7 @@ from lit_convnext.weights.convert import convert_to_timm
 from lit_convnext.weights.reading import read_checkpoint
 from lit_convnext.weights.report import HeadStatus, LoadReport
 from lit_convnext.weights.shapes import Shape, model_shapes
+from lit_convnext.text import preview
 
 CLASSIFIER_KEYS: tuple[str, ...] = ("head.fc.weight", "head.fc.bias")
 FINAL_NORM_KEYS: tuple[str, ...] = ("head.norm.weight", "head.norm.bias")
@@ -149,10 +150,8 @@ def _key_problem(path: Path, missing: list[str], unexpected: list[str]) -> str:
     """One-line message listing missing/unexpected backbone keys."""
     parts = []
     if missing:
-        parts.append(f"{len(missing)} model keys missing from the file ({', '.join(missing[:_PREVIEW])}"
-                     f"{', ...' if len(missing) > _PREVIEW else ''})")
+        parts.append(f"{len(missing)} model keys missing from the file ({preview(missing, _PREVIEW)})")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys in the file ({', '.join(unexpected[:_PREVIEW])}"
-                     f"{', ...' if len(unexpected) > _PREVIEW else ''})")
+        parts.append(f"{len(unexpected)} unexpected keys in the file ({preview(unexpected, _PREVIEW)})")
     return (f"weights in {path} do not match the model: {'; '.join(parts)}; "
             "use other weights, or allow_missing=True to load the rest and leave these at init")

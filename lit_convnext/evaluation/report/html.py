@@ -25,6 +25,7 @@ from lit_convnext.data.images import load_rgb
 from lit_convnext.errors import UserError
 from lit_convnext.evaluation.report import figures
 from lit_convnext.evaluation.report.cam import CAM_MISSING, cam_available, cam_overlays
+from lit_convnext.text import preview
 
 #: Rows of the per-class table (worst F1 first) and of the confused-pairs table.
 TABLE_ROWS = 200
@@ -136,7 +137,7 @@ def _summary(run_dir: Path, rows: list[dict[str, str]], names: list[str], model:
     best = sorted((run_dir / "checkpoints").glob("best-*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
     items: list[list[Any]] = [
         ["data", str(data.get("root", "?"))],
-        ["classes", f"{len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"],
+        ["classes", f"{len(names)}: {preview(names, 12)}"],
         ["validation images", len(rows)],
         ["model", f"{mdl.get('model_name', getattr(model, 'hparams', {}).get('model_name', '?'))}, "
                   f"pretrained={mdl.get('pretrained', '?')}, image size {mdl.get('image_size') or 'pretrained'}"],
