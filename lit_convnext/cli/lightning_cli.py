@@ -62,7 +62,7 @@ class OneLineErrorParser(LightningArgumentParser):
     """Reports a bad option as one line naming it (jsonargparse prints the usage and a nested explanation)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        raise UserError(option_error(message))
+        raise UserError(option_error(message, ex))
 
 
 class ConvNeXtCLI(LightningCLI):
