@@ -21,6 +21,7 @@ from lit_convnext.weights.convert import convert_to_timm
 from lit_convnext.weights.reading import read_checkpoint
 from lit_convnext.weights.report import HeadStatus, LoadReport
 from lit_convnext.weights.shapes import Shape, model_shapes
+from lit_convnext.private_api import uncompiled
 from lit_convnext.text import preview
 
 CLASSIFIER_KEYS: tuple[str, ...] = ("head.fc.weight", "head.fc.bias")
@@ -42,7 +43,7 @@ def load_pretrained(
     ``allow_missing`` tolerates (and reports) missing or unexpected backbone keys; a different
     architecture is always an error.
     """
-    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper shares the parameters
+    model = uncompiled(model)  # a torch.compile wrapper shares the parameters
     path = Path(source).expanduser()
     extracted = extract_state_dict(read_checkpoint(path), use_ema=use_ema, source=str(path))
     layout = layouts.detect_layout(extracted.state_dict, source=str(path))
