@@ -23,10 +23,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_convnext.model.backbone import check_model_name
 from lit_convnext.callbacks import (
     AtomicCheckpointIO,
+    CompactProgressBar,
     DataWaitMonitor,
     FiniteLossGuard,
     ResumableModelCheckpoint,
-    ThrottledRichProgressBar,
 )
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
@@ -98,7 +98,7 @@ class ConvNeXtCLI(CLIHooks):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
-        parser.add_lightning_class_args(ThrottledRichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(CompactProgressBar, "progress_bar")
         parser.add_lightning_class_args(PerClassReport, "class_report")
         parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
         parser.add_lightning_class_args(EvaluationReport, "evaluation")
