@@ -59,7 +59,7 @@ def build_report(run_dir: Path, model: Any = None, gallery_size: int = 24,
         ("Summary", _summary(run_dir, rows, names, model, scalars)),
         ("Training curves", _curves(scalars)),
         ("Per-class results", _per_class(run_dir)),
-        ("Confusion matrix", _confusion(run_dir, rows, names)),
+        ("Confusion matrix", _confusion(run_dir)),
         ("Most confused pairs", _pairs(run_dir)),
         ("Calibration", _calibration(run_dir)),
         ("Worst errors", _worst_errors(rows, names, model, gallery_size)),
@@ -208,12 +208,15 @@ def _per_class(run_dir: Path) -> str:
     return note + _table(["class", "precision", "recall", "F1", "images"], shown)
 
 
-def _confusion(run_dir: Path, rows: list[dict[str, str]], names: list[str]) -> str:
-    index = {name: i for i, name in enumerate(names)}
+def _confusion(run_dir: Path) -> str:
+    path = run_dir / "val_confusion_matrix.csv"
+    if not path.is_file():
+        return "<p class=note>val_confusion_matrix.csv is missing (the class report was off: --class_report.enabled).</p>"
+    with path.open(newline="", encoding="utf-8") as handle:
+        header, *rows = list(csv.reader(handle))
+    names = header[1:]
+    confusion = torch.tensor([[int(count) for count in row[1:]] for row in rows], dtype=torch.long)
     n = len(names)
-    confusion = torch.zeros(n, n, dtype=torch.long)
-    for row in rows:
-        confusion[index[row["true"]], index[row["predicted"]]] += 1
     classes = figures.confusion_classes(confusion)
     note = "Rows are true classes, normalised to sum to 1; counts in val_confusion_matrix.csv."
     if len(classes) < n:
