@@ -131,23 +131,26 @@ def test_cached_hub_weights_are_used_without_asking_the_hub(hub_cache, monkeypat
     assert path.name == "model.safetensors" and path.is_relative_to(cache)
 
 
-def test_hub_retries_are_one_line_of_ours(caplog: pytest.LogCaptureFixture) -> None:
-    """huggingface_hub logs two lines per retry for up to a minute; the user gets one that says what to do."""
+def test_a_download_says_first_how_to_skip_it_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """huggingface_hub retries an unreachable hub for about a minute: the line before it says what is fetched and
+    how to fail at once; the failure is one line of the app's."""
     import logging
 
-    from lit_convnext.model.backbone import HUB_HTTP_LOGGER, _RetriesSaidOnce
-    from lit_convnext.cli.terminal import log_filter
+    import huggingface_hub
 
-    logger = logging.getLogger(HUB_HTTP_LOGGER)
-    url = "https://huggingface.co/timm/convnext_atto.d2_in1k/resolve/main/model.safetensors"
-    with caplog.at_level(logging.WARNING, logger=HUB_HTTP_LOGGER), log_filter(HUB_HTTP_LOGGER, _RetriesSaidOnce("convnext_atto.d2_in1k")):
-        for attempt in range(1, 6):  # as huggingface_hub.utils._http.http_backoff words them
-            logger.warning(f"'[Errno -2] Name or service not known' thrown while requesting HEAD {url}")
-            logger.warning(f"Retrying in {2 ** attempt}s [Retry {attempt}/5].")
-        logger.warning("Some other warning")
-    lines = [record.getMessage() for record in caplog.records]
-    assert len(lines) == 2 and lines[1] == "Some other warning"
-    assert "convnext_atto.d2_in1k" in lines[0] and "Name or service not known" in lines[0]
-    assert "HF_HUB_OFFLINE=1" in lines[0]
-    logger.warning("Retrying in 1s [Retry 1/5].")  # outside a download: untouched
-    assert caplog.records[-1].getMessage() == "Retrying in 1s [Retry 1/5]."
+    from lit_convnext.errors import UserError
+    from lit_convnext.model.backbone import hub_weights_file
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with caplog.at_level(logging.INFO), pytest.raises(UserError, match="not in the local cache"):
+        hub_weights_file("convnext_atto.d2_in1k")
+    said = [r.getMessage() for r in caplog.records if "Downloading the pretrained weights" in r.getMessage()]
+    assert len(said) == 1 and "convnext_atto.d2_in1k" in said[0] and "HF_HUB_OFFLINE=1" in said[0]

@@ -1,48 +1,50 @@
-"""The progress bar reads the displayed training metrics (a GPU sync) at most once per interval."""
+"""The progress bar reads the displayed training metrics (a wait for the accelerator) only when it redraws."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
+from lightning.pytorch.callbacks import ProgressBar
 from tests.helpers import FAST
 
-from lightning.pytorch.callbacks import ProgressBar
-
-from lit_convnext.callbacks.progress import ThrottledRichProgressBar
-
+from lit_convnext.callbacks.progress import CompactProgressBar
 from lit_convnext.cli.entry import main
 
-READ_METRICS = ProgressBar.get_metrics  # the real read of the logged values (what syncs with the GPU)
+READ_METRICS = ProgressBar.get_metrics  # the real read of the logged values (what waits for the accelerator)
 
 
-def _metric_reads(image_root: Path, monkeypatch: pytest.MonkeyPatch, interval: str) -> list[bool]:
-    """Whether each read of the bar's metrics happened inside a training batch, for a 6-step epoch."""
-    reads: list[bool] = []
+def _fit(image_root: Path, *extra: str) -> None:
+    """One 6-step epoch with one validation batch and no sanity check; ``extra`` last (it overrides FAST)."""
+    main(["fit", "--data.root", str(image_root), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6",
+          "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0", *FAST, "--data.batch_size", "2",
+          *extra])
+
+
+def _metric_reads(image_root: Path, monkeypatch: pytest.MonkeyPatch, refresh_rate: int) -> int:
+    """How often the bar read the logged metrics during a 6-step epoch."""
+    reads: list[int] = []
 
     def counting(self, trainer, pl_module):
-        reads.append(self._in_train_batch)
+        reads.append(trainer.global_step)
         return READ_METRICS(self, trainer, pl_module)
 
     monkeypatch.setattr(ProgressBar, "get_metrics", counting)
-    main(["fit", "--data.root", str(image_root), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6",
-          "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
-          *FAST, "--data.batch_size", "2", "--progress_bar.refresh_rate", "1",
-          "--progress_bar.metrics_interval", interval])
-    return reads
+    _fit(image_root, "--progress_bar.refresh_rate", str(refresh_rate))
+    return len(reads)
 
 
-def test_training_metrics_are_read_once_per_interval_not_every_batch(image_root: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    every_batch = _metric_reads(image_root, monkeypatch, "0")
-    throttled = _metric_reads(image_root, monkeypatch, "3600")
-    assert every_batch.count(True) == 6
-    assert throttled.count(True) == 1  # the first batch only
-    assert throttled.count(False) == every_batch.count(False) > 0  # epoch and validation ends still update
+def test_training_metrics_are_read_at_the_redraws_not_every_batch(image_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    every_batch = _metric_reads(image_root, monkeypatch, 1)
+    every_third = _metric_reads(image_root, monkeypatch, 3)
+    assert every_batch - every_third == 6 - 2  # batches 3 and 6 instead of all six; epoch and validation ends alike
+    assert _metric_reads(image_root, monkeypatch, 0) < every_third  # no bar: no reads at its redraws
 
 
-def test_bad_callback_options_are_one_line_errors(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for option, value in (("--progress_bar.metrics_interval", "-1"), ("--data_wait.threshold", "1.5")):
+def test_a_bad_refresh_rate_is_a_one_line_error(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for option, value in (("--progress_bar.refresh_rate", "-1"), ("--data_wait.threshold", "1.5")):
         with pytest.raises(SystemExit) as exit_info:
             main(["fit", "--data.root", str(image_root), *FAST, option, value])
         assert exit_info.value.code == 2
@@ -50,59 +52,31 @@ def test_bad_callback_options_are_one_line_errors(image_root: Path, capsys: pyte
         assert len(err) == 1 and err[0].startswith(f"lit-convnext: error: {option}") and value in err[0]
 
 
-def test_the_bar_shows_a_few_short_metrics_that_fit_80_columns(image_root: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bar_shows_a_few_short_metrics_on_one_line(image_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     shown: list[dict] = []
-    bars_metrics = ThrottledRichProgressBar.get_metrics  # what the bar displays (short names)
+    bars_metrics = CompactProgressBar.get_metrics  # what the bar displays (short names)
 
     def recording(self, trainer, pl_module):
         shown.append(bars_metrics(self, trainer, pl_module))
         return shown[-1]
 
-    monkeypatch.setattr(ThrottledRichProgressBar, "get_metrics", recording)
+    monkeypatch.setattr(CompactProgressBar, "get_metrics", recording)
     main(["fit", "--data.root", str(image_root), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
           "--trainer.limit_val_batches", "1", *FAST, "--data.batch_size", "4", "--progress_bar.refresh_rate", "1"])
-    assert set(shown[-1]) == {"loss", "val_acc1"}
-    line = " ".join(f"{name}: {value:.3f}" for name, value in shown[-1].items())  # as Lightning's column renders
-    assert len(line) < 80
+    assert set(shown[-1]) == {"loss", "val_acc1"}  # not every logged metric, nor the version number
+    line = " ".join(f"{name}={value:.3f}" for name, value in shown[-1].items())  # as tqdm's postfix renders
+    assert len(line) < 40
+    drawn = capsys.readouterr()
+    assert "Epoch 1" in drawn.out + drawn.err and "loss=" in drawn.out + drawn.err
 
 
-def test_the_bar_is_drawn_between_steps_at_most_refresh_rate_times_a_second(image_root: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """No drawing thread of Rich's runs during training (its wake-ups hold up the step's threads, and stopping it
-    waited for its sleep); the training thread draws the bar, throttled; what the sanity check logged is not
-    shown as if it were a validation's."""
-    import threading
-
-    from lit_convnext.callbacks import progress
-
-    clock = [0.0]
-    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
-    draws: list[float] = []
-    seen: dict[str, object] = {}
-
-    class Watch(ThrottledRichProgressBar):
-        def _init_progress(self, trainer) -> None:
-            super()._init_progress(trainer)
-            if self.progress is not None:
-                draw = self.progress.refresh
-                self.progress.refresh = lambda: draws.append(clock[0]) or draw()
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            clock[0] += 0.1  # ten steps a second
-            seen.setdefault("drawing threads", [t for t in threading.enumerate() if "Refresh" in type(t).__name__
-                                                and not t.done.is_set()])  # a stopped one ends after its sleep
-            if batch_idx == 0:
-                seen["first"] = dict(self._shown or {})
-            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
-    monkeypatch.setattr(progress, "ThrottledRichProgressBar", Watch)
-    from lit_convnext.cli import lightning_cli as cli
-
-    monkeypatch.setattr(cli, "ThrottledRichProgressBar", Watch, raising=False)
-    main(["fit", "--data.root", str(image_root), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "10",
-          "--trainer.limit_val_batches", "1", *FAST, "--data.batch_size", "2", "--progress_bar.refresh_rate", "2"])
-    assert seen["drawing threads"] == []
-    drawn_at = sorted({round(t, 6) for t in draws if 0.0 < t <= 1.0})  # (a new bar, e.g. validation's, draws too)
-    assert 1 <= len(drawn_at) <= 3, drawn_at  # 10 steps in 1 s at 2 draws a second, not one draw per step
-    assert "val_acc1" not in seen["first"]  # the sanity check's validation is not shown
+def test_the_progress_bar_options_of_an_earlier_config_still_load(image_root: Path, tmp_path: Path) -> None:
+    """A config.yaml saved when the bar was Rich's names its theme and metrics_interval: it runs, with a warning."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump({"progress_bar": {
+        "refresh_rate": 0, "leave": False, "metrics_interval": 1.0, "console_kwargs": None,
+        "theme": {"description": "", "progress_bar": "#6206E0", "metrics": "italic", "metrics_format": ".3f"}}}))
+    with pytest.warns(UserWarning, match=r"--progress_bar.metrics_interval, --progress_bar.theme: no longer used"):
+        _fit(image_root, "--config", str(saved))
+    assert list(Path("runs").rglob("last.ckpt"))

@@ -5,14 +5,14 @@ from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.ema import EMA
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
 from lit_convnext.callbacks.prediction_writer import PredictionWriter
-from lit_convnext.callbacks.progress import ThrottledRichProgressBar
+from lit_convnext.callbacks.progress import CompactProgressBar
 
 __all__ = [
     "EMA",
     "AtomicCheckpointIO",
+    "CompactProgressBar",
     "DataWaitMonitor",
     "FiniteLossGuard",
     "PredictionWriter",
     "ResumableModelCheckpoint",
-    "ThrottledRichProgressBar",
 ]

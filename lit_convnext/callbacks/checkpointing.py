@@ -43,12 +43,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.errors import UserError
+from lit_convnext.private_api.lightning import CheckpointHooks
 
 LAST_NAME = "last.ckpt"
 METRICS_KEY = "callback_metrics"
 
 
-class ResumableModelCheckpoint(ModelCheckpoint):
+class ResumableModelCheckpoint(CheckpointHooks):
     """``ModelCheckpoint`` whose checkpointed state includes the latest logged scalar metrics.
 
     It takes ModelCheckpoint's arguments. Its state is stored under ModelCheckpoint's own key, so
@@ -56,6 +57,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     """
 
     _restored_metrics: dict[str, torch.Tensor] = {}  # replaced, never mutated: set by load_state_dict
+    _validated = False  # a validation batch ran in this fit (not the sanity check's)
     _planned_last = ""  # last.ckpt's path until it is first written (see _last_path_before_the_first_save)
 
     @property
@@ -83,51 +85,55 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        due = self._epoch_save_due(trainer) and not self._should_save_on_train_epoch_end(trainer)
+        due = self._epoch_save_due(trainer) and not self.should_save_on_train_epoch_end(trainer)
         super().on_validation_end(trainer, pl_module)
         self._save_last_when_missed(trainer, due)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        due = self._epoch_save_due(trainer) and self._should_save_on_train_epoch_end(trainer)
+        due = self._epoch_save_due(trainer) and self.should_save_on_train_epoch_end(trainer)
         super().on_train_epoch_end(trainer, pl_module)
         self._save_last_when_missed(trainer, due)
 
-    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
+    def save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         # Training stopped before its first validation (max_steps, max_time, a short limit_train_batches): there is
         # nothing to rank yet, and Lightning's warning would ask whether the module logs the metric. The end of fit
         # says what happened instead (``ConvNeXtCLI.after_fit``).
-        if (self.monitor is not None and self.monitor not in monitor_candidates
-                and not trainer.fit_loop.epoch_loop.val_loop._has_run):
+        if self.monitor is not None and self.monitor not in monitor_candidates and not self._validated:
             return
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        super().save_topk_checkpoint(trainer, monitor_candidates)
 
     def _epoch_save_due(self, trainer: pl.Trainer) -> bool:
         """Whether this epoch has a checkpoint opportunity (``every_n_epochs``) that is not skipped."""
-        return (not self._should_skip_saving_checkpoint(trainer) and self._every_n_epochs >= 1
-                and (trainer.current_epoch + 1) % self._every_n_epochs == 0)
+        every = self.every_n_epochs or 0
+        return not self.should_skip_saving_checkpoint(trainer) and every >= 1 and (trainer.current_epoch + 1) % every == 0
 
     def _save_last_when_missed(self, trainer: pl.Trainer, due: bool) -> None:
         """Write ``last.ckpt`` at an epoch's checkpoint opportunity that Lightning left without one because no
         best-k checkpoint was saved at this step (see the module docstring); ``save_last="link"`` is Lightning's."""
-        if due and self.save_last is True and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if due and self.save_last is True and self.last_global_step_saved != trainer.global_step:
+            self.save_last_checkpoint(trainer, self.monitor_candidates(trainer))
 
-    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
-        just_saved = self._last_checkpoint_saved if self._last_global_step_saved == trainer.global_step else ""
+    def save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        just_saved = self.last_checkpoint_saved if self.last_global_step_saved == trainer.global_step else ""
         path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
         # Only when last.ckpt keeps the path the best-k file written a moment ago recorded for it: the two files'
         # contents are then the same to the byte.
         if (self.save_last is not True or not just_saved or just_saved == path
                 or path != (self.last_model_path or self._planned_last)
                 or not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) or "://" in path):
-            super()._save_last_checkpoint(trainer, monitor_candidates)
+            super().save_last_checkpoint(trainer, monitor_candidates)
             return
         if trainer.is_global_zero:  # the process that writes the files (the others have none to link)
             link_or_copy(Path(just_saved), Path(path))
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
-        self.last_model_path = self._last_checkpoint_saved = path
-        trainer.strategy.barrier("ResumableModelCheckpoint._save_last_checkpoint")
+        self.last_model_path = self.last_checkpoint_saved = path
+        trainer.strategy.barrier("ResumableModelCheckpoint.save_last_checkpoint")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -135,6 +141,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         for name, value in self._restored_metrics.items():
             trainer.callback_metrics.setdefault(name, value)
         self._restored_metrics = {}
+        self._validated = False
         self._planned_last = self._last_path_before_the_first_save(trainer)
         _say_mid_epoch_resume(trainer)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from lit_convnext.data.folders import Sample
 from lit_convnext.checks.file_checks import FileCheck, inspect_files
 from lit_convnext.errors import UserError
+from lit_convnext.text import preview
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,13 @@ def check_samples(samples: Sequence[Sample], split: str, skip: bool, workers: in
     if not bad:
         return list(samples)
     append_bad_files(bad_file_list, list(bad.items()), f"{split} check before the first step")
-    listed = "; ".join(f"{path} ({reason})" for path, reason in list(bad.items())[:LISTED])
-    more = f" and {len(bad) - LISTED} more" if len(bad) > LISTED else ""
+    listed = preview([f"{path} ({reason})" for path, reason in bad.items()], LISTED, "; ", "and {left} more")
     if not skip:
         raise UserError(
-            f"{len(bad)} {split} file(s) cannot be decoded: {listed}{more}. Fix or remove them, or pass "
+            f"{len(bad)} {split} file(s) cannot be decoded: {listed}. Fix or remove them, or pass "
             "--data.skip_bad_files true to train without them (run `lit-convnext doctor ROOT` for a full report)"
         )
-    log.warning("skipping %d undecodable %s file(s): %s%s", len(bad), split, listed, more)
+    log.warning("skipping %d undecodable %s file(s): %s", len(bad), split, listed)
     return [s for s in samples if str(s.path) not in bad]
 
 
@@ -60,10 +60,9 @@ def _mention_decoder_notes(checks: Sequence[FileCheck], split: str) -> None:
     """One line for the files that decode with warnings from Pillow (left out of the terminal while loading)."""
     noted = [c for c in checks if c.notes and not c.error]
     if noted:
-        named = "; ".join(f"{c.path} ({c.notes[0]})" for c in noted[:NOTED])
-        more = f" and {len(noted) - NOTED} more" if len(noted) > NOTED else ""
-        log.warning("%d %s file(s) decode with warnings from Pillow and are used as decoded: %s%s "
-                    "(`lit-convnext doctor` lists them)", len(noted), split, named, more)
+        named = preview([f"{c.path} ({c.notes[0]})" for c in noted], NOTED, "; ", "and {left} more")
+        log.warning("%d %s file(s) decode with warnings from Pillow and are used as decoded: %s "
+                    "(`lit-convnext doctor` lists them)", len(noted), split, named)
 
 
 def append_bad_files(listing: Path | None, rows: Sequence[tuple[str, str]], found: str) -> None:

@@ -23,10 +23,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_convnext.model.backbone import check_model_name, pretrained_off
 from lit_convnext.callbacks import (
     AtomicCheckpointIO,
+    CompactProgressBar,
     DataWaitMonitor,
     FiniteLossGuard,
     ResumableModelCheckpoint,
-    ThrottledRichProgressBar,
 )
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
@@ -38,6 +38,7 @@ from lit_convnext.errors import UserError
 from lit_convnext.cli.terminal import (LIGHTNING_INFO_LOGGER, RESTORING_LINE, DropLines, hide_library_advice,
                                    log_filter)
 from lit_convnext.model.classifier import ConvNeXtClassifier, check_mixup_batch
+from lit_convnext.private_api.lightning import CLIHooks, callback_keys, set_callback_keys, subcommand_parser
 from lit_convnext.cli.trainer import ConvNeXtTrainer
 from lit_convnext.weights.classes import stored_class_names
 from lit_convnext.weights.reading import quiet_pickle_protocol
@@ -62,10 +63,10 @@ class OneLineErrorParser(LightningArgumentParser):
     """Reports a bad option as one line naming it (jsonargparse prints the usage and a nested explanation)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        raise UserError(option_error(message))
+        raise UserError(option_error(message, ex))
 
 
-class ConvNeXtCLI(LightningCLI):
+class ConvNeXtCLI(CLIHooks):
     """LightningCLI with lit-convnext's links, defaults and checks.
 
     ``only_subcommand`` builds the parser of that subcommand alone: each of ``fit``, ``validate``, ``test`` and
@@ -101,12 +102,12 @@ class ConvNeXtCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
-        parser.add_lightning_class_args(ThrottledRichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(CompactProgressBar, "progress_bar")
         parser.add_lightning_class_args(PerClassReport, "class_report")
         parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
         parser.add_lightning_class_args(EvaluationReport, "evaluation")
 
-    def _parse_ckpt_path(self) -> None:
+    def parse_ckpt_path(self) -> None:
         # An exported ONNX model (predict) is no torch checkpoint: its classes and preprocessing are read by
         # OnnxClassifier from the file's metadata instead of being parsed into the model's options.
         subcommand = self.config.get("subcommand")
@@ -115,7 +116,7 @@ class ConvNeXtCLI(LightningCLI):
                 raise UserError(f"`{subcommand}` needs a .ckpt checkpoint; an exported .onnx model can only `predict`")
             return
         with quiet_pickle_protocol():  # a plain pickle is refused with its name (see lit_convnext.cli.entry)
-            super()._parse_ckpt_path()
+            super().parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:  # run=False: instantiate only (used by the config tests)
@@ -159,7 +160,7 @@ class ConvNeXtCLI(LightningCLI):
             config.trainer.enable_checkpointing = False
         if self.subcommand == "predict":
             config.trainer.logger = False  # predict logs no metrics; it writes the output file only
-        parser = self._parser(self.subcommand)
+        parser = subcommand_parser(self, self.subcommand)
         if config.trainer.get("barebones"):
             self._follow_barebones(config.trainer, parser)
         self._follow_default_root_dir(config.trainer)
@@ -167,8 +168,8 @@ class ConvNeXtCLI(LightningCLI):
             # Without a logger Lightning writes into default_root_dir itself, and a second run would overwrite the
             # first (or stop at its config.yaml): each run gets its own version_N, as a logger's runs do.
             config.trainer.default_root_dir = str(next_run_dir(Path(config.trainer.default_root_dir)))
-        parser.callback_keys = [key for key in parser.callback_keys
-                                if config.trainer.get(CALLBACK_SWITCHES.get(key, "")) is not False]
+        set_callback_keys(parser, [key for key in callback_keys(parser)
+                                   if config.trainer.get(CALLBACK_SWITCHES.get(key, "")) is not False])
         precision = str(config.trainer.get("precision"))
         if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             rank_zero_warn(f"This GPU does not support bfloat16: using 16-mixed instead of {precision}.")
@@ -208,7 +209,7 @@ class ConvNeXtCLI(LightningCLI):
             trainer.logger = False
         if trainer.get("log_every_n_steps") == defaults.get("log_every_n_steps"):
             trainer.log_every_n_steps = None
-        parser.callback_keys = []
+        set_callback_keys(parser, [])
 
     @staticmethod
     def _follow_default_root_dir(trainer) -> None:
@@ -281,9 +282,9 @@ class ConvNeXtCLI(LightningCLI):
             raise UserError(f"--model.pretrained {source}: {found}, the folder's are {names}; "
                             f"`{self.subcommand}` needs the same classes in the same order")
 
-    def _run_subcommand(self, subcommand: str) -> None:
+    def run_subcommand(self, subcommand: str) -> None:
         try:
-            super()._run_subcommand(subcommand)
+            super().run_subcommand(subcommand)
         except torch.cuda.OutOfMemoryError as err:
             raise UserError(out_of_memory_message(subcommand, self.datamodule.batch_size,
                                                   self.trainer.accumulate_grad_batches)) from err

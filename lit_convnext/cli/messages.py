@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import NoReturn
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+from lit_convnext.errors import UserError
 
 
 def fail(message: str) -> NoReturn:
@@ -19,25 +22,85 @@ def fail(message: str) -> NoReturn:
 
 _BOUNDS = {"Gt": ">", "Ge": ">=", "Lt": "<", "Le": "<=", "MultipleOf": "a multiple of"}
 
+# jsonargparse says which option failed only in its message's words (its exceptions carry no key), pinned in
+# pyproject.toml and checked by tests/test_private_api.py: 'Parser key "model.lr":', and for a Union or Literal
+# option the accepted types and the value given.
+_JSONARGPARSE_KEY = re.compile(r'Parser key "([^"]+)"')
+_JSONARGPARSE_SUBTYPES = re.compile(r"Subtypes: \[(.*)\]\n")
+_JSONARGPARSE_EXPECTED = re.compile(r"Expected a (.+?)\. Got value: (.+)")
+_JSONARGPARSE_VALUE = re.compile(r"(?:Given|Got) value: (.+)")
 
-def option_error(message: str) -> str:
-    """``--model.lr 0: must be > 0`` from jsonargparse's and pydantic's multi-line message."""
-    key = re.search(r'Parser key "([^"]+)"', message)
-    nested = re.search(r"--([\w.]+) (\S+): must be (.+?)(?= - |\n|$)", message)  # a nested parser's own line
-    if key and nested:  # e.g. a callback's init argument inside --trainer.callbacks
-        return f"--{key.group(1)}.{nested.group(1)} {nested.group(2)}: must be {nested.group(3).strip()}"
-    value = re.search(r"input_value=('[^']*'|[^,\]]+)[,\]]", message) or re.search(r"Given value: (.+)", message)
-    shown = f" {value.group(1).strip(chr(39))}" if value else ""
-    subtypes = re.search(r"Subtypes: \[(.*)\]\n", message)
-    reason = re.search(r"Input should be ([^\[\n]+)", message)
-    if key and subtypes:  # an Optional or Union option: say every accepted form
-        return f"--{key.group(1)}{shown}: must be " + ", or ".join(_describe(t) for t in _split_top(subtypes.group(1)))
-    expected = re.search(r"Expected a (.+?)\. Got value: (.+)", message)
-    if key and expected:
-        return f"--{key.group(1)} {expected.group(2).strip()}: must be {_describe(expected.group(1))}"
-    if key and reason:
-        return f"--{key.group(1)}{shown}: must be {reason.group(1).strip()}"
+#: pydantic's error types (a documented, stable list) in the words of the one-line message; ``{}`` is the bound.
+_PYDANTIC_REASONS = {
+    "greater_than": ("gt", "greater than {}"),
+    "greater_than_equal": ("ge", "greater than or equal to {}"),
+    "less_than": ("lt", "less than {}"),
+    "less_than_equal": ("le", "less than or equal to {}"),
+    "multiple_of": ("multiple_of", "a multiple of {}"),
+    "int_parsing": ("", "an integer"),
+    "int_from_float": ("", "an integer"),
+    "float_parsing": ("", "a number"),
+    "bool_parsing": ("", "true or false"),
+}
+
+
+def option_error(message: str, error: BaseException | None = None) -> str:
+    """``--model.lr 0: must be greater than 0`` from jsonargparse's multi-line ``message`` and the exceptions behind
+    it (``error``: pydantic's ``ValidationError`` says what was wrong and with which value)."""
+    key = _JSONARGPARSE_KEY.search(message)
+    if key is None:
+        return " ".join(line.strip() for line in message.splitlines() if line.strip())
+    option = f"--{key.group(1)}"
+    causes = list(_causes(error))
+    nested = next((str(e) for e in causes if isinstance(e, UserError) and str(e).startswith("--")), None)
+    if nested is not None:  # a nested parser's own line, e.g. a callback's init argument inside --trainer.callbacks
+        return f"{option}.{nested[2:]}"
+    invalid = _validation_error(causes)
+    given = _JSONARGPARSE_VALUE.search(message)
+    value = str(invalid["input"]) if invalid else given.group(1).strip() if given else ""
+    shown = f" {value}" if value else ""
+    subtypes = _JSONARGPARSE_SUBTYPES.search(message)
+    if subtypes:  # an Optional or Union option: say every accepted form
+        return f"{option}{shown}: must be " + ", or ".join(_describe(t) for t in _split_top(subtypes.group(1)))
+    expected = _JSONARGPARSE_EXPECTED.search(message)
+    if expected:
+        return f"{option} {expected.group(2).strip()}: must be {_describe(expected.group(1))}"
+    if invalid:
+        return f"{option}{shown}: must be {_reason(invalid)}"
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _causes(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from, outermost first."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _validation_error(causes: list[BaseException]) -> dict[str, Any] | None:
+    """The first error of the first pydantic ``ValidationError`` among ``causes`` (type, input, ctx)."""
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # pydantic validates the ranges; without it there is none to read
+        return None
+    found = next((e for e in causes if isinstance(e, ValidationError)), None)
+    errors = found.errors(include_url=False) if found is not None else []
+    return errors[0] if errors else None
+
+
+def _reason(invalid: dict[str, Any]) -> str:
+    """What the value must be, from a pydantic error's type and context (its message as a fallback)."""
+    bound, words = _PYDANTIC_REASONS.get(invalid.get("type", ""), ("", ""))
+    if words:
+        return words.format(_number((invalid.get("ctx") or {}).get(bound))) if bound else words
+    return str(invalid.get("msg", "valid")).removeprefix("Input should be ")
+
+
+def _number(value: Any) -> str:
+    """``1`` for 1.0, ``0.001`` for 1e-3: a bound as a user would write it."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _describe(annotation: str) -> str:

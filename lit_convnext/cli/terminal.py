@@ -17,8 +17,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: The logger of Lightning's ``rank_zero_info`` lines (and of the app's own, which go through the same function).
-LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+from lit_convnext.private_api import LIGHTNING_INFO_LOGGER  # noqa: F401  (re-exported: the logger filtered here)
+
 #: Lightning's two lines when a checkpoint is loaded: "Restoring states from the checkpoint path at X" (it reads as a
 #: resumed run, so only a resume shows it) and "Loaded model weights from the checkpoint at X".
 RESTORING_LINE = "Restoring states from the checkpoint path"

@@ -31,6 +31,8 @@ from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lit_convnext.private_api import pillow_accepts
+
 #: Background that transparent pixels are composited onto. Fixed (not random) so a transparent
 #: PNG looks the same in training and prediction; white matches how such images are displayed.
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -169,16 +171,7 @@ def failure_reason(err: Exception) -> str:
 
 def signature_format(prefix: bytes) -> str | None:
     """The first of :data:`SIGNATURE_FORMATS` whose Pillow plugin accepts ``prefix`` (a file's first 16 bytes)."""
-    Image.init()  # every plugin registered (Image.open did this already when it failed to identify a file)
-    for name in SIGNATURE_FORMATS:
-        accept = Image.OPEN.get(name, (None, None))[1]
-        if accept is not None and len(prefix) >= 2:
-            try:
-                if accept(prefix):
-                    return name
-            except Exception:  # an accept test that cannot handle a short prefix: not this format
-                continue
-    return None
+    return next((name for name in SIGNATURE_FORMATS if pillow_accepts(name, prefix)), None)
 
 
 def _prefix(source: str | Path | IO[bytes]) -> bytes:

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
+
+from lit_convnext.private_api.lightning import UnrepeatedDistributedSampler
 
 
 def eval_sampler(dataset: Dataset, trainer: pl.Trainer | None) -> Sampler | None:

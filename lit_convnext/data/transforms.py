@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 from timm.data import create_transform
-from timm.data.auto_augment import RandAugment
+from timm.data.auto_augment import AugmentOp, RandAugment
 from torchvision import transforms as T
 
 
@@ -58,7 +58,7 @@ def build_train_transform(preprocessing: dict[str, Any], augmentation: TrainAugm
         mean=tuple(preprocessing["mean"]),
         std=tuple(preprocessing["std"]),
     )
-    _make_posterize_total(transform)
+    _posterize_zero_bits_as_black(transform)
     return transform
 
 
@@ -94,23 +94,31 @@ def train_decode_size(preprocessing: dict[str, Any], augmentation: TrainAugmenta
     return math.ceil(size / math.sqrt(min(min_scale, 1.0) * min(aspect, 1.0)))
 
 
-def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
-    """Posterize that also accepts 0 bits.
+class ZeroBitsAsBlack:
+    """One posterize op of timm's RandAugment, giving a black image where Pillow refuses to keep 0 bits.
 
-    timm's ``inc1`` policies ask for 0 bits at the top magnitude (m9 + noise reaches 10). Pillow up to
-    12.x returned a black image for that, which is what the official ConvNeXt recipe trained with;
-    Pillow 13 raises ``ValueError`` and crashes the loader worker a few percent into an epoch.
+    timm's ``inc1`` policies ask for 0 bits at the top magnitude (m9 + noise reaches 10), and its plain ``Posterize``
+    at magnitudes below 2.5. Pillow up to 12.x returned a black image for that, which is what the official ConvNeXt
+    recipe trained with; Pillow 13 raises ``ValueError``, which crashed the loader worker a few percent into an
+    epoch. The op itself is timm's, unchanged; this wrapper only takes its place in the policy's list of ops.
     """
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size)
-    return ImageOps.posterize(img, bits_to_keep)
+
+    def __init__(self, op: AugmentOp) -> None:
+        self.op = op
+        self.name = op.name
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        try:
+            return self.op(img)
+        except ValueError:  # Pillow >= 13: "bits must be between or equal to 1 and 8"
+            return Image.new(img.mode, img.size)
+
+    def __repr__(self) -> str:
+        return repr(self.op)
 
 
-def _make_posterize_total(transform: T.Compose) -> None:
+def _posterize_zero_bits_as_black(transform: T.Compose) -> None:
+    """Put :class:`ZeroBitsAsBlack` in place of each posterize op of the transform's RandAugment."""
     for step in transform.transforms:
         if isinstance(step, RandAugment):
-            for op in step.ops:
-                if op.name.startswith("Posterize"):
-                    op.aug_fn = _posterize
+            step.ops = [ZeroBitsAsBlack(op) if op.name.startswith("Posterize") else op for op in step.ops]

@@ -3,10 +3,11 @@
 A callback (``--class_report.*``): it reads the logits the model's ``validation_step``/``test_step`` return,
 accumulates torchmetrics' per-class metrics (synchronised across devices), logs ``{stage}/recall/<class>`` etc.,
 and writes into the run directory (``trainer.log_dir``) ``{stage}_per_class.csv`` (class, precision,
-recall, f1, support) and ``{stage}_confusion_matrix.csv`` (rows: true class, columns: predicted class),
-overwritten each epoch, and ``{stage}_confusion_matrix.png`` (heat map). Multi-label models get precision,
-recall and F1 at their decision thresholds plus each class's average precision (``ap``) and no confusion matrix
-(an image can be in several classes). During ``fit`` the PNG is drawn
+recall, f1, support), ``{stage}_confusion_matrix.csv`` (rows: true class, columns: predicted class) and
+``{stage}_confused_pairs.csv`` (its off-diagonal cells, most frequent first), overwritten each epoch, and
+``{stage}_confusion_matrix.png`` (heat map). This is the one confusion matrix of a validation: the report reads
+its CSV. Multi-label models get precision, recall and F1 at their decision thresholds plus each class's average
+precision (``ap``) and no confusion matrix (an image can be in several classes). During ``fit`` the PNG is drawn
 once, from the last validation, when training ends: matplotlib needs 0.2 s for 10 classes and 0.5 s for
 the 30 shown of 100 or more, on one core, time the accelerator would otherwise sit idle every epoch. When the best checkpoint was saved
 from an earlier validation, the end-of-fit analysis (``evaluation.end_of_fit``) rewrites the ``val_*`` files from
@@ -195,8 +196,26 @@ def write_reports(run_dir: Path, stage: str, names: list[str], per_class: dict[s
         writer.writerow(["true \\ predicted", *names])
         for name, row in zip(names, confusion.tolist()):
             writer.writerow([name, *row])
+    write_confused_pairs(run_dir / f"{stage}_confused_pairs.csv", names, confusion)
     if plot:
         plot_confusion(confusion, names, run_dir / f"{stage}_confusion_matrix.png", title=f"{stage} confusion matrix")
+
+
+def write_confused_pairs(path: Path, names: list[str], confusion: torch.Tensor) -> None:
+    """Off-diagonal cells of the confusion matrix, most frequent first, with their share of the true class."""
+    n = len(names)
+    totals = confusion.sum(dim=1)
+    errors = confusion.clone()
+    errors.fill_diagonal_(0)
+    counts, cells = errors.flatten().sort(descending=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["true", "predicted", "count", "share_of_true"])
+        for count, cell in zip(counts.tolist(), cells.tolist()):
+            if count == 0:
+                break
+            true, predicted = divmod(cell, n)
+            writer.writerow([names[true], names[predicted], count, f"{count / int(totals[true]):.4f}"])
 
 
 def write_multilabel_report(run_dir: Path, stage: str, names: list[str], per_class: dict[str, list[float]],

@@ -1,11 +1,11 @@
 """Per-image results of validation and test, and the analysis that follows ``fit``.
 
 ``validate`` and ``test`` write ``{stage}_predictions.csv`` (one row per image, also under DDP: each rank's
-logits are gathered and put back in dataset order), ``{stage}_confused_pairs.csv`` and
-``{stage}_calibration.json``. During ``fit`` the latest validation's logits are kept, and those of the validation
-the best checkpoint was saved from; each such validation fits its temperature into the model's calibration, so
-every checkpoint saved after it (the best one, ``last.ckpt``) holds the temperature of its own weights, as a
-multi-label model's thresholds are tuned at each validation. When training ends,
+logits are gathered and put back in dataset order) and ``{stage}_calibration.json``; the confusion matrix and the
+confused pairs are the per-class report's (:mod:`lit_convnext.evaluation.class_report`). During ``fit`` the latest
+validation's logits are kept, and those of the validation the best checkpoint was saved from; each such validation
+fits its temperature into the model's calibration, so every checkpoint saved after it (the best one, ``last.ckpt``)
+holds the temperature of its own weights, as a multi-label model's thresholds are tuned at each validation. When training ends,
 :meth:`EvaluationReport.analyse_fit` takes the best checkpoint's validation logits (those kept, else, after a
 resume or under DDP, by validating it once more, and then stores the temperature fitted on them in that
 checkpoint), lists likely label errors (cleanlab), draws a mosaic of the augmented training batch and writes
@@ -27,11 +27,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_convnext.evaluation.calibration import calibration_summary, fit_temperature
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.cli.terminal import LIGHTNING_INFO_LOGGER, LOADED_WEIGHTS_LINE, RESTORING_LINE, DropLines, log_filter
+from lit_convnext.text import preview
 
 #: Images kept from the first training batch for the augmentation mosaic.
 MOSAIC_IMAGES = 32
@@ -168,7 +170,6 @@ class EvaluationReport(Callback):
         probabilities = pl_module.probabilities(logits)
         names = list(pl_module.class_names)
         write_predictions(run_dir / f"{stage}_predictions.csv", paths, names, probabilities, targets, self.top_k)
-        write_confused_pairs(run_dir / f"{stage}_confused_pairs.csv", names, probabilities.argmax(1), targets)
         if stage == "val" and self.label_issues:
             write_label_issues(run_dir / "val_label_issues.csv", paths, names, probabilities, targets)
 
@@ -251,15 +252,9 @@ def _load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _gather_rows(pl_module: pl.LightningModule, rows: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``rows`` (ranks may hold different counts) in rank order."""
-    trainer = pl_module.trainer
-    if trainer.world_size <= 1:
+    if pl_module.trainer.world_size <= 1:
         return rows
-    device = pl_module.device
-    sizes = pl_module.all_gather(torch.tensor([len(rows)], device=device)).flatten().tolist()
-    padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=rows.dtype, device=device)
-    padded[: len(rows)] = rows.to(device)
-    gathered = pl_module.all_gather(padded).cpu()
-    return torch.cat([gathered[rank, :size] for rank, size in enumerate(sizes)])
+    return torch.cat([part.cpu() for part in gather_all_tensors(rows.to(pl_module.device))])
 
 
 def write_predictions(path: Path, paths: list[str], names: list[str], probabilities: torch.Tensor,
@@ -277,23 +272,6 @@ def write_predictions(path: Path, paths: list[str], names: list[str], probabilit
                                                       loss.tolist())):
             top = [item for c, q in zip(cs, ps) for item in (names[c], f"{q:.6f}")]
             writer.writerow([p, names[t], names[cs[0]], f"{ps[0]:.6f}", f"{nll:.6f}", int(cs[0] == t), *top])
-
-
-def write_confused_pairs(path: Path, names: list[str], predicted: torch.Tensor, targets: torch.Tensor) -> None:
-    """Off-diagonal cells of the confusion matrix, most frequent first, with their share of the true class."""
-    n = len(names)
-    confusion = torch.bincount(targets * n + predicted, minlength=n * n).view(n, n)
-    totals = confusion.sum(dim=1)
-    confusion.fill_diagonal_(0)
-    counts, cells = confusion.flatten().sort(descending=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["true", "predicted", "count", "share_of_true"])
-        for count, cell in zip(counts.tolist(), cells.tolist()):
-            if count == 0:
-                break
-            true, pred = divmod(cell, n)
-            writer.writerow([names[true], names[pred], count, f"{count / int(totals[true]):.4f}"])
 
 
 #: cleanlab's warning about one class with too few examples (it names the class by index).
@@ -326,7 +304,7 @@ def write_label_issues(path: Path, paths: list[str], names: list[str], probabili
                                        caught_warning.lineno)
         if small:
             rank_zero_warn(f"label issues: {len(small)} class(es) have too few validation images for cleanlab to "
-                           f"flag every likely label error ({', '.join(small[:10])}{', ...' if len(small) > 10 else ''})")
+                           f"flag every likely label error ({preview(small, 10)})")
     else:
         rank_zero_warn(f"label issues: the validation split has {present} class(es); no errors can be estimated")
     with path.open("w", newline="", encoding="utf-8") as handle:

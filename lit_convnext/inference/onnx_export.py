@@ -19,6 +19,7 @@ from torch import nn
 
 from lit_convnext.errors import UserError
 from lit_convnext.inference.metadata import INPUT_NAME, OUTPUT_NAME, ModelCard
+from lit_convnext.private_api import uncompiled
 
 #: Largest allowed max absolute logit difference between ONNX Runtime and PyTorch.
 FP32_TOLERANCE = 1e-4
@@ -58,7 +59,7 @@ def export_onnx(net: nn.Module, output: Path, card: ModelCard, version: str, fp1
     import onnx
 
     output = Path(output).expanduser()
-    model = _Calibrated(getattr(net, "_orig_mod", net).float().eval(), card.temperature).eval()
+    model = _Calibrated(uncompiled(net).float().eval(), card.temperature).eval()
     channels, height, width = card.preprocessing["input_size"]
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, channels, height, width, generator=generator)

@@ -7,7 +7,6 @@ failures into messages a user can act on.
 from __future__ import annotations
 
 import difflib
-import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +17,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lit_convnext.errors import UserError
-from lit_convnext.cli.terminal import log_filter
 
 
 @lru_cache(maxsize=1)
@@ -113,46 +111,23 @@ def hub_weights_file(model_name: str) -> Path:
         cached = try_to_load_from_cache(repo_id, name, revision=revision or None)
         if isinstance(cached, str):
             return Path(cached)
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if not offline:
+        # huggingface_hub retries a hub it cannot reach for up to about a minute, with a line per try: say first
+        # what is being fetched and how to skip the wait on a machine without a connection.
+        rank_zero_info(f"Downloading the pretrained weights of {model_name!r} from the Hugging Face hub ({repo_id}); "
+                       "on a machine without a connection, set HF_HUB_OFFLINE=1 to fail at once")
     try:
-        with log_filter(HUB_HTTP_LOGGER, _RetriesSaidOnce(model_name)):
-            for name in names[:-1]:
-                try:
-                    return Path(hf_hub_download(repo_id, name, revision=revision or None))
-                except EntryNotFoundError:
-                    continue
-            return Path(hf_hub_download(repo_id, names[-1], revision=revision or None))
+        for name in names[:-1]:
+            try:
+                return Path(hf_hub_download(repo_id, name, revision=revision or None))
+            except EntryNotFoundError:
+                continue
+        return Path(hf_hub_download(repo_id, names[-1], revision=revision or None))
     except OSError as err:  # huggingface_hub's offline / not-cached / connection errors are OSErrors
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise UserError(
             f"could not get the pretrained weights of {model_name!r} from the Hugging Face hub"
             f"{' (HF_HUB_OFFLINE is set)' if offline else ''} and they are not in the local cache: "
             "download them once on a connected machine (same HF_HOME), or pass a weights file with "
             "--model.pretrained PATH"
         ) from err
-
-
-#: The logger of huggingface_hub's HTTP retries.
-HUB_HTTP_LOGGER = "huggingface_hub.utils._http"
-
-
-class _RetriesSaidOnce(logging.Filter):
-    """huggingface_hub logs two lines per failed attempt to reach the hub (five retries with growing waits, twice:
-    47 s on a machine without DNS); this keeps the first, reworded to say what is happening and how to skip it,
-    and drops the rest."""
-
-    def __init__(self, model_name: str) -> None:
-        super().__init__()
-        self.model_name, self.said = model_name, False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if " thrown while requesting " not in message and not message.startswith(("Retrying in ", "Rate limited.")):
-            return True
-        if self.said:
-            return False
-        self.said = True
-        reason = message.split(" thrown while requesting ")[0].strip("'") if "thrown" in message else message
-        record.msg, record.args = (f"Cannot reach the Hugging Face hub for the weights of {self.model_name!r} "
-                                   f"({reason}); huggingface_hub retries for up to about a minute. Set HF_HUB_OFFLINE=1 on "
-                                   "machines without a connection."), ()
-        return True

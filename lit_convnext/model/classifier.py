@@ -45,6 +45,7 @@ from lit_convnext.ranges import (
     Rate,
 )
 from lit_convnext.model.tally import TrainingTally
+from lit_convnext.text import preview
 
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -538,6 +539,5 @@ def _class_names(class_names: list[str] | None, num_classes: int | None) -> list
     return [str(i) for i in range(num_classes)] if num_classes else None
 
 
-def _short(names: list[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} classes)"
+def _short(names: list[str]) -> str:
+    return f"[{preview(names, 6)}] ({len(names)} classes)"

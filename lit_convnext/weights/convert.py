@@ -19,12 +19,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from types import SimpleNamespace
 
 import torch
-from timm.models.convnext import checkpoint_filter_fn
 
 from lit_convnext.errors import UserError
+from lit_convnext.private_api import timm_official_filter
 from lit_convnext.weights import layouts
 from lit_convnext.weights.shapes import Shape, fit_shapes
 
@@ -52,7 +51,7 @@ def official_to_timm(state_dict: Mapping[str, torch.Tensor], shapes: Mapping[str
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        out.update(checkpoint_filter_fn({key: value}, _ShapeOracle(shapes, value)))  # type: ignore[no-untyped-call]
+        out.update(timm_official_filter(key, value, shapes))
     return out
 
 
@@ -97,27 +96,6 @@ def _dense_kernel(kernel: torch.Tensor, key: str) -> torch.Tensor:
         raise UserError(f"FCMAE tensor {key} has {per_offset.shape[-1]} kernel offsets, not a square kernel")
     # offset index = w * size + h (height fastest), so the reshaped grid is (w, h): swap to (h, w)
     return per_offset.reshape(*per_offset.shape[:2], size, size).transpose(2, 3).contiguous()
-
-
-class _ShapeOracle:
-    """Stands in for the model in timm's filter: answers ``state_dict()[key].shape``.
-
-    Returns the model's shape when the model has the key with the same number of elements,
-    otherwise the tensor's own shape, so the filter never fails on a mismatch.
-    """
-
-    def __init__(self, shapes: Mapping[str, Shape], value: torch.Tensor) -> None:
-        self._shapes = shapes
-        self._value = value
-
-    def state_dict(self) -> "_ShapeOracle":
-        return self
-
-    def __getitem__(self, key: str) -> SimpleNamespace:
-        shape = self._shapes.get(key)
-        if shape is None or math.prod(shape) != self._value.numel():
-            shape = tuple(self._value.shape)
-        return SimpleNamespace(shape=shape)
 
 
 # --------------------------------------------------------------------------------------- torchvision

@@ -21,6 +21,8 @@ from lit_convnext.weights.convert import convert_to_timm
 from lit_convnext.weights.reading import read_checkpoint
 from lit_convnext.weights.report import HeadStatus, LoadReport
 from lit_convnext.weights.shapes import Shape, model_shapes
+from lit_convnext.private_api import uncompiled
+from lit_convnext.text import preview
 
 CLASSIFIER_KEYS: tuple[str, ...] = ("head.fc.weight", "head.fc.bias")
 FINAL_NORM_KEYS: tuple[str, ...] = ("head.norm.weight", "head.norm.bias")
@@ -41,7 +43,7 @@ def load_pretrained(
     ``allow_missing`` tolerates (and reports) missing or unexpected backbone keys; a different
     architecture is always an error.
     """
-    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper shares the parameters
+    model = uncompiled(model)  # a torch.compile wrapper shares the parameters
     path = Path(source).expanduser()
     extracted = extract_state_dict(read_checkpoint(path), use_ema=use_ema, source=str(path))
     layout = layouts.detect_layout(extracted.state_dict, source=str(path))
@@ -149,10 +151,8 @@ def _key_problem(path: Path, missing: list[str], unexpected: list[str]) -> str:
     """One-line message listing missing/unexpected backbone keys."""
     parts = []
     if missing:
-        parts.append(f"{len(missing)} model keys missing from the file ({', '.join(missing[:_PREVIEW])}"
-                     f"{', ...' if len(missing) > _PREVIEW else ''})")
+        parts.append(f"{len(missing)} model keys missing from the file ({preview(missing, _PREVIEW)})")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys in the file ({', '.join(unexpected[:_PREVIEW])}"
-                     f"{', ...' if len(unexpected) > _PREVIEW else ''})")
+        parts.append(f"{len(unexpected)} unexpected keys in the file ({preview(unexpected, _PREVIEW)})")
     return (f"weights in {path} do not match the model: {'; '.join(parts)}; "
             "use other weights, or allow_missing=True to load the rest and leave these at init")

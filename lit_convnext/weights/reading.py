@@ -12,7 +12,6 @@ import contextlib
 import json
 import pathlib
 import pickle
-import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,9 +108,9 @@ def _torch_load(path: Path, kind: str) -> Any:
         with _allow_extra_globals(), quiet_pickle_protocol():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        needed = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        needed = _unsafe_globals(path) if kind == "zip" else []
         if needed or kind == "pickle":
-            what = f"it needs {needed.group(1)}" if needed else "it is not plain tensor data"
+            what = f"it needs {', '.join(needed)}" if needed else "it is not plain tensor data"
             raise UserError(
                 f"refusing to unpickle untrusted code in {path}: {what}; only tensors and plain containers "
                 "are loaded (weights_only=True). Convert it to .safetensors in an environment you trust"
@@ -121,6 +120,19 @@ def _torch_load(path: Path, kind: str) -> Any:
         raise UserError(
             f"{path} is not a readable checkpoint (truncated or corrupt: {_first_line(exc)}); download it again"
         ) from exc
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The classes and functions a ``torch.save`` file would import that ``weights_only`` loading refuses, as torch
+    lists them (empty where this torch cannot tell, or the file cannot be read that far)."""
+    find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if find is None:
+        return []
+    try:
+        with _allow_extra_globals():
+            return list(find(str(path)))
+    except Exception:  # a damaged archive: the caller reports it as unreadable
+        return []
 
 
 @contextlib.contextmanager

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lit_convnext.text import preview
+
 HeadStatus = Literal["kept", "reset", "none"]
 
 
@@ -45,19 +47,14 @@ class LoadReport:
             f"  head: {self.head} ({self.head_reason})",
         ]
         if self.missing:
-            lines.append(f"  missing (left at init): {len(self.missing)}: {_preview(self.missing)}")
+            lines.append(f"  missing (left at init): {len(self.missing)}: {preview(self.missing, 5)}")
         if self.unexpected:
-            lines.append(f"  unexpected (not loaded): {len(self.unexpected)}: {_preview(self.unexpected)}")
+            lines.append(f"  unexpected (not loaded): {len(self.unexpected)}: {preview(self.unexpected, 5)}")
         if self.ignored:
-            lines.append(f"  ignored file entries: {len(self.ignored)}: {_preview(self.ignored)}")
+            lines.append(f"  ignored file entries: {len(self.ignored)}: {preview(self.ignored, 5)}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all fields."""
         return dataclasses.asdict(self)
 
-
-def _preview(keys: list[str], limit: int = 5) -> str:
-    """The first few keys, comma separated, with an ellipsis if there are more."""
-    shown = ", ".join(keys[:limit])
-    return shown + (", ..." if len(keys) > limit else "")

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lit_convnext.errors import UserError
+from lit_convnext.private_api import uncompiled
 
 #: pretrained_cfg entries that point timm at a download; dropped so the sidecar never redirects loading.
 _SOURCE_KEYS: frozenset[str] = frozenset(
@@ -40,7 +41,7 @@ def export_timm_weights(
     path = Path(path).expanduser()
     if path.suffix != ".safetensors":
         raise UserError(f"export path {path} must end with .safetensors; e.g. {path.with_suffix('.safetensors')}")
-    net = getattr(model, "_orig_mod", model)  # unwrap torch.compile so keys carry no prefix
+    net = uncompiled(model)  # keys without the prefix of a torch.compile wrapper
     num_classes = getattr(net, "num_classes", None)
     if num_classes is not None and num_classes != len(class_names):
         raise UserError(

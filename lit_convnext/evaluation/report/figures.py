@@ -11,6 +11,8 @@ from typing import IO, Any
 import torch
 from PIL import Image
 
+from lit_convnext.text import preview
+
 #: The confusion matrix shows at most this many classes (those with the most confusions) so labels stay legible.
 CONFUSION_MAX_CLASSES = 30
 
@@ -78,7 +80,7 @@ def save_png(figure: Any, target: str | Path | IO[bytes], dpi: int) -> None:
     new = [c for c in missing if c not in _REPORTED_GLYPHS]
     if new:
         _REPORTED_GLYPHS.update(new)
-        shown = "".join(new[:10]) + ("..." if len(new) > 10 else "")
+        shown = preview(new, 10, separator="")
         warnings.warn(f"the figures draw {len(new)} character(s) as boxes ({shown}): matplotlib's font "
                       f"({missing[new[0]]}) has no glyph for them; the CSVs and the report's text keep them. A "
                       "matplotlibrc with a font that has them draws them, e.g. `font.family: DejaVu Sans, "

@@ -26,6 +26,7 @@ from lit_convnext.data.images import load_rgb
 from lit_convnext.errors import UserError
 from lit_convnext.evaluation.report import figures
 from lit_convnext.evaluation.report.cam import CAM_MISSING, cam_available, cam_overlays
+from lit_convnext.text import preview
 
 #: Rows of the per-class table (worst F1 first) and of the confused-pairs table.
 TABLE_ROWS = 200
@@ -59,7 +60,7 @@ def build_report(run_dir: Path, model: Any = None, gallery_size: int = 24,
         ("Summary", _summary(run_dir, rows, names, model, scalars)),
         ("Training curves", _curves(scalars)),
         ("Per-class results", _per_class(run_dir)),
-        ("Confusion matrix", _confusion(run_dir, rows, names)),
+        ("Confusion matrix", _confusion(run_dir)),
         ("Most confused pairs", _pairs(run_dir)),
         ("Calibration", _calibration(run_dir)),
         ("Worst errors", _worst_errors(rows, names, model, gallery_size)),
@@ -137,7 +138,7 @@ def _summary(run_dir: Path, rows: list[dict[str, str]], names: list[str], model:
     best = sorted((run_dir / "checkpoints").glob("best-*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
     items: list[list[Any]] = [
         ["data", str(data.get("root", "?"))],
-        ["classes", f"{len(names)}: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"],
+        ["classes", f"{len(names)}: {preview(names, 12)}"],
         ["validation images", len(rows)],
         ["model", f"{mdl.get('model_name', getattr(model, 'hparams', {}).get('model_name', '?'))}, "
                   f"pretrained={mdl.get('pretrained', '?')}, image size {mdl.get('image_size') or 'pretrained'}"],
@@ -208,12 +209,15 @@ def _per_class(run_dir: Path) -> str:
     return note + _table(["class", "precision", "recall", "F1", "images"], shown)
 
 
-def _confusion(run_dir: Path, rows: list[dict[str, str]], names: list[str]) -> str:
-    index = {name: i for i, name in enumerate(names)}
+def _confusion(run_dir: Path) -> str:
+    path = run_dir / "val_confusion_matrix.csv"
+    if not path.is_file():
+        return "<p class=note>val_confusion_matrix.csv is missing (the class report was off: --class_report.enabled).</p>"
+    with path.open(newline="", encoding="utf-8") as handle:
+        header, *rows = list(csv.reader(handle))
+    names = header[1:]
+    confusion = torch.tensor([[int(count) for count in row[1:]] for row in rows], dtype=torch.long)
     n = len(names)
-    confusion = torch.zeros(n, n, dtype=torch.long)
-    for row in rows:
-        confusion[index[row["true"]], index[row["predicted"]]] += 1
     classes = figures.confusion_classes(confusion)
     note = "Rows are true classes, normalised to sum to 1; counts in val_confusion_matrix.csv."
     if len(classes) < n:
