@@ -1,8 +1,9 @@
 """The ``lit-convnext`` command: LightningCLI wired for fine-tuning ConvNeXt on image folders.
 
-This module owns the wiring only: which arguments are linked (class names, image size and batch size
-flow from the data to the model), the default callbacks and logger, and turning user mistakes into
-one-line errors.
+This module owns the wiring only: which arguments are linked (class names and counts flow from the data to the
+model), the callbacks exposed as options and the logger, and turning user mistakes into one-line errors. What a
+run does is in the model, the DataModule and the callbacks (the model's ``configure_callbacks`` adds those not
+given here), so a plain ``Trainer(...).fit(model, datamodule=dm)`` runs the same program.
 """
 
 from __future__ import annotations
@@ -15,22 +16,17 @@ from pathlib import Path
 from typing import NoReturn
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.model.backbone import check_model_name
-from lit_convnext.callbacks import (
-    AtomicCheckpointIO,
-    DataWaitMonitor,
-    FiniteLossGuard,
-    ResumableModelCheckpoint,
-    ThrottledRichProgressBar,
-)
+from lit_convnext.callbacks import DataWaitMonitor, ResumableModelCheckpoint, ThrottledRichProgressBar
+from lit_convnext.callbacks.run import LR_MONITOR_OPTIONS
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
-from lit_convnext.callbacks.checkpointing import LAST_NAME, newest_last_checkpoint, run_version
+from lit_convnext.callbacks.checkpointing import (BEST_BY, LAST_NAME, newest_last_checkpoint, run_checkpoint_options,
+                                                  run_version)
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import label_columns
 from lit_convnext.cli.messages import fail, option_error, out_of_memory_message
@@ -47,6 +43,9 @@ SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
 
 #: Where runs are written unless ``--trainer.default_root_dir`` (or a logger's ``save_dir``) says otherwise.
 DEFAULT_ROOT_DIR = "runs"
+
+#: The file ``predict`` writes unless ``--output`` names another (``ConvNeXtTrainer.predict`` writes none by default).
+DEFAULT_PREDICTIONS = Path("predictions.csv")
 
 #: Default callbacks (their option group) and the Trainer switch that turns their feature off: Lightning
 #: refuses a progress bar without ``enable_progress_bar``, a checkpoint callback without ``enable_checkpointing``
@@ -85,18 +84,11 @@ class ConvNeXtCLI(LightningCLI):
         # The folder decides the classes: num_classes is never typed by the user.
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
+        # The same defaults as the callbacks the model adds to a plain Trainer (configure_callbacks).
         parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/acc1",
-                "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc1:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
+        parser.set_defaults({f"checkpoint.{key}": value for key, value in run_checkpoint_options().items()})
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.set_defaults({f"lr_monitor.{key}": value for key, value in LR_MONITOR_OPTIONS.items()})
         parser.add_lightning_class_args(ThrottledRichProgressBar, "progress_bar")
         parser.add_lightning_class_args(PerClassReport, "class_report")
         parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
@@ -147,6 +139,8 @@ class ConvNeXtCLI(LightningCLI):
             config.trainer.enable_checkpointing = False
         if self.subcommand == "predict":
             config.trainer.logger = False  # predict logs no metrics; it writes the output file only
+            if config.get("output") is None:
+                config.output = DEFAULT_PREDICTIONS
         parser = self._parser(self.subcommand)
         if config.trainer.get("barebones"):
             self._follow_barebones(config.trainer, parser)
@@ -168,8 +162,9 @@ class ConvNeXtCLI(LightningCLI):
         if data.get("labels") is not None and label_columns(Path(data.labels))[1] and not config.get("ckpt_path"):
             model.task = "multilabel"
         checkpoint = config.get("checkpoint")
-        if model.get("task") == "multilabel" and checkpoint is not None and checkpoint.monitor == "val/acc1":
-            checkpoint.monitor = "val/map"
+        single, multi = BEST_BY["multiclass"], BEST_BY["multilabel"]
+        if model.get("task") == "multilabel" and checkpoint is not None and checkpoint.monitor == single["monitor"]:
+            checkpoint.monitor = multi["monitor"]
             checkpoint.filename = checkpoint.filename.replace("acc{val/acc1", "map{val/map")
 
     @staticmethod
@@ -225,15 +220,6 @@ class ConvNeXtCLI(LightningCLI):
             if "barebones=True" not in str(err):
                 raise
             raise UserError(f"{err} Leave that option out, or --trainer.barebones.") from err
-        strategy = self.trainer.strategy
-        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own CheckpointIO plugin
-            strategy.checkpoint_io = AtomicCheckpointIO()
-        if self.subcommand in ("fit", None):  # None: build_cli(run=False), the caller runs the Trainer
-            self.trainer.callbacks.append(FiniteLossGuard())
-        if self.subcommand == "fit":  # after_fit draws the confusion PNG, after the analysis that may rewrite it
-            for callback in self.trainer.callbacks:
-                if isinstance(callback, PerClassReport):
-                    callback.defer_fit_plot()
         if self.subcommand in ("validate", "test") and not self.config[self.subcommand].get("ckpt_path"):
             self._check_head_fits(self.config[self.subcommand].model.pretrained)
 
@@ -260,30 +246,6 @@ class ConvNeXtCLI(LightningCLI):
         except torch.cuda.OutOfMemoryError as err:
             raise UserError(out_of_memory_message(subcommand, self.datamodule.batch_size,
                                                   self.trainer.accumulate_grad_batches)) from err
-
-    def after_fit(self) -> None:
-        for callback in self.trainer.callbacks:  # every rank: the best checkpoint is validated distributed
-            if isinstance(callback, EvaluationReport):
-                callback.analyse_fit(self.trainer, self.model, self.datamodule)
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, PerClassReport):
-                callback.draw_pending()
-        checkpoint = self.trainer.checkpoint_callback
-        if checkpoint is None or not self.trainer.is_global_zero:
-            return
-        if checkpoint.best_model_path:
-            score = checkpoint.best_model_score
-            shown = f"{score.item():.4f}" if score is not None else "n/a"
-            rank_zero_info(f"Best checkpoint ({checkpoint.monitor} = {shown}): {checkpoint.best_model_path}")
-        elif getattr(checkpoint, "monitor", None) and getattr(checkpoint, "save_top_k", 0) != 0:
-            config = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "config.yaml"  # this run's data
-            command = f"lit-convnext validate --config {config} " if config.is_file() else "lit-convnext validate "
-            measure = (f"; `{command}--ckpt_path {checkpoint.last_model_path}` measures the last weights"
-                       if checkpoint.last_model_path else "")
-            rank_zero_info(f"No best checkpoint: no validation ran before training stopped at step "
-                           f"{self.trainer.global_step}, so there was no {checkpoint.monitor} to rank by{measure}")
-        if checkpoint.last_model_path:
-            rank_zero_info(f"Last checkpoint: {checkpoint.last_model_path}")
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
