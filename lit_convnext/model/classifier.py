@@ -1,9 +1,7 @@
 """The LightningModule: a timm ConvNeXt fine-tuned with the official recipe's training step."""
 
 
-import json
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -491,19 +489,12 @@ class ConvNeXtClassifier(LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         """The app's callbacks that the Trainer does not hold yet: the loss guard, the per-image and per-class
-        reports with the end-of-fit analysis, the data-wait check, the lr monitor and the app's checkpoints (see
+        reports with the end-of-fit analysis, the data-wait check, the lr monitor, the app's checkpoints and the
+        record of what ``pretrained`` loaded (see
         :func:`~lit_convnext.callbacks.run.missing_run_callbacks`). Lightning calls this hook, so
         ``Trainer(...).fit(model, datamodule=dm)`` runs what ``lit-convnext fit`` runs; instances given to the
         Trainer (the command line's ``--checkpoint.*``, ``--class_report.*``, ...) are kept."""
         return missing_run_callbacks(self.trainer, "multilabel" if self.multilabel else "multiclass")
-
-    def on_fit_start(self) -> None:
-        """Keep the pretrained-weights load report with the run, so what was loaded can be audited later."""
-        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
-        if self.load_report and self.trainer.is_global_zero and log_dir:
-            path = Path(log_dir) / "pretrained_load_report.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.load_report, indent=2) + "\n", encoding="utf-8")
 
     # ---------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
