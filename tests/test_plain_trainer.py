@@ -66,6 +66,11 @@ def test_a_plain_trainer_writes_what_the_command_writes(image_root: Path, tmp_pa
         assert [len(batch["indices"]) for batch in batches] == [8, 4]
         assert batches[0]["probabilities"].shape == (8, 3)
     assert list(Path.cwd().iterdir()) == []
+    # The command keeps its default file.
+    main(["predict", "--ckpt_path", str(best), "--data.predict_dir", str(image_root / "val"),
+          "--data.num_workers", "0", "--progress_bar.refresh_rate", "0"])
+    assert [p.name for p in Path.cwd().iterdir()] == ["predictions.csv"]
+    assert len(Path("predictions.csv").read_text().splitlines()) == 1 + 12
 
 
 def _trainer(stage: TrainerFn, **options: object) -> pl.Trainer:
