@@ -143,11 +143,10 @@ class PhaseTimer(pl.Callback):
                 self.record[key] += time.perf_counter() - start
         return wrapper
 
-    def setup(self, trainer, pl_module, stage) -> None:
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # After every callback's setup: the checkpoint callback installs its CheckpointIO in its own.
         io = trainer.strategy.checkpoint_io
         io.save_checkpoint = self._timed(io.save_checkpoint, "checkpoint_writes")
-
-    def on_fit_start(self, trainer, pl_module) -> None:
         self.record["fit_start"] = self._now()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

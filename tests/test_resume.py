@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lit_convnext.cli.entry import main
-from lit_convnext.cli.lightning_cli import ConvNeXtCLI
+from lit_convnext.evaluation.end_of_fit import EvaluationReport
 from tests.helpers import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,9 +30,9 @@ def fit_args(root: Path) -> list[str]:
 
 
 def fit_and_record(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Run ``main(args)`` and return the trainer's final state."""
+    """Run ``main(args)`` and return the trainer's final state (the end-of-fit analysis left out)."""
     seen: dict = {}
-    monkeypatch.setattr(ConvNeXtCLI, "after_fit", lambda cli: seen.update(trainer=cli.trainer))
+    monkeypatch.setattr(EvaluationReport, "on_fit_end", lambda self, trainer, module: seen.update(trainer=trainer))
     main(args)
     trainer = seen["trainer"]
     checkpoint = trainer.checkpoint_callback

@@ -3,6 +3,7 @@
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO, ResumableModelCheckpoint
 from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.ema import EMA
+from lit_convnext.callbacks.load_report import PretrainedLoadReport
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
 from lit_convnext.callbacks.prediction_writer import PredictionWriter
 from lit_convnext.callbacks.progress import CompactProgressBar
@@ -14,5 +15,6 @@ __all__ = [
     "DataWaitMonitor",
     "FiniteLossGuard",
     "PredictionWriter",
+    "PretrainedLoadReport",
     "ResumableModelCheckpoint",
 ]

@@ -2,8 +2,10 @@
 
 This module owns the wiring only: which arguments are linked (the data owns the class names and counts, the
 task and the batch size, and they are linked to the model; the model owns the preprocessing, image size included,
-which the DataModule reads from it), the default callbacks and logger, and turning user mistakes into one-line
-errors.
+which the DataModule reads from it), the callbacks exposed as options and the logger, and turning user mistakes into
+one-line errors. What a run does is in the model, the DataModule and the callbacks (the model's
+``configure_callbacks`` adds those not given here), so a plain ``Trainer(...).fit(model, datamodule=dm)`` runs the
+same program.
 """
 
 from __future__ import annotations
@@ -15,22 +17,17 @@ from pathlib import Path
 from typing import NoReturn
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.model.backbone import check_model_name, pretrained_off
-from lit_convnext.callbacks import (
-    AtomicCheckpointIO,
-    CompactProgressBar,
-    DataWaitMonitor,
-    FiniteLossGuard,
-    ResumableModelCheckpoint,
-)
+from lit_convnext.callbacks import CompactProgressBar, DataWaitMonitor, ResumableModelCheckpoint
+from lit_convnext.callbacks.run import LR_MONITOR_OPTIONS
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
-from lit_convnext.callbacks.checkpointing import newest_last_checkpoint, next_run_dir, run_version
+from lit_convnext.callbacks.checkpointing import (BEST_BY, newest_last_checkpoint, next_run_dir, run_checkpoint_options,
+                                                  run_version)
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import data_task
 from lit_convnext.cli.messages import fail, option_error, out_of_memory_message
@@ -48,6 +45,9 @@ SPECIAL_CKPT_PATHS = {"last", "best", "hpc", "registry"}
 
 #: Where runs are written unless ``--trainer.default_root_dir`` (or a logger's ``save_dir``) says otherwise.
 DEFAULT_ROOT_DIR = "runs"
+
+#: The file ``predict`` writes unless ``--output`` names another (``ConvNeXtTrainer.predict`` writes none by default).
+DEFAULT_PREDICTIONS = Path("predictions.csv")
 
 #: Default callbacks (their option group) and the Trainer switch that turns their feature off: Lightning
 #: refuses a progress bar without ``enable_progress_bar``, a checkpoint callback without ``enable_checkpointing``
@@ -90,18 +90,11 @@ class ConvNeXtCLI(CLIHooks):
         parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")
         parser.link_arguments("data.batch_size", "model.batch_size", apply_on="parse")
+        # The same defaults as the callbacks the model adds to a plain Trainer (configure_callbacks).
         parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/acc1",
-                "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc1:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
+        parser.set_defaults({f"checkpoint.{key}": value for key, value in run_checkpoint_options().items()})
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.set_defaults({f"lr_monitor.{key}": value for key, value in LR_MONITOR_OPTIONS.items()})
         parser.add_lightning_class_args(CompactProgressBar, "progress_bar")
         parser.add_lightning_class_args(PerClassReport, "class_report")
         parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
@@ -160,6 +153,8 @@ class ConvNeXtCLI(CLIHooks):
             config.trainer.enable_checkpointing = False
         if self.subcommand == "predict":
             config.trainer.logger = False  # predict logs no metrics; it writes the output file only
+            if config.get("output") is None:
+                config.output = DEFAULT_PREDICTIONS
         parser = subcommand_parser(self, self.subcommand)
         if config.trainer.get("barebones"):
             self._follow_barebones(config.trainer, parser)
@@ -192,10 +187,10 @@ class ConvNeXtCLI(CLIHooks):
         another monitor was given. The task is the data's (:func:`lit_convnext.data.labels.data_task`, which reads a
         label file's header only), the same value the ``data.task`` link gives the model."""
         data, checkpoint = config.get("data"), config.get("checkpoint")
-        if data is None or checkpoint is None or checkpoint.monitor != "val/acc1":
+        if data is None or checkpoint is None or checkpoint.monitor != BEST_BY["multiclass"]["monitor"]:
             return
         if data_task(data.get("labels"), data.get("task")) == "multilabel":
-            checkpoint.monitor = "val/map"
+            checkpoint.monitor = BEST_BY["multilabel"]["monitor"]
             checkpoint.filename = checkpoint.filename.replace("acc{val/acc1", "map{val/map")
 
     @staticmethod
@@ -253,15 +248,6 @@ class ConvNeXtCLI(CLIHooks):
             if "barebones=True" not in str(err):
                 raise
             raise UserError(f"{err} Leave that option out, or --trainer.barebones.") from err
-        strategy = self.trainer.strategy
-        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own CheckpointIO plugin
-            strategy.checkpoint_io = AtomicCheckpointIO()
-        if self.subcommand in ("fit", None):  # None: build_cli(run=False), the caller runs the Trainer
-            self.trainer.callbacks.append(FiniteLossGuard())
-        if self.subcommand == "fit":  # after_fit draws the confusion PNG, after the analysis that may rewrite it
-            for callback in self.trainer.callbacks:
-                if isinstance(callback, PerClassReport):
-                    callback.defer_fit_plot()
         if self.subcommand in ("validate", "test") and not self.config[self.subcommand].get("ckpt_path"):
             self._check_head_fits(self.config[self.subcommand].model.pretrained)
 
@@ -288,30 +274,6 @@ class ConvNeXtCLI(CLIHooks):
         except torch.cuda.OutOfMemoryError as err:
             raise UserError(out_of_memory_message(subcommand, self.datamodule.batch_size,
                                                   self.trainer.accumulate_grad_batches)) from err
-
-    def after_fit(self) -> None:
-        for callback in self.trainer.callbacks:  # every rank: the best checkpoint is validated distributed
-            if isinstance(callback, EvaluationReport):
-                callback.analyse_fit(self.trainer, self.model, self.datamodule)
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, PerClassReport):
-                callback.draw_pending()
-        checkpoint = self.trainer.checkpoint_callback
-        if checkpoint is None or not self.trainer.is_global_zero:
-            return
-        if checkpoint.best_model_path:
-            score = checkpoint.best_model_score
-            shown = f"{score.item():.4f}" if score is not None else "n/a"
-            rank_zero_info(f"Best checkpoint ({checkpoint.monitor} = {shown}): {checkpoint.best_model_path}")
-        elif getattr(checkpoint, "monitor", None) and getattr(checkpoint, "save_top_k", 0) != 0:
-            config = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "config.yaml"  # this run's data
-            command = f"lit-convnext validate --config {config} " if config.is_file() else "lit-convnext validate "
-            measure = (f"; `{command}--ckpt_path {checkpoint.last_model_path}` measures the last weights"
-                       if checkpoint.last_model_path else "")
-            rank_zero_info(f"No best checkpoint: no validation ran before training stopped at step "
-                           f"{self.trainer.global_step}, so there was no {checkpoint.monitor} to rank by{measure}")
-        if checkpoint.last_model_path:
-            rank_zero_info(f"Last checkpoint: {checkpoint.last_model_path}")
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:

@@ -1,5 +1,6 @@
-"""Lightning's Trainer with a ``predict`` that streams to a file instead of collecting in memory, and
-test-time augmentation and a multi-label ``threshold`` for ``validate``, ``test`` and ``predict``."""
+"""Lightning's Trainer with the command line's evaluation options: ``predict`` can stream to a file (``output``)
+instead of collecting in memory, and ``validate``, ``test`` and ``predict`` take test-time augmentation and a
+multi-label ``threshold``."""
 
 # No ``from __future__ import annotations``: jsonargparse reads the ranges of the ``Annotated`` option types.
 
@@ -70,7 +71,7 @@ class ConvNeXtTrainer(Trainer):
         return_predictions: bool | None = None,
         ckpt_path: str | Path | None = None,
         weights_only: bool | None = None,
-        output: Path = Path("predictions.csv"),
+        output: Path | None = None,
         top_k: int = 5,
         min_confidence: Probability = 0.0,
         tta: bool = False,
@@ -79,8 +80,13 @@ class ConvNeXtTrainer(Trainer):
         """Label images with a trained checkpoint, or with an exported ONNX model (``ckpt_path`` ending in ``.onnx``,
         run by ONNX Runtime with the preprocessing stored in it).
 
+        Returns what Lightning's ``predict`` returns: a list of per-batch dicts (``probabilities``, ``indices`` into
+        the dataset, ``errors`` of unreadable files), or ``None`` when ``return_predictions`` is false, which is
+        the default with ``output``: the rows then stream to the file and are not kept in memory.
+
         Args:
-            output: File to write, one row per image: CSV, or JSON Lines when the name ends in ``.jsonl``.
+            output: File to write, one row per image: CSV, or JSON Lines when the name ends in ``.jsonl``. ``None``
+                writes no file (``lit-convnext predict`` writes ``predictions.csv``).
             top_k: How many classes (with probabilities) to write per image (multi-label: used only when there
                 are too many classes for one probability column each).
             min_confidence: Rows whose top probability (calibrated, see ``report.html``) is below this get
@@ -94,17 +100,22 @@ class ConvNeXtTrainer(Trainer):
 
             # The exported model replaces the module; the same loader and writer produce the same rows.
             model, ckpt_path = OnnxClassifier(Path(ckpt_path), str(self.strategy.root_device)), None
-        separator = getattr(datamodule, "label_separator", ";")  # multi-label: how the ``labels`` column joins names
-        writer = PredictionWriter(Path(output), top_k=top_k, separator=separator, min_confidence=min_confidence)
-        self.callbacks.append(writer)
+        writer = None
+        if output is not None:
+            separator = getattr(datamodule, "label_separator", ";")  # multi-label: how ``labels`` joins names
+            writer = PredictionWriter(Path(output), top_k=top_k, separator=separator, min_confidence=min_confidence)
+            self.callbacks.append(writer)
+            if return_predictions is None:
+                return_predictions = False
         try:
             with _evaluation_settings(model or self.lightning_module, tta, threshold):
-                result = super().predict(
-                    model, dataloaders, datamodule, return_predictions=bool(return_predictions),
-                    ckpt_path=ckpt_path, weights_only=weights_only,
-                )
+                result = super().predict(model, dataloaders, datamodule, return_predictions=return_predictions,
+                                         ckpt_path=ckpt_path, weights_only=weights_only)
         finally:
-            self.callbacks.remove(writer)
+            if writer is not None:
+                self.callbacks.remove(writer)
+        if writer is None:
+            return result
         if writer.unreadable:
             rank_zero_info(f"Wrote {writer.rows} rows to {writer.output}: {writer.rows - writer.unreadable} predicted, "
                            f"{writer.unreadable} file(s) that could not be read (the reason is in their `error` field)")

@@ -8,11 +8,12 @@ recall, f1, support), ``{stage}_confusion_matrix.csv`` (rows: true class, column
 ``{stage}_confusion_matrix.png`` (heat map). This is the one confusion matrix of a validation: the report reads
 its CSV. Multi-label models get precision, recall and F1 at their decision thresholds plus each class's average
 precision (``ap``) and no confusion matrix (an image can be in several classes). During ``fit`` the PNG is drawn
-once, from the last validation, when training ends: matplotlib needs 0.2 s for 10 classes and 0.5 s for
-the 30 shown of 100 or more, on one core, time the accelerator would otherwise sit idle every epoch. When the best checkpoint was saved
-from an earlier validation, the end-of-fit analysis (``evaluation.end_of_fit``) rewrites the ``val_*`` files from
-that validation's logits, so they describe the same weights as ``val_predictions.csv`` and the report; the CLI
-therefore has the PNG drawn after that analysis (:meth:`PerClassReport.defer_fit_plot`), once.
+once, from the last validation, when training ends: drawing it at every validation would leave the accelerator
+idle while matplotlib works. When the best checkpoint was saved from an earlier validation, the end-of-fit
+analysis (:class:`~lit_convnext.evaluation.end_of_fit.EvaluationReport`) rewrites the ``val_*`` files from that
+validation's logits, so they describe the same weights as ``val_predictions.csv`` and the report; the PNG is
+therefore drawn after that analysis, by the EvaluationReport's ``on_fit_end`` when an enabled one is among the
+Trainer's callbacks, else by this callback's own ``on_fit_end``: once, whatever the order of the callbacks.
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ class PerClassReport(Callback):
         self.plot = plot
         self._metrics: dict[str, MetricCollection] = {}
         self._unplotted: tuple[Path, list[str], torch.Tensor] | None = None  # last validation during fit
-        self._plot_after_fit = False  # set by defer_fit_plot
 
     def _collection(self, stage: str, pl_module: pl.LightningModule) -> MetricCollection | None:
         names = getattr(pl_module, "class_names", None)
@@ -165,17 +165,16 @@ class PerClassReport(Callback):
         collection.update(logits.to(pl_module.device), targets.to(pl_module.device))
         self._finish("val", trainer, pl_module, replay=True)
 
-    def defer_fit_plot(self) -> None:
-        """Leave the fit's PNG to :meth:`draw_pending`, called by the CLI after the end-of-fit analysis, which may
-        first rewrite the files from an earlier validation (drawing it at ``on_fit_end`` would draw it twice)."""
-        self._plot_after_fit = True
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._plot_after_fit:
+        from lit_convnext.evaluation.end_of_fit import EvaluationReport  # it imports this module
+
+        # An enabled end-of-fit analysis may rewrite the files first: it draws the PNG after that.
+        if not any(isinstance(callback, EvaluationReport) and callback.enabled for callback in trainer.callbacks):
             self.draw_pending()
 
     def draw_pending(self) -> None:
-        """Draw the PNG of the fit's last validation, unless it has been drawn since (by a rewrite or validate)."""
+        """Draw the PNG of the fit's last validation, unless it has been drawn since (by a rewrite or validate);
+        called when ``fit`` ends, after the end-of-fit analysis (see the module docstring)."""
         if self._unplotted is not None:
             run_dir, names, confusion = self._unplotted
             plot_confusion(confusion, names, run_dir / "val_confusion_matrix.png", title="val confusion matrix")

@@ -5,11 +5,13 @@ logits are gathered and put back in dataset order) and ``{stage}_calibration.jso
 confused pairs are the per-class report's (:mod:`lit_convnext.evaluation.class_report`). During ``fit`` the latest
 validation's logits are kept, and those of the validation the best checkpoint was saved from; each such validation
 fits its temperature into the model's calibration, so every checkpoint saved after it (the best one, ``last.ckpt``)
-holds the temperature of its own weights, as a multi-label model's thresholds are tuned at each validation. When training ends,
-:meth:`EvaluationReport.analyse_fit` takes the best checkpoint's validation logits (those kept, else, after a
-resume or under DDP, by validating it once more, and then stores the temperature fitted on them in that
+holds the temperature of its own weights, as a multi-label model's thresholds are tuned at each validation. When
+``fit`` ends (``on_fit_end``, whoever runs the Trainer), :meth:`EvaluationReport.analyse_fit` takes the best
+checkpoint's validation logits (those kept, else, after a resume or under DDP, by validating it once more, and
+then stores the temperature fitted on them in that
 checkpoint), lists likely label errors (cleanlab), draws a mosaic of the augmented training batch and writes
-``report.html`` (see ``lit_convnext.evaluation.report``).
+``report.html`` (see ``lit_convnext.evaluation.report``). The per-class report's confusion PNG of the fit is drawn
+after that analysis, which may rewrite the per-class files first (:meth:`EvaluationReport.on_fit_end`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ MOSAIC_IMAGES = 32
 
 
 class EvaluationReport(Callback):
-    """Per-image CSVs for validate/test; after ``fit``: calibration, likely label errors and ``report.html``.
+    """Per-image CSVs for validate/test; at the end of ``fit``: calibration, likely label errors and ``report.html``.
 
     Args:
         enabled: Write the per-image files and run the end-of-fit analysis.
@@ -183,10 +185,23 @@ class EvaluationReport(Callback):
         trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
 
     # -------------------------------------------------------------------------------- after fit
-    def analyse_fit(self, trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The end-of-fit analysis, then the per-class reports' confusion PNG of the fit: the analysis may rewrite
+        their files from the best checkpoint's validation, and they leave the drawing to this hook when an enabled
+        EvaluationReport is among the callbacks (:meth:`PerClassReport.on_fit_end`), so it is drawn once."""
+        try:
+            self.analyse_fit(trainer, pl_module, trainer.datamodule)
+        finally:
+            if self.enabled:
+                for callback in trainer.callbacks:
+                    if isinstance(callback, PerClassReport):
+                        callback.draw_pending()
+
+    def analyse_fit(self, trainer: pl.Trainer, model: pl.LightningModule,
+                    datamodule: pl.LightningDataModule | None) -> None:
         """The best checkpoint's validation results (per-image CSV, temperature, label issues), then the report.
 
-        Called on every rank after ``fit`` (validation is distributed); only rank 0 writes. When the best
+        Called on every rank when ``fit`` ends (validation is distributed); only rank 0 writes. When the best
         checkpoint of a single-process fit was saved from a validation whose logits were kept (the last one, or
         the one the best checkpoint was saved from), those logits are used and the checkpoint's weights are loaded
         without validating again (one validation pass less).

@@ -1,13 +1,12 @@
 """The LightningModule: a timm ConvNeXt fine-tuned with the official recipe's training step."""
 
 
-import json
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
@@ -21,6 +20,7 @@ from torchmetrics.classification import (
     MultilabelPrecisionRecallCurve,
 )
 
+from lit_convnext.callbacks.run import missing_run_callbacks
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.errors import UserError
 from lit_convnext.evaluation.calibration import ECE_BINS
@@ -61,8 +61,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             (``convnext_tiny.fb_in22k_ft_in1k``).
         pretrained: ``true`` for timm's hub weights of that tag, ``false`` for random init, or a path to a
             weights file.
-        class_names: Class names in label order. Set from the data folder by the CLI; in Python either this
-            or ``num_classes``.
+        class_names: Class names in label order. Set from the data folder: the CLI links the DataModule's; in
+            Python pass ``ImageFolderDataModule(...).class_names`` (known at construction), or ``num_classes``.
         num_classes: Number of classes when no names are given (names become ``"0"``, ``"1"``, ...), as in
             ``timm.create_model``; with ``class_names`` it must equal their count.
         image_size: Input resolution for training, evaluation and predict (a multiple of 32); ``None`` keeps the
@@ -96,7 +96,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         class_weights: Training-loss class weights: ``none``, ``auto`` (inverse training frequency, mean 1) or a
             mapping class name -> weight. Composes with label smoothing and Mixup/CutMix (see
             ``lit_convnext.model.losses``).
-        class_counts: Training images per class. Set from the data folder (never by hand).
+        class_counts: Training images per class, for ``class_weights: auto``: the DataModule's ``class_counts``
+            (linked by the CLI; never typed by hand).
         channels_last: Keep weights and input batches in channels-last memory format (faster convolutions on
             recent GPUs, especially with bf16/fp16).
         compile: Run the network through ``torch.compile`` (first steps are slow while it compiles).
@@ -466,13 +467,14 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             raise UserError(f"the data is {data_task} but the model is {self.hparams.task}: build the model with "
                             f"task={data_task!r} (the datamodule's task), or use data of the model's task")
 
-    def on_fit_start(self) -> None:
-        """Keep the pretrained-weights load report with the run, so what was loaded can be audited later."""
-        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
-        if self.load_report and self.trainer.is_global_zero and log_dir:
-            path = Path(log_dir) / "pretrained_load_report.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.load_report, indent=2) + "\n", encoding="utf-8")
+    def configure_callbacks(self) -> list[Callback]:
+        """The app's callbacks that the Trainer does not hold yet: the loss guard, the per-image and per-class
+        reports with the end-of-fit analysis, the data-wait check, the lr monitor, the app's checkpoints and the
+        record of what ``pretrained`` loaded (see
+        :func:`~lit_convnext.callbacks.run.missing_run_callbacks`). Lightning calls this hook, so
+        ``Trainer(...).fit(model, datamodule=dm)`` runs what ``lit-convnext fit`` runs; instances given to the
+        Trainer (the command line's ``--checkpoint.*``, ``--class_report.*``, ...) are kept."""
+        return missing_run_callbacks(self.trainer, "multilabel" if self.multilabel else "multiclass")
 
     # ---------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
