@@ -71,6 +71,7 @@ def test_eval_sampler_gives_each_image_to_exactly_one_rank() -> None:
     assert eval_sampler(list(range(9)), None) is None
 
 
+@pytest.mark.slow
 def test_ddp_fit_validate_and_predict_count_each_image_once(tmp_path: Path) -> None:
     root = tmp_path / "images"
     make_folder(root / "train", 8)
@@ -103,6 +104,7 @@ def test_ddp_fit_validate_and_predict_count_each_image_once(tmp_path: Path) -> N
     assert sorted(p.name for p in Path(".").iterdir() if "part" in p.name) == []
 
 
+@pytest.mark.slow
 def test_ddp_fit_writes_the_split_manifest_and_load_report_once(tmp_path: Path) -> None:
     """Rank-0-only writers must still let every rank take part in collectives (trainer.log_dir broadcasts)."""
     import timm
@@ -119,6 +121,7 @@ def test_ddp_fit_writes_the_split_manifest_and_load_report_once(tmp_path: Path) 
     assert '"head": "reset"' in (run_dir / "pretrained_load_report.json").read_text()
 
 
+@pytest.mark.slow
 def test_ddp_multilabel_map_and_thresholds_match_a_single_process(tmp_path: Path) -> None:
     """mAP keeps every score and gathers them across ranks (each image on one rank): DDP equals one process."""
     from tests.test_labels import multilabel_images, write_rows

@@ -66,6 +66,7 @@ def kill_after_first_last_ckpt(args: list[str]) -> int:
     return killed_at
 
 
+@pytest.mark.slow
 def test_fit_resumes_the_newest_run_after_sigkill(image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     killed_at = kill_after_first_last_ckpt(fit_args(image_root))
@@ -93,6 +94,7 @@ def test_fit_resumes_the_newest_run_after_sigkill(image_root: Path, tmp_path: Pa
     assert len(reference["best_k"]) == 2 and resumed["best_exists"] and resumed["best_k_exist"]
 
 
+@pytest.mark.slow
 def test_ema_resumes_after_sigkill_like_an_uninterrupted_run(image_root: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     args = [*fit_args(image_root), "--trainer.callbacks+=lit_convnext.callbacks.ema.EMA", "--trainer.callbacks.decay", "0.9"]
