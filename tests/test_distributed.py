@@ -16,7 +16,6 @@ import pytest
 from lit_convnext.cli.entry import main
 from lit_convnext.data.folders import iter_images
 from lit_convnext.data.samplers import eval_sampler
-from lit_convnext.model.optim import EffectiveBatch
 from tests.helpers import TINY_MODEL, make_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,13 +49,6 @@ def last_metrics(metrics_csv: Path) -> dict[str, float]:
 def logged_lrs(metrics_csv: Path) -> list[float]:
     with metrics_csv.open() as handle:
         return [float(v) for row in csv.DictReader(handle) for k, v in row.items() if k.startswith("lr-") and v]
-
-
-def test_effective_batch_counts_devices_nodes_and_accumulation() -> None:
-    batch = EffectiveBatch(per_device=16, devices=2 * 4, accumulation=2)  # 2 nodes x 4 GPUs
-    assert batch.size == 256
-    assert batch.scaled_lr(4e-4, 256) == pytest.approx(4e-4)
-    assert EffectiveBatch(4, 2, 1).scaled_lr(4e-4, 256) == pytest.approx(1.25e-5)
 
 
 def test_eval_sampler_gives_each_image_to_exactly_one_rank() -> None:
