@@ -26,9 +26,8 @@ from PIL import Image
 import lit_convnext
 from lit_convnext.inference.client import post_image
 from tests.bad_corpus import BAD, write_awkward_files, write_bad_files, write_warned_files
-from tests.helpers import one_line_error
+from tests.helpers import REPO, one_line_error
 
-REPO = Path(__file__).resolve().parents[1]
 STARTUP_S = 240  # generous: the machine may be busy; a healthy start is ~30 s
 
 

@@ -23,7 +23,7 @@ from lit_convnext.commands.export import export
 from lit_convnext.errors import UserError
 from lit_convnext.inference import onnx_export
 from lit_convnext.model.classifier import ConvNeXtClassifier
-from tests.helpers import TINY_MODEL, one_line_error, write_image
+from tests.helpers import REPO, TINY_MODEL, one_line_error, write_image
 
 TEMPERATURE = 2.0
 
@@ -177,8 +177,7 @@ def test_load_predictor_refuses_what_is_not_a_model(tmp_path: Path) -> None:
 
 def test_importing_the_package_does_not_import_torch() -> None:
     code = "import sys, lit_convnext; assert 'torch' not in sys.modules; print(lit_convnext.load_predictor.__name__)"
-    repo = Path(__file__).resolve().parents[1]  # this checkout's package, not an installed one
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert out.strip() == "load_predictor"
 
 

@@ -17,9 +17,8 @@ import torch
 
 from lit_convnext.cli.entry import main
 from lit_convnext.cli.lightning_cli import ConvNeXtCLI
-from tests.helpers import TINY_MODEL
+from tests.helpers import REPO, TINY_MODEL
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def fit_args(root: Path) -> list[str]:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.helpers import TINY_MODEL
+from tests.helpers import REPO, TINY_MODEL
 
 from lit_convnext.callbacks.ema import EMA
 from lit_convnext.cli.lightning_cli import build_cli
 
-REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = REPO / "configs" / "official"
 MODELS = REPO / "configs" / "models"
 

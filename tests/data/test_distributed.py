@@ -15,10 +15,8 @@ import pytest
 
 from lit_convnext.cli.entry import main
 from lit_convnext.data.folders import iter_images
-from lit_convnext.data.samplers import eval_sampler
-from tests.helpers import TINY_MODEL, make_folder
+from tests.helpers import REPO, TINY_MODEL, make_folder
 
-REPO = Path(__file__).resolve().parents[1]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 COMMON = ["--model.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
           "--progress_bar.refresh_rate", "0"]
@@ -49,18 +47,6 @@ def last_metrics(metrics_csv: Path) -> dict[str, float]:
 def logged_lrs(metrics_csv: Path) -> list[float]:
     with metrics_csv.open() as handle:
         return [float(v) for row in csv.DictReader(handle) for k, v in row.items() if k.startswith("lr-") and v]
-
-
-def test_eval_sampler_gives_each_image_to_exactly_one_rank() -> None:
-    class World:
-        world_size = 2
-
-    seen = []
-    for rank in range(2):
-        World.global_rank = rank
-        seen += list(eval_sampler(list(range(9)), World()))
-    assert sorted(seen) == list(range(9))
-    assert eval_sampler(list(range(9)), None) is None
 
 
 @pytest.mark.slow
@@ -116,7 +102,7 @@ def test_ddp_fit_writes_the_split_manifest_and_load_report_once(tmp_path: Path) 
 @pytest.mark.slow
 def test_ddp_multilabel_map_and_thresholds_match_a_single_process(tmp_path: Path) -> None:
     """mAP keeps every score and gathers them across ranks (each image on one rank): DDP equals one process."""
-    from tests.test_labels import multilabel_images, write_rows
+    from tests.data.test_labels import multilabel_images, write_rows
 
     root = tmp_path / "ml"
     labels = write_rows(root / "labels.csv", multilabel_images(root, 16, "train") + multilabel_images(root, 9, "val", 100))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from tests.helpers import make_folder
+from tests.helpers import REPO, make_folder
 from safetensors.torch import save_file
 
 REPO_ID = "timm/convnext_atto.d2_in1k"
@@ -40,7 +40,7 @@ def hub_cache(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 def run_python(code: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "hf_home"),
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # this checkout's lit_convnext, whatever is installed
+           "PYTHONPATH": str(REPO)}  # this checkout's lit_convnext, whatever is installed
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
