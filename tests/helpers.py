@@ -13,6 +13,8 @@ from PIL import Image
 
 #: The smallest ConvNeXt timm has; tests train it at 32-64 px for a handful of steps.
 TINY_MODEL = "convnext_atto"
+#: This checkout: its configs/, README and lit_convnext (subprocesses import this copy, not an installed one).
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_image(path: Path, color: tuple[int, int, int], size: int = 32, seed: int = 0) -> Path:

@@ -50,8 +50,7 @@ def test_an_explicit_logger_save_dir_wins(image_root: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("switch", ["logger", "enable_checkpointing", "enable_progress_bar", "enable_model_summary"])
-def test_switching_a_default_off_never_crashes(switch: str, fitted: dict[str, Path], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_switching_a_default_off_never_crashes(switch: str, fitted: dict[str, Path], tmp_path: Path) -> None:
     off = [f"--trainer.{switch}", "false"]
     root = fitted["root"]
     main(fit_args(root, *off, *FIT_LIMITS))
@@ -60,7 +59,6 @@ def test_switching_a_default_off_never_crashes(switch: str, fitted: dict[str, Pa
     if switch == "enable_checkpointing":
         assert not list(Path("runs").rglob("*.ckpt"))
     _evaluate_and_predict(fitted, tmp_path, off)
-    assert "Traceback" not in capsys.readouterr().err
 
 
 def _evaluate_and_predict(fitted: dict[str, Path], tmp_path: Path, options: list[str]) -> None:
@@ -75,7 +73,6 @@ def _evaluate_and_predict(fitted: dict[str, Path], tmp_path: Path, options: list
 
 
 def test_barebones_runs_every_command_without_the_features_it_turns_off(fitted: dict[str, Path], tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture[str],
                                                                        recwarn: pytest.WarningsRecorder) -> None:
     """``--trainer.barebones true`` (Lightning's loop alone, for timing it) refuses a logger, checkpointing, a
     progress bar and a log interval: the app's defaults of those and its reports follow it off."""
@@ -84,7 +81,6 @@ def test_barebones_runs_every_command_without_the_features_it_turns_off(fitted: 
     assert not list(Path("runs").rglob("*.ckpt")) and not list(Path("runs").rglob("events.out.tfevents*"))
     assert not list(Path("runs").rglob("val_*.csv"))  # no per-class files, no end-of-fit analysis
     _evaluate_and_predict(fitted, tmp_path, barebones)
-    assert "Traceback" not in capsys.readouterr().err
     dropped_logs = "You are trying to `self.log()` but `Trainer(barebones=True)`"  # Lightning, at every dropped log
     assert not [w for w in recwarn if dropped_logs in str(w.message)]
 

@@ -1,7 +1,8 @@
 """``lit-convnext serve`` for real: a server process on a free loopback port, good, bad and concurrent requests.
 
 Starting the server (LitServe spawns an HTTP and a model worker process, each importing torch) takes tens of
-seconds on a shared 2-core machine, so one server is shared by the tests of this module.
+seconds on a shared 2-core machine, so one server is shared by the tests of this module; those that need it are
+marked ``slow``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from PIL import Image
 import lit_convnext
 from lit_convnext.inference.client import post_image
 from tests.bad_corpus import BAD, write_awkward_files, write_bad_files, write_warned_files
-from tests.helpers import one_line_error
+from tests.helpers import REPO, one_line_error
 
-REPO = Path(__file__).resolve().parents[1]
 STARTUP_S = 240  # generous: the machine may be busy; a healthy start is ~30 s
 
 
@@ -81,6 +81,7 @@ def test_a_missing_model_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capt
     assert "missing.ckpt does not exist" in line
 
 
+@pytest.mark.slow
 def test_health_and_a_good_image(server: dict) -> None:
     with urllib.request.urlopen(server["url"] + "/health", timeout=10) as response:
         assert response.status == 200
@@ -95,6 +96,7 @@ def test_health_and_a_good_image(server: dict) -> None:
     assert np.allclose([a["probability"] for a in answer], [p for _, p in expected.top], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("payload", "field", "status", "message"), [
     (b"plain text, not an image", "image", 400, "not an image file"),
     (_png((64, 64))[:60], "image", 400, "not a readable image"),  # truncated PNG
@@ -110,6 +112,7 @@ def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(server: dict, 
     assert good == 200
 
 
+@pytest.mark.slow
 def test_images_pillow_warns_about_are_answered_without_warnings_in_the_log(server: dict, tmp_path: Path) -> None:
     for path in write_warned_files(tmp_path).values():  # corrupt EXIF, an APNG with 0 frames: both decode
         got, body = post_image(server["url"] + "/predict", path)
@@ -119,6 +122,7 @@ def test_images_pillow_warns_about_are_answered_without_warnings_in_the_log(serv
     assert "Corrupt EXIF" not in log and "Invalid APNG" not in log and "UserWarning" not in log
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_batched_and_bad_ones_do_not_fail_their_neighbours(server: dict) -> None:
     images = sorted((server["root"] / "val").rglob("*.png"))[:12]
     payloads = [path.read_bytes() for path in images] + [b"broken"] * 4

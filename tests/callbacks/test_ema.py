@@ -86,7 +86,7 @@ def test_a_decay_too_slow_for_the_run_is_applied_as_given_and_warned_about(caplo
     assert ema.schedule.decay_at(1) == 0.9999
 
 
-def test_fit_applies_and_logs_the_configured_decay(image_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_fit_applies_logs_and_saves_the_configured_average(image_root: Path, caplog: pytest.LogCaptureFixture) -> None:
     # 24 training images / batch 8 = 3 steps per epoch, 6 in all; horizon 0.5 -> decay 1 - 1/3.
     main(["fit", "--data.root", str(image_root), *FAST, "--trainer.max_epochs", "2",
           "--trainer.callbacks+=lit_convnext.callbacks.ema.EMA", "--trainer.callbacks.horizon", "0.5",
@@ -98,6 +98,12 @@ def test_fit_applies_and_logs_the_configured_decay(image_root: Path, caplog: pyt
     events = EventAccumulator(str(run)).Reload()
     logged = [e.value for e in events.Scalars("ema/decay")]
     assert logged and logged[-1] == pytest.approx(2 / 3, rel=1e-6)  # the last update uses the configured decay
+    # What is validated and saved: the EMA weights, with the raw ones beside them.
+    assert "Validation metrics and the checkpoints' state_dict are the EMA weights" in caplog.text
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert ema.keys() == raw.keys()
+    assert not torch.equal(ema["net.head.fc.weight"], raw["net.head.fc.weight"])  # the average lags the model
 
 
 class RecordWeights(Callback):
@@ -122,15 +128,3 @@ def test_without_warmup_the_first_update_applies_the_decay_to_the_starting_weigh
     name = "net.stages.0.blocks.0.conv_dw.weight"
     assert not torch.equal(raw[name], start[name])
     torch.testing.assert_close(averaged[name], 0.5 * start[name] + 0.5 * raw[name])
-
-
-def test_fit_with_ema_saves_ema_weights_and_keeps_the_raw_ones(image_root: Path, caplog: pytest.LogCaptureFixture) -> None:
-    main(["fit", "--data.root", str(image_root), *FAST, "--trainer.max_epochs", "2",
-          "--trainer.callbacks+=lit_convnext.callbacks.ema.EMA", "--trainer.callbacks.decay", "0.99",
-          "--model.lr", "0.05"])
-    assert "Validation metrics and the checkpoints' state_dict are the EMA weights" in caplog.text
-    last = Path.cwd() / "runs" / "convnext" / "version_0" / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(last, weights_only=True, map_location="cpu")
-    ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
-    assert ema.keys() == raw.keys()
-    assert not torch.equal(ema["net.head.fc.weight"], raw["net.head.fc.weight"])  # the average lags the model

@@ -32,7 +32,7 @@ from lit_convnext.private_api import (
     uncompiled,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO  # noqa: E402
 
 #: Instances whose attributes are private members (set in ``__init__``, so only an instance has them).
 INSTANCES: dict[str, Any] = {

@@ -12,9 +12,7 @@ import torch
 
 from lit_convnext.cli.entry import main
 from lit_convnext.data.labels import multi_hot, multilabel_split, read_label_file, read_label_splits
-from lit_convnext.data.samplers import balanced_sampler
 from lit_convnext.errors import UserError
-from lit_convnext.model.losses import multilabel_loss
 from lit_convnext.model.classifier import ConvNeXtClassifier
 from tests.helpers import COLORS, FAST, TINY_MODEL, fit_args, one_line_error, write_image
 
@@ -289,30 +287,6 @@ def test_thresholds_are_tuned_to_the_best_f1_per_class() -> None:
     assert model.calibration["thresholds"] == pytest.approx([0.8, 0.4, 0.5])
     assert model.decide(probabilities).tolist() == [[True, True, True], [True, True, True],
                                                     [False, True, True], [False, False, True]]
-
-
-def test_multilabel_loss_smooths_binary_targets_towards_half() -> None:
-    logits, targets = torch.tensor([[2.0, -1.0]]), torch.tensor([[1.0, 0.0]])
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([[0.95, 0.05]]))
-    assert multilabel_loss(logits, targets, label_smoothing=0.1) == pytest.approx(expected.item())
-    weighted = multilabel_loss(logits, targets, weight=torch.tensor([2.0, 0.0]))
-    assert weighted == pytest.approx(torch.nn.functional.softplus(torch.tensor(-2.0)).item())  # (2 * loss_a + 0) / 2
-
-
-def test_mixup_mixes_multi_hot_targets() -> None:
-    model = ConvNeXtClassifier(TINY_MODEL, pretrained=False, class_names=["a", "b", "c"], task="multilabel",
-                               mixup_alpha=1.0, label_smoothing=0.0)
-    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
-    _, mixed = model.mixup(torch.zeros(2, 3, 8, 8), targets)
-    lam = mixed[0, 0].item()
-    assert 0.0 <= lam <= 1.0
-    torch.testing.assert_close(mixed, lam * targets + (1 - lam) * targets.flip(0))
-
-
-def test_balanced_sampler_favours_images_of_rare_classes() -> None:
-    targets = torch.tensor([[1.0, 0.0]] * 9 + [[0.0, 1.0]])
-    draws = torch.tensor(list(balanced_sampler(targets, seed=0)) + list(balanced_sampler(targets, seed=1)))
-    assert (draws == 9).float().mean() > 0.3  # the one rare image: half of the draws in expectation, not 10%
 
 
 def test_doctor_lists_every_label_file_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

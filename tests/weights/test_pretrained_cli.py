@@ -33,8 +33,6 @@ def _evil_file(path: Path, marker: Path) -> Path:
     return path
 
 
-
-
 @pytest.mark.parametrize("suffix", [".pth", ".ckpt"])
 def test_a_malicious_pickle_is_never_unpickled(tmp_path: Path, image_root: Path, suffix: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,9 +41,9 @@ def test_a_malicious_pickle_is_never_unpickled(tmp_path: Path, image_root: Path,
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         line = one_line_error(capsys, ["fit", "--data.root", str(image_root), *FAST, "--model.pretrained", str(evil)])
-        assert line.startswith("lit-convnext: error:") and "evil" in line
+        assert "evil" in line
         line = one_line_error(capsys, ["predict", "--ckpt_path", str(evil), "--data.predict_dir", str(image_root)])
-        assert line.startswith("lit-convnext: error:")
+        assert "would run code when unpickled" in line
     assert not marker.exists()
     assert [str(w.message) for w in shown if "pickle protocol" in str(w.message)] == []  # the error says it all
 

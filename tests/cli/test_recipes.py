@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.helpers import TINY_MODEL
+from tests.helpers import REPO, TINY_MODEL
 
 from lit_convnext.callbacks.ema import EMA
 from lit_convnext.cli.lightning_cli import build_cli
 
-REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = REPO / "configs" / "official"
 MODELS = REPO / "configs" / "models"
 
@@ -111,9 +110,3 @@ def test_model_overlays_with_a_published_layer_decay_use_it_in_the_official_grou
 def test_model_overlays_without_a_published_value_say_so(overlay: Path) -> None:
     text = overlay.read_text()
     assert "No published" in text and "chosen" in text.lower()
-
-
-def test_base_lr_comment_states_the_lr_at_the_default_batch() -> None:
-    base = yaml.safe_load((REPO / "configs" / "finetune.yaml").read_text())
-    lr_at_batch = base["model"]["lr"] * base["data"]["batch_size"] / base["model"]["lr_reference_batch_size"]
-    assert f"{lr_at_batch:.0e}".replace("e-05", "e-5") in (REPO / "configs" / "finetune.yaml").read_text()

@@ -15,11 +15,8 @@ import pytest
 
 from lit_convnext.cli.entry import main
 from lit_convnext.data.folders import iter_images
-from lit_convnext.data.samplers import eval_sampler
-from lit_convnext.model.optim import EffectiveBatch
-from tests.helpers import TINY_MODEL, make_folder
+from tests.helpers import REPO, TINY_MODEL, make_folder
 
-REPO = Path(__file__).resolve().parents[1]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 COMMON = ["--model.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
           "--progress_bar.refresh_rate", "0"]
@@ -52,25 +49,7 @@ def logged_lrs(metrics_csv: Path) -> list[float]:
         return [float(v) for row in csv.DictReader(handle) for k, v in row.items() if k.startswith("lr-") and v]
 
 
-def test_effective_batch_counts_devices_nodes_and_accumulation() -> None:
-    batch = EffectiveBatch(per_device=16, devices=2 * 4, accumulation=2)  # 2 nodes x 4 GPUs
-    assert batch.size == 256
-    assert batch.scaled_lr(4e-4, 256) == pytest.approx(4e-4)
-    assert EffectiveBatch(4, 2, 1).scaled_lr(4e-4, 256) == pytest.approx(1.25e-5)
-
-
-def test_eval_sampler_gives_each_image_to_exactly_one_rank() -> None:
-    class World:
-        world_size = 2
-
-    seen = []
-    for rank in range(2):
-        World.global_rank = rank
-        seen += list(eval_sampler(list(range(9)), World()))
-    assert sorted(seen) == list(range(9))
-    assert eval_sampler(list(range(9)), None) is None
-
-
+@pytest.mark.slow
 def test_ddp_fit_validate_and_predict_count_each_image_once(tmp_path: Path) -> None:
     root = tmp_path / "images"
     make_folder(root / "train", 8)
@@ -103,6 +82,7 @@ def test_ddp_fit_validate_and_predict_count_each_image_once(tmp_path: Path) -> N
     assert sorted(p.name for p in Path(".").iterdir() if "part" in p.name) == []
 
 
+@pytest.mark.slow
 def test_ddp_fit_writes_the_split_manifest_and_load_report_once(tmp_path: Path) -> None:
     """Rank-0-only writers must still let every rank take part in collectives (trainer.log_dir broadcasts)."""
     import timm
@@ -119,9 +99,10 @@ def test_ddp_fit_writes_the_split_manifest_and_load_report_once(tmp_path: Path) 
     assert '"head": "reset"' in (run_dir / "pretrained_load_report.json").read_text()
 
 
+@pytest.mark.slow
 def test_ddp_multilabel_map_and_thresholds_match_a_single_process(tmp_path: Path) -> None:
     """mAP keeps every score and gathers them across ranks (each image on one rank): DDP equals one process."""
-    from tests.test_labels import multilabel_images, write_rows
+    from tests.data.test_labels import multilabel_images, write_rows
 
     root = tmp_path / "ml"
     labels = write_rows(root / "labels.csv", multilabel_images(root, 16, "train") + multilabel_images(root, 9, "val", 100))

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import json
 import re
 import os
 import shutil
 import subprocess
 import warnings
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from lit_convnext.evaluation.calibration import calibration_error, fit_temperature
 from lit_convnext.cli.entry import main
@@ -47,7 +51,6 @@ def test_fit_writes_one_row_per_validation_image_and_stores_the_temperature(fitt
     assert checkpoint["calibration"]["temperature"] == pytest.approx(summary["temperature"])
     assert summary["nll_after"] <= summary["nll_before"] + 1e-6  # the fitted T minimises the NLL
     assert (run / "report.html").is_file() and (run / "train_batch_mosaic.png").is_file()
-    assert list(read_rows(run / "val_predictions.csv")[0]) == PREDICTION_COLUMNS
 
 
 def test_temperature_fit_recovers_the_scale_of_overconfident_logits() -> None:
@@ -151,20 +154,64 @@ def flipped_folder(root: Path) -> list[str]:
     return flipped
 
 
-def test_label_issues_find_the_flipped_labels_and_the_report_renders(fitted: dict[str, Path], tmp_path: Path) -> None:
+def validate_flipped_and_report(fitted: dict[str, Path], tmp_path: Path) -> tuple[Path, list[str]]:
+    """``validate`` on a folder with 3 flipped labels, then ``report`` of that run; the run and the flipped paths."""
     flipped = flipped_folder(tmp_path / "flipped")
     main(["validate", "--data.root", str(tmp_path / "flipped"), "--ckpt_path", str(fitted["best"]), *eval_options()])
     run = Path("runs/convnext/version_0")
+    with pytest.raises(SystemExit) as done:
+        main(["report", str(run), "--ckpt_path", str(fitted["best"]), "--gallery_size", "4"])
+    assert done.value.code == 0
+    return run, flipped
+
+
+def test_label_issues_find_the_flipped_labels_and_the_report_renders(fitted: dict[str, Path], tmp_path: Path) -> None:
+    run, flipped = validate_flipped_and_report(fitted, tmp_path)
     issues = read_rows(run / "val_label_issues.csv")
     assert {r["path"] for r in issues[:3]} == set(flipped)
     for r in issues[:3]:
         assert r["suggested"] == Path(r["path"]).stem.removeprefix("flipped_")  # the colour it really is
     pairs = read_rows(run / "val_confused_pairs.csv")
     assert sum(int(p["count"]) for p in pairs) == sum(r["correct"] == "0" for r in read_rows(run / "val_predictions.csv"))
+    check_report_images(run / "report.html", expected_text=["flipped_red.png", *COLORS], min_images=10)
 
-    with pytest.raises(SystemExit) as done:
-        main(["report", str(run), "--ckpt_path", str(fitted["best"]), "--gallery_size", "4"])
-    assert done.value.code == 0
+
+class _ReportPage(HTMLParser):
+    """The ``src`` of every ``<img>`` of a page and its visible text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.sources.append(dict(attrs).get("src") or "")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def check_report_images(report: Path, expected_text: list[str], min_images: int) -> None:
+    """Every image of the self-contained report is an inline data URI that decodes, and the expected text is on
+    the page (what a browser would show; the browser itself is the slow test's)."""
+    page = _ReportPage()
+    page.feed(report.read_text(encoding="utf-8"))
+    assert len(page.sources) >= min_images
+    for source in page.sources:
+        header, _, data = source.partition(",")
+        assert header in ("data:image/png;base64", "data:image/jpeg;base64"), source[:80]
+        with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as image:
+            image.load()  # the whole picture decodes, not only its header
+            assert image.width > 0 and image.height > 0
+    text = " ".join(page.text)
+    for expected in expected_text:
+        assert expected in text, expected
+
+
+@pytest.mark.slow
+def test_the_report_renders_in_a_real_browser(fitted: dict[str, Path], tmp_path: Path) -> None:
+    run, _ = validate_flipped_and_report(fitted, tmp_path)
     check_in_browser(run / "report.html", expected_text=["flipped_red.png", *COLORS], min_images=10)
 
 

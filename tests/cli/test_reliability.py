@@ -13,10 +13,6 @@ from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
 from tests.helpers import fit_args, one_line_error
 
 
-
-
-
-
 @pytest.mark.parametrize(
     ("option", "value", "expected"),
     [

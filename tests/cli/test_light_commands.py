@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.helpers import make_folder
+from tests.helpers import REPO, make_folder
 
 HEAVY = ("torch", "lightning", "timm", "torchvision")
 PROBE = """
@@ -24,7 +24,7 @@ print("heavy", sorted(m for m in {heavy!r} if m in sys.modules))
 def _run(args: list[str]) -> str:
     code = PROBE.format(args=args, heavy=HEAVY)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=Path(__file__).parents[1]).stdout
+                          cwd=REPO).stdout
 
 
 @pytest.mark.parametrize("args", [["--help"], ["doctor", "--help"], ["doctor", "ROOT", "--workers", "1"]])
@@ -66,5 +66,5 @@ def test_only_the_console_entry_leaves_its_heap_to_the_os(call: str, tmp_path: P
     root = make_folder(tmp_path / "data", 2)
     code = FROZEN.format(args=["doctor", str(root), "--workers", "1", "--cache", "false"], call=call)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parents[1]).stdout
+                         cwd=REPO).stdout
     assert f"exit 0 frozen {not call} collecting True" in out, out

@@ -15,9 +15,8 @@ from lightning.pytorch.callbacks import WeightAveraging
 
 from lit_convnext.model.backbone import check_model_name
 from lit_convnext.cli.lightning_cli import ConvNeXtCLI, build_cli
-from tests.helpers import TINY_MODEL
+from tests.helpers import REPO, TINY_MODEL
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 BASE = CONFIGS / "finetune.yaml"
 QUICKSTART = CONFIGS / "quickstart.yaml"

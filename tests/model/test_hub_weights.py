@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from tests.helpers import make_folder
+from tests.helpers import REPO, make_folder
 from safetensors.torch import save_file
 
 REPO_ID = "timm/convnext_atto.d2_in1k"
@@ -40,11 +40,12 @@ def hub_cache(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 def run_python(code: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "hf_home"),
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # this checkout's lit_convnext, whatever is installed
+           "PYTHONPATH": str(REPO)}  # this checkout's lit_convnext, whatever is installed
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_hub_weights_load_offline_and_a_new_class_count_resets_only_the_head(hub_cache, tmp_path: Path) -> None:
     cache, state = hub_cache
     torch.save(state, tmp_path / "expected.pt")
@@ -69,6 +70,7 @@ def test_hub_weights_load_offline_and_a_new_class_count_resets_only_the_head(hub
     assert "OK" in result.stdout
 
 
+@pytest.mark.slow
 def test_hub_weights_missing_offline_is_a_one_line_error(tmp_path: Path) -> None:
     root = tmp_path / "images"
     make_folder(root / "train", 2)
@@ -90,6 +92,7 @@ def test_hub_weights_missing_offline_is_a_one_line_error(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_hub_weights_that_lack_tensors_are_refused_like_a_file(tmp_path: Path) -> None:
     """convnextv2 weights have no layer-scale gammas: asking for them must not load the rest silently."""
     cache = tmp_path / "hub"
