@@ -150,11 +150,13 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {**json.loads(done.stdout), "stderr": done.stderr}
 
 
+@pytest.mark.slow  # one fresh Python process that imports torch and Lightning
 def test_importing_and_predicting_change_no_process_state(probe: dict[str, Any]) -> None:
     assert probe["import"] == {}
     assert probe["predict"] == {}
 
 
+@pytest.mark.slow  # one fresh Python process that imports torch and Lightning
 def test_tiffs_decode_while_another_thread_writes_to_stderr(probe: dict[str, Any]) -> None:
     """Every valid TIFF predicts, the corrupt one is refused with libtiff's own words (none of the other thread's),
     and every line the other thread wrote, through ``sys.stderr`` and straight to file descriptor 2, arrives."""

@@ -91,6 +91,7 @@ def test_fit_skips_bad_files_then_predict_reports_them(tmp_path: Path, caplog: p
         assert records[path.name]["error"] is None
 
 
+@pytest.mark.slow  # loader worker processes, each importing torch
 def test_a_file_that_breaks_mid_run_is_the_loaders_to_handle(image_root: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str],
                                                              caplog: pytest.LogCaptureFixture) -> None:

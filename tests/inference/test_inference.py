@@ -175,6 +175,7 @@ def test_load_predictor_refuses_what_is_not_a_model(tmp_path: Path) -> None:
         lit_convnext.load_predictor(tmp_path / "missing.ckpt")
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_importing_the_package_does_not_import_torch() -> None:
     code = "import sys, lit_convnext; assert 'torch' not in sys.modules; print(lit_convnext.load_predictor.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
