@@ -3,7 +3,9 @@ programs, servers and threads.
 
 One fresh Python process imports the dependencies (their own import-time changes are theirs: Lightning, for one,
 replaces ``warnings.formatwarning``), then notes the process-wide state, imports lit_convnext's public names, notes
-it again, predicts on LZW TIFFs while another thread writes lines to stderr, and notes it a third time.
+it again, predicts on LZW TIFFs while another thread writes lines to stderr, and notes it a third time; then a plain
+LightningModule's fit and the app's fit from Python (a plain Trainer) are each followed by a note, and the second
+must equal the first.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from tests.bad_corpus import write_pixel_bad_files
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, make_folder
 
 #: LZW TIFFs predicted while the other thread writes (each decode is a window in which libtiff could report).
 TIFFS = 40
@@ -27,6 +29,11 @@ import ctypes, gc, json, logging, multiprocessing, os, signal, sys, threading, t
 
 import lightning.pytorch, timm, torch
 from PIL import Image, ImageFile
+
+try:  # the report extra's cleanlab imports scikit-learn, which sets KMP_* variables in os.environ when imported
+    import sklearn
+except ImportError:
+    pass
 
 LOGGERS = ("", "PIL", "PIL.TiffImagePlugin", "lightning", "lightning.pytorch", "lightning.fabric", "huggingface_hub",
            "timm")
@@ -80,7 +87,7 @@ def changes(before, after):
     return {key: [before[key], after[key]] for key in before if before[key] != after[key]}
 
 
-checkpoint, folder = sys.argv[1:3]
+checkpoint, folder, labelled, workdir = sys.argv[1:5]
 start = snapshot()
 import lit_convnext
 from lit_convnext import ConvNeXtClassifier, ImageFolderDataModule, load_predictor
@@ -110,9 +117,42 @@ predictions = predictor.predict(folder, top_k=1)
 stop.set()
 writer.join()
 predicted = snapshot()
+
+from lightning.pytorch import LightningModule, Trainer
+
+
+class Plain(LightningModule):
+    """A plain LightningModule: what a fit changes by itself (Lightning's own doing), to tell from the app's."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).sum()
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(model, name, **kwargs):
+    Trainer(default_root_dir=os.path.join(workdir, name), max_epochs=1, accelerator="cpu", enable_progress_bar=False,
+            enable_model_summary=False).fit(model, **kwargs)
+
+
+fit(Plain(), "plain")
+plain_fitted = snapshot()
+data = ImageFolderDataModule(root=labelled, batch_size=4, num_workers=0)
+fit(ConvNeXtClassifier(model_name="convnext_atto", pretrained=False, image_size=32, class_names=data.class_names),
+    "app", datamodule=data)
+app_fitted = snapshot()
 print(json.dumps({
     "import": changes(start, imported),
     "predict": changes(imported, predicted),
+    "fit": changes(plain_fitted, app_fitted),
     "written": written[0],
     "results": {os.path.basename(p.source): p.error for p in predictions},
 }))
@@ -144,16 +184,19 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         Image.new("RGB", (128, 128), colour).save(folder / f"valid_{i:02d}.tif", compression="tiff_lzw")
     write_pixel_bad_files(base / "bad")
     (folder / "corrupt_fax.tif").write_bytes((base / "bad" / "tiff_corrupt_fax.tif").read_bytes())
-    done = subprocess.run([sys.executable, "-c", PROBE, str(checkpoint), str(folder)], capture_output=True, text=True,
+    labelled = make_folder(base / "labelled", per_class=4)
+    done = subprocess.run([sys.executable, "-c", PROBE, str(checkpoint), str(folder), str(labelled), str(base / "runs")],
+                          capture_output=True, text=True,
                           cwd=Path(__file__).parents[1], timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return {**json.loads(done.stdout), "stderr": done.stderr}
 
 
 @pytest.mark.slow  # one fresh Python process that imports torch and Lightning
-def test_importing_and_predicting_change_no_process_state(probe: dict[str, Any]) -> None:
+def test_importing_predicting_and_fitting_change_no_process_state(probe: dict[str, Any]) -> None:
     assert probe["import"] == {}
     assert probe["predict"] == {}
+    assert probe["fit"] == {}  # beyond what a plain LightningModule's fit changes
 
 
 @pytest.mark.slow  # one fresh Python process that imports torch and Lightning
