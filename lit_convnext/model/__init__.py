@@ -1,5 +1,6 @@
-"""The LightningModule and what only it uses: the timm network (``backbone``), the optimizer and schedule
-(``optim``), the losses, the training-step bookkeeping (``tally``).
+"""The LightningModule (``classifier``) and what only it uses: the timm network (``backbone``), the optimizer and
+schedule (``optim``), the losses, the metric objects (``metrics``), the post-processing it shares with the ONNX
+model (``postprocess``) and the training-step bookkeeping (``tally``).
 
 Imported on first use, so ``lit_convnext.model`` costs nothing until the classifier is asked for.
 """

@@ -10,21 +10,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassCalibrationError,
-    MulticlassF1Score,
-    MultilabelAveragePrecision,
-    MultilabelF1Score,
-    MultilabelPrecisionRecallCurve,
-)
 
 from lit_convnext.callbacks.run import missing_run_callbacks
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.errors import UserError
-from lit_convnext.evaluation.calibration import ECE_BINS
 from lit_convnext.model.backbone import build_convnext
+from lit_convnext.model.metrics import multiclass_metrics, multilabel_metrics
 from lit_convnext.model.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
 from lit_convnext.model.postprocess import ClassifierOutputs
 from lit_convnext.model.optim import (
@@ -213,49 +204,13 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         )
 
     def _build_metrics(self) -> None:
+        """The metric objects of each stage (:mod:`lit_convnext.model.metrics`), as attributes of the module so they
+        move to its device and are synchronised across devices."""
         if not self.class_names:
             return
         n = len(self.class_names)
-        if self.multilabel:
-            self._build_multilabel_metrics(n)
-            return
-        # acc1/acc5: share of all images whose class is in the top 1/5 (timm's and the papers' top-1/top-5;
-        # torchmetrics' default would be the mean per-class recall). f1: macro, every class counts alike.
-        # validate_args=False: inputs are our logits and folder targets, and the checks (torch.unique) would
-        # make every training step wait for the GPU.
-        metrics: dict[str, Any] = {
-            "acc1": MulticlassAccuracy(num_classes=n, top_k=1, average="micro", validate_args=False),
-            "f1": MulticlassF1Score(num_classes=n, average="macro", validate_args=False),
-        }
-        if n >= 5:
-            metrics["acc5"] = MulticlassAccuracy(num_classes=n, top_k=5, average="micro", validate_args=False)
-        collection = MetricCollection(metrics)
-        # Keys get a suffix: ``train`` would clash with ``nn.Module.train``.
-        self.metrics = torch.nn.ModuleDict(
-            {f"{stage}_metrics": collection.clone(prefix=f"{stage}/") for stage in ("train", "val", "test")}
-        )
-        self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
-        # ECE of the raw (uncalibrated) softmax: what the temperature fitted after training has to correct.
-        self.calibration_errors = torch.nn.ModuleDict(
-            {stage: MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="l1", validate_args=False)
-             for stage in ("val", "test")}
-        )
-
-    def _build_multilabel_metrics(self, n: int) -> None:
-        # map: mean over classes of the average precision (threshold-free, exact: every score is kept, and
-        # gathered across devices). f1 (macro) and f1_micro are taken at the decision thresholds, so they get
-        # binary predictions. The precision-recall curve tunes the thresholds on validation during fit.
-        ranking = MetricCollection({"map": MultilabelAveragePrecision(n, average="macro", validate_args=False)})
-        decisions = MetricCollection({
-            "f1": MultilabelF1Score(n, average="macro", zero_division=0, validate_args=False),
-            "f1_micro": MultilabelF1Score(n, average="micro", zero_division=0, validate_args=False),
-        })
-        self.metrics = torch.nn.ModuleDict({
-            **{f"{stage}_metrics": ranking.clone(prefix=f"{stage}/") for stage in ("val", "test")},
-            **{f"{stage}_decisions": decisions.clone(prefix=f"{stage}/") for stage in ("val", "test")},
-        })
-        self.eval_losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
-        self.threshold_curve = MultilabelPrecisionRecallCurve(n, validate_args=False)
+        for name, module in (multilabel_metrics(n) if self.multilabel else multiclass_metrics(n)).items():
+            setattr(self, name, module)
 
     # ------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
