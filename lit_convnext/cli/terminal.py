@@ -104,3 +104,7 @@ def hide_library_advice(evaluating: bool) -> None:
         # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters when
         # resuming training, not when only its weights are evaluated.
         warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
+        # A config with the EMA callback (configs/ema.yaml) evaluated: Lightning says the averaging state is not
+        # restored outside fit, which evaluating does not need (the checkpoint's weights are already the average).
+        warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback, but loading a "
+                                                  r"checkpoint outside the 'fit' stage")

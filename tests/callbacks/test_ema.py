@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,13 @@ def test_fit_applies_logs_and_saves_the_configured_average(image_root: Path, cap
     ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert ema.keys() == raw.keys()
     assert not torch.equal(ema["net.head.fc.weight"], raw["net.head.fc.weight"])  # the average lags the model
+
+    # Evaluating that run with its own config (the EMA callback in it) measures the average, without Lightning's
+    # notice that the averaging state is not restored outside fit.
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert not [w for w in shown if "WeightAveraging callback" in str(w.message)]
 
 
 class RecordWeights(Callback):
