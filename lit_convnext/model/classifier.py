@@ -485,7 +485,6 @@ def resolve_preprocessing(net: torch.nn.Module, image_size: int | None, stored: 
     return config
 
 
-
 def _class_names(class_names: list[str] | None, num_classes: int | None) -> list[str] | None:
     """One owner of the class count: the names when given (``num_classes`` must agree), else ``"0".."N-1"``."""
     if class_names:
