@@ -82,6 +82,10 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         mixup_switch_prob: Probability of CutMix instead of Mixup when both are on.
         pretrained_use_ema: When ``pretrained`` is a file that holds EMA weights, start from them.
         allow_missing_keys: Accept a weights file with missing or unused backbone tensors (reported).
+        pretrained_head: For a ``pretrained`` file that names its classes (a checkpoint of this app, an export with
+            its ``.json``): ``by_name`` keeps the head's row of every old class (in the folder's order) and adds
+            fresh rows for the folder's new classes; a file with classes the folder lacks is refused. ``new``
+            starts a new head on the file's backbone. See docs/new-classes.md.
         preprocessing: Mean, std, interpolation, crop and input size; resolved from the weights' pretrained
             config when ``None`` and stored in checkpoints, so evaluation and predict reuse it exactly.
         class_weights: Training-loss class weights: ``none``, ``auto`` (inverse training frequency, mean 1) or a
@@ -129,6 +133,7 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         mixup_switch_prob: Probability = 0.5,
         pretrained_use_ema: bool = True,
         allow_missing_keys: bool = False,
+        pretrained_head: Literal["by_name", "new"] = "by_name",
         preprocessing: dict[str, Any] | None = None,
         class_weights: ClassWeights = "none",
         class_counts: list[int] | None = None,
@@ -153,6 +158,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             head_init_scale=head_init_scale,
             pretrained_use_ema=pretrained_use_ema,
             allow_missing_keys=allow_missing_keys,
+            class_names=list(class_names) if class_names else None,  # numbered classes are not matched by name
+            new_head=pretrained_head == "new",
         )
         self.load_report = load_report
         #: Fitted after training and kept in checkpoints (``checkpoint["calibration"]``): ``temperature`` scales the
