@@ -317,7 +317,7 @@ class ImageFolderDataModule(LightningDataModule):
             return None
         rank_zero_info(f"Replaying old classes: {n_old} old-class and {n_new} new-class training images drawn "
                        f"{(n_old / n_new) ** 0.5:.2g}:1 (sqrt of {n_old}/{n_new}) instead of {n_old / n_new:.2g}:1 "
-                       "(--data.sampler replay; shuffle turns it off)")
+                       "(--data.sampler shuffle turns it off)")
         return replay_sampler(is_new, self.split_seed)
 
     def train_dataloader(self) -> DataLoader:
