@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--new-per-class", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--png", type=Path)
     parser.add_argument("--json", type=Path, help="keep every run's figures here (written after each run)")
     parser.add_argument("--from-json", type=Path, help="print the table (and draw) from an earlier --json only")
@@ -97,7 +98,7 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="new-classes-"))
-    results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    results: dict[str, list[dict]] = {name: [] for name in args.variants}
     try:
         old_root = link_folder(work / "old", OLD)
         all_root = link_folder(work / "all", OLD + NEW, args.new_per_class)
@@ -105,7 +106,8 @@ def main() -> None:
         old_ckpt = next((first / "checkpoints").glob("best-*.ckpt"))
         print(f"stage 1: {old_ckpt.name} on digits 0-6", flush=True)
         for seed in range(args.seeds):
-            for name, extra in VARIANTS.items():
+            for name in args.variants:
+                extra = VARIANTS[name]
                 run = fit(all_root, work, args.new_epochs, seed, args.accelerator,
                           ["--model.pretrained", str(old_ckpt), *extra])
                 results[name].append(measure(run))

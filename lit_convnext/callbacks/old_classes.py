@@ -46,13 +46,12 @@ class OldClassAccuracy(Callback):
     def _active(self, pl_module: pl.LightningModule) -> bool:
         return self._old is not None and not getattr(pl_module, "multilabel", False)
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The loaded weights' accuracy on the old classes' images, over the old rows: one pass over validation.
+        (Here, not at ``on_fit_start``: a resumed fit knows its classes once the checkpoint is restored.)"""
         added = added_classes(pl_module) if self.enabled else []
         names = list(getattr(pl_module, "class_names", None) or [])
         self._old = torch.tensor([i for i, name in enumerate(names) if name not in added]) if added else None
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The loaded weights' accuracy on the old classes' images, over the old rows: one pass over validation."""
         if not self._active(pl_module) or self._before is not None:  # measured once, not again after a resume
             return
         loader = trainer.val_dataloaders or (trainer.datamodule.val_dataloader() if trainer.datamodule else None)

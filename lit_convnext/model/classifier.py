@@ -441,11 +441,15 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
     # ---------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["calibration"] = dict(self.calibration)
+        if self.load_report:  # a resumed fit reads no pretrained file: what it started from (classes added) is here
+            checkpoint["pretrained_load_report"] = self.load_report
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adopt the checkpoint's calibration, and its classes and task when the model has no classes (predict); refuse
         a checkpoint trained on other classes or for another task (a checkpoint keeps its task)."""
         self.calibration = dict(checkpoint.get("calibration") or {})
+        if self.load_report is None and checkpoint.get("pretrained_load_report"):
+            self.load_report = checkpoint["pretrained_load_report"]
         hparams = checkpoint.get("hyper_parameters", {})
         saved = list(hparams.get("class_names") or [])
         if not saved:

@@ -51,3 +51,11 @@ def test_a_model_trained_on_a_b_learns_c_and_keeps_a_b(tmp_path: Path) -> None:
     assert "old classes (2): accuracy before, after" in (second / "report.html").read_text()
     last = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["hyper_parameters"]["class_names"] == ["blue", "green", "red"]
+
+    # A resumed fit reads no pretrained file: the checkpoint says which classes were added, so it replays and
+    # reports as the run it continues.
+    with lightning_info_lines() as lines:
+        main(["fit", "--data.root", str(new_root), *FAST, "--trainer.max_epochs", "4", "--model.pretrained",
+              str(old_ckpt), "--ckpt_path", "last"])
+    assert any(line.startswith("Replaying old classes: 32 old-class") for line in lines), lines
+    assert any(line.startswith(f"old classes: acc before {before:.4f}") for line in lines), lines
