@@ -145,7 +145,7 @@ def draw(table: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
     names = list(table)
     width = 0.8 / max(1, len(names))
     labels = ["old digits before", "old digits after", "new digits after"]
@@ -156,7 +156,7 @@ def draw(table: dict[str, list[float]], path: Path) -> None:
     ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(3)], labels)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("validation accuracy")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="lower center", ncols=len(names), bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
