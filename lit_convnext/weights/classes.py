@@ -31,7 +31,11 @@ def stored_class_names(source: str | Path, checkpoint: Mapping[str, Any] | None 
     path = Path(source).expanduser()
     if path.suffix == ".safetensors":
         sidecar = sidecar_path(path)
-        names = json.loads(sidecar.read_text(encoding="utf-8")).get("class_names") if sidecar.is_file() else None
+        try:
+            names = json.loads(sidecar.read_text(encoding="utf-8")).get("class_names") if sidecar.is_file() else None
+        except (ValueError, AttributeError) as err:  # not JSON, or not an object
+            raise UserError(f"{sidecar}, the sidecar of {path}, is not the JSON object an export writes: export the "
+                            "weights again, or move the file away") from err
     else:
         hparams = (checkpoint if checkpoint is not None else read_checkpoint(path)).get("hyper_parameters")
         names = hparams.get("class_names") if isinstance(hparams, dict) else None

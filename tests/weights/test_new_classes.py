@@ -103,3 +103,11 @@ def test_a_multilabel_checkpoint_is_matched_by_name_in_the_model(tmp_path: Path,
                                task="multilabel", image_size=32)
     assert model.load_report["head"] == "by_name" and model.load_report["classes_added"] == ["owl"]
     assert torch.equal(model.net.head.fc.weight[:3], source.head.fc.weight)
+
+
+def test_a_sidecar_that_is_not_json_is_one_line(tmp_path: Path, make_timm: Callable[..., nn.Module],
+                                                fresh_timm: Callable[..., nn.Module]) -> None:
+    path = _export(make_timm("convnext_atto", num_classes=3), tmp_path / "old.safetensors")
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(UserError, match=r"old.json, the sidecar of .*old.safetensors, is not the JSON object"):
+        load_pretrained(fresh_timm("convnext_atto", num_classes=3), path, class_names=OLD)
