@@ -5,7 +5,7 @@ digits, where the new digits 7-9 have only ``--new-per-class`` training images (
 labels), once per sampler and seed: ``shuffle`` (each image once per epoch), ``replay`` (old:new drawn at
 sqrt(old/new), the default for this case) and, for reference, ``shuffle`` with a new head
 (``--model.pretrained_head new``: the rows of the old classes re-learnt from scratch). The figures come from each
-run's ``old_classes.json`` (validation: 252 images of 0-6, 108 of 7-9) and are printed as a table of medians;
+run's ``old_classes.json`` (validation: 253 images of 0-6, 107 of 7-9) and are printed as a table of medians;
 ``--png`` draws them.
 
     python benchmarks/new_classes.py --seeds 3 --png docs/new-classes.png
