@@ -17,6 +17,7 @@ from lit_convnext.callbacks.checkpointing import ResumableModelCheckpoint, run_c
 from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.load_report import PretrainedLoadReport
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
+from lit_convnext.callbacks.old_classes import OldClassAccuracy
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
 
@@ -29,6 +30,7 @@ def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list
     """The app's callbacks for the Trainer's current stage that it does not hold yet.
 
     ``fit``: :class:`FiniteLossGuard`, :class:`PretrainedLoadReport`, :class:`EvaluationReport`, :class:`PerClassReport`, :class:`DataWaitMonitor`,
+    :class:`OldClassAccuracy` (measures only when ``--model.pretrained`` weights gained classes by name),
     a :class:`LearningRateMonitor` when the Trainer has a logger, and a :class:`ResumableModelCheckpoint` with
     :func:`run_checkpoint_options` in place of Lightning's default ``ModelCheckpoint`` (any other checkpoint callback
     is the user's and stays; none without ``enable_checkpointing``). ``validate`` and ``test``: the two reports
@@ -44,7 +46,7 @@ def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list
     if fn in (TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING) and not trainer.barebones:
         wanted += [EvaluationReport(), PerClassReport()]
     if fn == TrainerFn.FITTING and not trainer.barebones:
-        wanted.append(DataWaitMonitor())
+        wanted += [DataWaitMonitor(), OldClassAccuracy()]
         if trainer.loggers:
             wanted.append(LearningRateMonitor(**LR_MONITOR_OPTIONS))
     # Their parents are Lightning's Callback (or LearningRateMonitor itself), so Lightning replaces nothing else.

@@ -83,6 +83,10 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         mixup_switch_prob: Probability of CutMix instead of Mixup when both are on.
         pretrained_use_ema: When ``pretrained`` is a file that holds EMA weights, start from them.
         allow_missing_keys: Accept a weights file with missing or unused backbone tensors (reported).
+        pretrained_head: For a ``pretrained`` file that names its classes (a checkpoint of this app, an export with
+            its ``.json``): ``by_name`` keeps the head's row of every old class (in the folder's order) and adds
+            fresh rows for the folder's new classes; a file with classes the folder lacks is refused. ``new``
+            starts a new head on the file's backbone. See docs/new-classes.md.
         preprocessing: Mean, std, interpolation, crop and input size; resolved from the weights' pretrained
             config when ``None`` and stored in checkpoints, so evaluation and predict reuse it exactly.
         class_weights: Training-loss class weights: ``none``, ``auto`` (inverse training frequency, mean 1) or a
@@ -130,6 +134,7 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         mixup_switch_prob: Probability = 0.5,
         pretrained_use_ema: bool = True,
         allow_missing_keys: bool = False,
+        pretrained_head: Literal["by_name", "new"] = "by_name",
         preprocessing: dict[str, Any] | None = None,
         class_weights: ClassWeights = "none",
         class_counts: list[int] | None = None,
@@ -154,6 +159,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             head_init_scale=head_init_scale,
             pretrained_use_ema=pretrained_use_ema,
             allow_missing_keys=allow_missing_keys,
+            class_names=list(class_names) if class_names else None,  # numbered classes are not matched by name
+            new_head=pretrained_head == "new",
         )
         self.load_report = load_report
         #: Fitted after training and kept in checkpoints (``checkpoint["calibration"]``): ``temperature`` scales the
@@ -436,11 +443,15 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
     # ---------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["calibration"] = dict(self.calibration)
+        if self.load_report:  # a resumed fit reads no pretrained file: what it started from (classes added) is here
+            checkpoint["pretrained_load_report"] = self.load_report
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adopt the checkpoint's calibration, and its classes and task when the model has no classes (predict); refuse
         a checkpoint trained on other classes or for another task (a checkpoint keeps its task)."""
         self.calibration = dict(checkpoint.get("calibration") or {})
+        if self.load_report is None and checkpoint.get("pretrained_load_report"):
+            self.load_report = checkpoint["pretrained_load_report"]
         hparams = checkpoint.get("hyper_parameters", {})
         saved = list(hparams.get("class_names") or [])
         if not saved:

@@ -149,6 +149,14 @@ def _summary(run_dir: Path, rows: list[dict[str, str]], names: list[str], model:
         ["best checkpoint", ", ".join(p.name for p in best) or "?"],
         ["validation top-1 (best checkpoint)", f"{accuracy:.4f}"],
     ]
+    old_classes = run_dir / "old_classes.json"  # a fine-tune that added classes to pretrained weights by name
+    if old_classes.is_file():
+        figures = json.loads(old_classes.read_text(encoding="utf-8"))
+        before, after = figures.get("before") or {}, figures.get("after") or {}
+        items.append([f"old classes ({len(figures['old_classes'])}): accuracy before, after",
+                      f"{before.get('accuracy', float('nan')):.4f}, {after.get('accuracy', float('nan')):.4f} "
+                      f"on {after.get('images', '?')} images; new classes ({len(figures['new_classes'])}): "
+                      f"{after.get('new_accuracy', float('nan')):.4f}"])
     if "_wall" in scalars:
         (_, first), (_, last) = scalars["_wall"]
         items.append(["training time (first to last logged value)", f"{(last - first) / 60:.1f} min"])
