@@ -14,28 +14,33 @@ from typing import Any, Literal
 import torch
 from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from lit_convnext.checks.bad_files import BAD_FILES_NAME, check_samples
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
 from lit_convnext.checks.file_checks import inspect_files
-from lit_convnext.data.folders import FolderSplits, iter_images, read_folder_splits, write_split_manifest
+from lit_convnext.data.folders import FolderSplits, Sample, iter_images, read_folder_splits, write_split_manifest
 from lit_convnext.data.labels import Task, data_task, multi_hot, read_label_splits, sample_labels
 from lit_convnext.data.transforms import (
     TrainAugmentation,
     build_eval_transform,
     build_train_transform,
+    build_weak_transform,
     eval_decode_size,
     train_decode_size,
 )
 from lit_convnext.errors import UserError
 from lit_convnext.ranges import NonNegativeInt, OpenFraction, PositiveInt
 from lit_convnext.data.samplers import balanced_sampler, eval_sampler
+from lit_convnext.data.unlabeled import TwoViewImages, UnlabeledPool, find_unlabeled_images, unlabeled_sampler
 
 log = logging.getLogger(__name__)
 
 #: The splits whose files are checked before each stage runs.
 CHECKED_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+#: The unlabelled images (``unlabeled_root``), checked with the training split.
+UNLABELED = "unlabeled"
 
 SPLIT_MANIFEST_NAME = "split_manifest.csv"
 
@@ -79,6 +84,12 @@ class ImageFolderDataModule(LightningDataModule):
             threads); ``false`` saves that time on data already checked with ``lit-convnext doctor``.
         reduced_decode: Decode large JPEGs at 1/2, 1/4 or 1/8 size when the transform needs no more
             pixels than that (several times faster loading of camera photos).
+        unlabeled_root: A folder of images without labels (searched recursively; images that are also labelled
+            images of the run are left out, with a count) that ``fit`` learns from as well: labelled by the
+            teacher when ``--model.teacher`` is set, else by the model itself (semi-supervised). Each training
+            batch then also holds ``batch_size * unlabeled_ratio`` of them, each in a weak and a strong view
+            (see :mod:`lit_convnext.data.unlabeled`).
+        unlabeled_ratio: Unlabelled images per labelled image in a training batch.
     """
 
     def __init__(
@@ -100,6 +111,8 @@ class ImageFolderDataModule(LightningDataModule):
         sampler: Literal["shuffle", "balanced"] = "shuffle",
         check_files: bool = True,
         reduced_decode: bool = True,
+        unlabeled_root: Path | None = None,
+        unlabeled_ratio: PositiveInt = 1,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser() if root is not None else None
@@ -121,6 +134,9 @@ class ImageFolderDataModule(LightningDataModule):
         self.sampler = sampler
         self._checked: set[str] = set()
         self.reduced_decode = reduced_decode
+        self.unlabeled_root = Path(unlabeled_root).expanduser() if unlabeled_root is not None else None
+        self.unlabeled_ratio = unlabeled_ratio
+        self._unlabeled: UnlabeledPool | None = None
         self.preprocessing: dict[str, Any] | None = None
         self._splits: FolderSplits | None = None
         self.datasets: dict[str, Dataset] = {}
@@ -143,6 +159,16 @@ class ImageFolderDataModule(LightningDataModule):
                 raise UserError("no training data given: pass --data.root PATH (a folder of class sub-folders)")
             self._splits = read_folder_splits(self.root, self.val_fraction, self.split_seed, self.split_manifest)
         return self._splits
+
+    @property
+    def unlabeled(self) -> UnlabeledPool | None:
+        """The images of ``unlabeled_root`` that are not labelled images of the run (found once, on first use),
+        or ``None`` without ``unlabeled_root``."""
+        if self._unlabeled is None and self.unlabeled_root is not None:
+            splits = self.splits
+            labelled = (sample.path for split in (splits.train, splits.val, splits.test) for sample in split)
+            self._unlabeled = find_unlabeled_images(self.unlabeled_root, labelled)
+        return self._unlabeled
 
     @property
     def class_names(self) -> list[str] | None:
@@ -176,6 +202,8 @@ class ImageFolderDataModule(LightningDataModule):
             return
         names = CHECKED_SPLITS.get(trainer.state.fn.value if trainer.state.fn is not None else "", ())
         paths = [sample.path for name in names for sample in getattr(self.splits, name)]
+        if self.unlabeled is not None and "train" in names:
+            paths += self.unlabeled.paths
         if paths:
             inspect_files(paths)  # one worker per core; bad files are reported by setup's check on every process
 
@@ -198,9 +226,13 @@ class ImageFolderDataModule(LightningDataModule):
                 raise UserError(f"no validation images found under {self._source}: add "
                                 + ("rows with split 'val'" if self.labels else f"{self.root}/val/<class>/..."))
             train_size = train_decode_size(preprocessing, self.augmentation) if self.reduced_decode else None
-            self.datasets["train"] = self._labeled(
-                splits.train, build_train_transform(preprocessing, self.augmentation), train_size, evaluation=False
-            )
+            train_transform = build_train_transform(preprocessing, self.augmentation)
+            self.datasets["train"] = self._labeled(splits.train, train_transform, train_size, evaluation=False)
+            if self.unlabeled is not None:
+                self._drop_bad_unlabeled()
+                self.datasets[UNLABELED] = TwoViewImages(
+                    self.unlabeled.paths, build_weak_transform(preprocessing, self.augmentation), train_transform,
+                    train_size)
             self._write_manifest()
         if stage in ("fit", "validate"):
             self.datasets["val"] = self._labeled(splits.val, eval_transform, eval_size)
@@ -229,6 +261,20 @@ class ImageFolderDataModule(LightningDataModule):
                                  listing if self.trainer is None or self.trainer.is_global_zero else None)
             setattr(self.splits, name, kept)
             self._checked.add(name)
+
+    def _drop_bad_unlabeled(self) -> None:
+        """Check the unlabelled images as the training split's are checked (same rules for undecodable files)."""
+        if not self.check_files or UNLABELED in self._checked:
+            return
+        pool = self.unlabeled
+        listing = self._bad_file_list()
+        kept = check_samples([Sample(path, "") for path in pool.paths], UNLABELED, self.skip_bad_files,
+                             self.num_workers or None,
+                             listing if self.trainer is None or self.trainer.is_global_zero else None)
+        if not kept:
+            raise UserError(f"no image under --data.unlabeled_root {pool.root} can be decoded")
+        self._unlabeled = UnlabeledPool(pool.root, [sample.path for sample in kept], pool.left_out)
+        self._checked.add(UNLABELED)
 
     def _resolve_preprocessing(self) -> dict[str, Any]:
         model = self.trainer.lightning_module if self.trainer is not None else None
@@ -292,8 +338,28 @@ class ImageFolderDataModule(LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        labelled = self._loader("train", shuffle=True)
+        if UNLABELED not in self.datasets:
+            return labelled
+        return CombinedLoader({"labeled": labelled, "unlabeled": self._unlabeled_loader(len(labelled))},
+                              mode="min_size")
+
+    def _unlabeled_loader(self, labelled_batches: int) -> DataLoader:
+        """Unlabelled batches, as many per epoch as labelled ones (see :func:`unlabeled_sampler`)."""
+        dataset = self.datasets[UNLABELED]
+        batch_size = self.batch_size * self.unlabeled_ratio
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=unlabeled_sampler(len(dataset), labelled_batches, batch_size, world_size),
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=self.pin_memory if self.pin_memory is not None else torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -16,6 +16,10 @@ from timm.data.auto_augment import AugmentOp, RandAugment
 from torchvision import transforms as T
 
 
+#: Smallest crop area of the weak view: about the 12.5% translation of FixMatch's weak augmentation.
+WEAK_MIN_SCALE = 0.75
+
+
 @dataclass(frozen=True)
 class TrainAugmentation:
     """Training augmentation (timm's). Defaults follow the official ConvNeXt fine-tuning recipe.
@@ -60,6 +64,26 @@ def build_train_transform(preprocessing: dict[str, Any], augmentation: TrainAugm
     )
     _posterize_zero_bits_as_black(transform)
     return transform
+
+
+def build_weak_transform(preprocessing: dict[str, Any], augmentation: TrainAugmentation) -> T.Compose:
+    """The light view of an unlabelled image (what the model or a teacher labels it from): a mild random resized
+    crop (at least three quarters of the image, or the training minimum if larger) and the training flips, without
+    RandAugment or erasing."""
+    return create_transform(
+        input_size=tuple(preprocessing["input_size"]),
+        is_training=True,
+        scale=(max(WEAK_MIN_SCALE, min(augmentation.scale)), 1.0),
+        ratio=augmentation.ratio,
+        hflip=augmentation.hflip,
+        vflip=augmentation.vflip,
+        auto_augment=None,
+        color_jitter=None,
+        re_prob=0.0,
+        interpolation=preprocessing["interpolation"],
+        mean=tuple(preprocessing["mean"]),
+        std=tuple(preprocessing["std"]),
+    )
 
 
 def build_eval_transform(preprocessing: dict[str, Any]) -> T.Compose:

@@ -31,6 +31,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from lit_convnext.data.unlabeled import split_training_batch
 from lit_convnext.evaluation.calibration import calibration_summary, fit_temperature
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.data.datasets import measured_rows
@@ -103,7 +104,8 @@ class EvaluationReport(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self.enabled and self._first_batch is None:  # one small copy per run, for the mosaic
-            self._first_batch = (batch[0][:MOSAIC_IMAGES].detach().cpu(), batch[1][:MOSAIC_IMAGES].detach().cpu())
+            (images, targets), _ = split_training_batch(batch)
+            self._first_batch = (images[:MOSAIC_IMAGES].detach().cpu(), targets[:MOSAIC_IMAGES].detach().cpu())
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._collecting(trainer):

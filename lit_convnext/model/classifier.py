@@ -13,6 +13,7 @@ from timm.data import Mixup, resolve_model_data_config
 
 from lit_convnext.callbacks.run import missing_run_callbacks
 from lit_convnext.data.datasets import measured_rows
+from lit_convnext.data.unlabeled import split_training_batch
 from lit_convnext.errors import UserError
 from lit_convnext.evaluation.teacher_comparison import missing_teacher_comparison
 from lit_convnext.model.backbone import build_convnext
@@ -239,8 +240,9 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, targets = batch
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | dict[str, Any], batch_idx: int
+                      ) -> torch.Tensor:
+        (images, targets), unlabeled = split_training_batch(batch)
         if self.multilabel:
             smoothing = self.hparams.label_smoothing
             if self.mixup is not None:  # timm's Mixup mixes the multi-hot targets and applies the smoothing
