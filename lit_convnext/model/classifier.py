@@ -259,7 +259,7 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             if self._training_tally.keep(logits, targets):
                 self._update_training_metrics()
         if self.distillation is not None:  # the teacher sees the batch the student saw, Mixup/CutMix included
-            loss = self.distillation.loss(loss, images, logits, self)
+            loss = self.distillation.loss(loss, images, logits, self, unlabeled["strong"] if unlabeled else None)
         self._log_training_loss(loss, images.shape[0])
         return loss
 
