@@ -84,14 +84,8 @@ def describe_teacher(source: str | Path) -> TeacherSource:
     )
 
 
-def check_teacher_classes(teacher: list[str] | None, student: list[str], path: Path) -> None:
+def check_teacher_classes(teacher: list[str], student: list[str], path: Path) -> None:
     """The teacher's outputs must be the folder's classes, by name and in order; one line naming both lists."""
-    if teacher is None:
-        # Plain weights (timm, official, torchvision layouts) carry no names: the head's size is checked when the
-        # weights load, the order cannot be; said once, not assumed silently.
-        rank_zero_warn(f"--model.teacher {path} stores no class names: its {len(student)} outputs are taken to be "
-                       f"the folder's classes in the folder's order ({preview(student, 6)})")
-        return
     if teacher != student:
         differ = "in another order" if sorted(teacher) == sorted(student) else "other classes"
         raise UserError(f"the teacher {path} was trained on {differ}: [{preview(teacher, 8)}] "
@@ -143,7 +137,8 @@ def load_teacher(source: str | Path, class_names: list[str], student_preprocessi
         raise UserError(f"--model.teacher {path} does not say which architecture it is (plain weights): pass "
                         "--model.teacher_model_name, e.g. convnext_nano")
     check_model_name(name)
-    check_teacher_classes(described.class_names, list(class_names), path)
+    if described.class_names is not None:
+        check_teacher_classes(described.class_names, list(class_names), path)
     net = timm.create_model(name, pretrained=False, num_classes=len(class_names))
     try:
         report = load_pretrained(net, path, use_ema=True)
@@ -152,6 +147,11 @@ def load_teacher(source: str | Path, class_names: list[str], student_preprocessi
     if report.head != "kept":
         raise UserError(f"the teacher {path} has no classifier for the folder's {len(class_names)} classes "
                         f"({report.head_reason}); distil from a model fine-tuned on this folder")
+    if described.class_names is None:
+        # Plain weights (timm, official, torchvision layouts) carry no names: the head's size was checked as they
+        # loaded, their order cannot be; said once, not assumed silently.
+        rank_zero_warn(f"--model.teacher {path} stores no class names: its {len(class_names)} outputs are taken to "
+                       f"be the folder's classes in the folder's order ({preview(list(class_names), 6)})")
     data_config = resolve_model_data_config(net)
     teacher = Teacher(net, student_preprocessing["mean"], student_preprocessing["std"],
                       described.mean or [float(v) for v in data_config["mean"]],
