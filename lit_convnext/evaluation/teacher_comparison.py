@@ -185,9 +185,10 @@ def summary_line(compared: dict[str, Any]) -> str:
         return (f"{key} {figures['model_name']}: {accuracy}{figures['parameters'] / 1e6:.1f} M parameters, "
                 f"{figures['megabytes']:g} MB{speed}")
 
-    agreement = (f"; they agree on {compared['agreement']:.1%} of {compared['images']} validation images"
-                 if "agreement" in compared else "")
-    return f"Distillation: {side('student')} (best checkpoint); {side('teacher')}{agreement}"
+    if "agreement" not in compared:
+        return f"Distillation: {side('student')}; {side('teacher')}"
+    return (f"Distillation: {side('student')} (best checkpoint); {side('teacher')}; they agree on "
+            f"{compared['agreement']:.1%} of {compared['images']} validation images")
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
