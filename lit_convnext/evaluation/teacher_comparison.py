@@ -139,8 +139,11 @@ class TeacherComparison(Callback):
 
 
 def missing_teacher_comparison(trainer: pl.Trainer) -> list[Callback]:
-    """A :class:`TeacherComparison` for a distilling fit whose Trainer holds none (``configure_callbacks``)."""
-    return [] if any(isinstance(c, TeacherComparison) for c in trainer.callbacks) else [TeacherComparison()]
+    """A :class:`TeacherComparison` for a distilling fit whose Trainer holds none (``configure_callbacks``); none
+    for a ``barebones`` Trainer, which times the loop alone (and refuses logging)."""
+    if trainer.barebones or any(isinstance(c, TeacherComparison) for c in trainer.callbacks):
+        return []
+    return [TeacherComparison()]
 
 
 def _model_figures(net: torch.nn.Module, source: str, name: str, seconds: float, images: int,

@@ -109,6 +109,12 @@ def test_a_teacher_that_cannot_be_read_or_has_no_architecture_is_one_line(tmp_pa
     assert isinstance(teacher, Teacher)
 
 
+def test_a_multilabel_model_with_a_teacher_is_refused_at_construction() -> None:
+    with pytest.raises(UserError, match="distillation is for multiclass"):
+        ConvNeXtClassifier(model_name=TINY_MODEL, pretrained=False, class_names=CLASSES, task="multilabel",
+                           teacher="teacher.ckpt")
+
+
 @pytest.mark.slow  # a fit to the start of training through the command line (~3 s each)
 def test_teacher_problems_stop_the_fit_with_one_line_before_training(
         image_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
