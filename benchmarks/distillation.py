@@ -12,11 +12,13 @@ epoch, no layer decay, label smoothing 0.1, crops of 60-100 %, no flips, RandAug
    ``--data.unlabeled_root`` (the teacher, which saw those images with labels, labels them for the student).
 
 Each run reports the validation top-1 of its final weights, the agreement of its top class with the teacher's on
-the validation images, and the median seconds per training epoch (the distilled runs' extra time is the teacher's
-forward pass, and the student's on unlabelled images). Prints a Markdown table (medians over seeds).
+the validation images, and the median seconds per training epoch. Last, the teacher's cost is measured paired
+(``teacher_cost``: its forward pass and the student's training step alternated on the same batch), which the
+epochs' walls on a shared machine cannot show. Prints a Markdown table (medians over seeds).
 
     python benchmarks/distillation.py                       # 2 seeds: ~25 minutes on 2 shared CPU cores
     python benchmarks/distillation.py --seeds 0 --epochs 2  # a quick look
+    python benchmarks/distillation.py --cost_only           # the teacher's cost alone (after a first run)
 """
 
 from __future__ import annotations
@@ -82,6 +84,45 @@ def predictions(model: torch.nn.Module, data: ImageFolderDataModule) -> tuple[to
     return torch.cat(predicted), torch.cat(truth)
 
 
+def teacher_cost(args: argparse.Namespace, checkpoint: Path, batches_per_epoch: int, repeats: int = 15) -> str:
+    """The teacher's forward pass against the student's whole training step (forward, backward, AdamW) on the same
+    batch, alternated and repeated (medians), converted to seconds per epoch: paired, so the machine's load affects
+    both alike."""
+    from lit_convnext.model.distillation import Distillation, load_teacher
+
+    student = ConvNeXtClassifier(model_name=args.student_model, class_names=[str(i) for i in range(10)],
+                                 image_size=args.size, **RECIPE)
+    teacher, name = load_teacher(checkpoint, student.class_names, student.preprocessing)
+    distillation = Distillation(teacher, 0.5, 1.0)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    images, targets = torch.randn(args.batch_size, 3, args.size, args.size), torch.randint(0, 10, (args.batch_size,))
+    timings: dict[str, list[float]] = {"student step": [], "teacher forward": [], "distilled step": []}
+
+    def step(distil: bool) -> None:
+        logits = student(images)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        if distil:
+            loss = distillation.loss(loss, images, logits, student)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for i in range(repeats + 1):
+        for key, run in (("student step", lambda: step(False)), ("teacher forward", lambda: teacher(images)),
+                         ("distilled step", lambda: step(True))):
+            started = time.perf_counter()
+            run()
+            if i:  # the first round warms up
+                timings[key].append(time.perf_counter() - started)
+    median = {key: statistics.median(values) for key, values in timings.items()}
+    return (f"Per batch of {args.batch_size} at {args.size} px (medians of {repeats}, alternated): student "
+            f"{args.student_model} training step {median['student step'] * 1e3:.0f} ms, teacher {name} forward "
+            f"{median['teacher forward'] * 1e3:.0f} ms, distilled step {median['distilled step'] * 1e3:.0f} ms: "
+            f"+{median['distilled step'] / median['student step'] - 1:.0%}; over an epoch of {batches_per_epoch} "
+            f"batches the teacher adds {median['teacher forward'] * batches_per_epoch:.1f} s to "
+            f"{median['student step'] * batches_per_epoch:.1f} s of training steps")
+
+
 def low_label_folder(root: Path, work: Path, per_class: int) -> tuple[Path, Path]:
     """``per_class`` labelled training images per class (the first by name) with the validation split, and the
     other training images as an unlabelled folder."""
@@ -115,6 +156,8 @@ def main() -> None:
                         "0 leaves it out")
     parser.add_argument("--labelled_epochs", type=int, default=12, help="epochs of the low-label case (an epoch is "
                         "one pass over the labelled images)")
+    parser.add_argument("--cost_only", action="store_true", help="only the teacher's cost per batch and epoch "
+                        "(with the teacher of an earlier invocation)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     checkpoint = args.work / "teacher" / "checkpoints" / "last.ckpt"
@@ -124,6 +167,10 @@ def main() -> None:
         _, seconds = fit(args, args.root, args.teacher_model, args.teacher_epochs, 0, args.work / "teacher")
         print(f"teacher {args.teacher_model}: {args.teacher_epochs} epochs in {time.perf_counter() - started:.0f} s "
               f"(median {statistics.median(seconds):.1f} s per epoch)", flush=True)
+    batches = len(list((args.root / "train").rglob("*.png"))) // args.batch_size
+    if args.cost_only:
+        print(teacher_cost(args, checkpoint, batches))
+        return
     teacher = load_checkpoint_model(checkpoint)
     data.preprocessing = dict(teacher.preprocessing)
     data.setup("validate")
@@ -159,6 +206,7 @@ def main() -> None:
     print(f"\nDigits at {args.size} px, {args.epochs} student epochs, batch {args.batch_size}; teacher "
           f"{args.teacher_model} ({args.teacher_epochs} epochs): top-1 {float((teacher_top == truth).float().mean()):.4f}"
           f"; medians over seeds {args.seeds}\n")
+    print(teacher_cost(args, checkpoint, batches) + "\n")
     print("| run | val top-1 | agreement with the teacher | s per training epoch |")
     print("|---|---|---|---|")
     for name, values in rows.items():
