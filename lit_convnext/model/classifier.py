@@ -15,7 +15,9 @@ from lit_convnext.callbacks.run import missing_run_callbacks
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.data.unlabeled import split_training_batch
 from lit_convnext.errors import UserError
+from lit_convnext.evaluation.teacher_comparison import missing_teacher_comparison
 from lit_convnext.model.backbone import build_convnext
+from lit_convnext.model.distillation import Distillation, load_teacher
 from lit_convnext.model.metrics import multiclass_metrics, multilabel_metrics
 from lit_convnext.model.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
 from lit_convnext.model.postprocess import ClassifierOutputs
@@ -107,6 +109,17 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             need even. The data owns it: the CLI links it from ``--data.batch_size``. In Python it may be left out:
             a fit with a datamodule reads the datamodule's ``batch_size`` (given here too, the two must agree);
             given here, an odd size under Mixup/CutMix is refused at construction, before any file is read.
+        teacher: Distil from this model while fine-tuning: a checkpoint of this app, an exported ``.safetensors``
+            (with its JSON sidecar), or any weights file ``pretrained`` reads (with ``teacher_model_name``). Its
+            classes must be the folder's, by name and order. Loaded when ``fit`` starts, frozen, and never saved
+            in this model's checkpoints (see ``lit_convnext.model.distillation``). ``None``: no distillation.
+        teacher_model_name: The teacher's timm architecture, for weights that do not store it (plain weights
+            files); ``None`` takes the one the teacher's checkpoint or sidecar names.
+        distill_weight: Share of the distillation term in the training loss (the rest is the loss on the labels);
+            1 learns from the teacher alone. 0.9 measured best on the digits folder, level with 1 and ahead of 0.5
+            (docs/distillation.md).
+        distill_temperature: Temperature that softens the teacher's and the student's class distributions in the
+            distillation term.
     """
 
     def __init__(
@@ -142,10 +155,17 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         compile: bool = False,
         task: Literal["multiclass", "multilabel"] = "multiclass",
         batch_size: PositiveInt | None = None,
+        teacher: str | None = None,
+        teacher_model_name: str | None = None,
+        distill_weight: Probability = 0.9,
+        distill_temperature: PositiveFloat = 1.0,
     ) -> None:
         super().__init__()
         if batch_size is not None:
             check_mixup_batch(batch_size, mixup_alpha, cutmix_alpha)
+        if teacher is not None and task == "multilabel":
+            raise UserError(f"--model.teacher {teacher}: distillation is for multiclass folders (one class per "
+                            "image); leave the teacher out for a multi-label run")
         self.save_hyperparameters()
         self.class_names = _class_names(class_names, num_classes)
         if self.class_names and not class_names:  # stored, so checkpoints and exports carry the names
@@ -181,6 +201,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         self._training_tally = TrainingTally()
         self._measured_rows: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # see measured()
         self._build_metrics()
+        #: The frozen teacher and its loss during a fit with ``teacher`` (loaded in :meth:`setup`), else ``None``.
+        self.distillation: Distillation | None = None
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:
@@ -237,12 +259,15 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             loss = multilabel_loss(self(images), targets, self.class_weight, smoothing)
         elif self.mixup is not None:
             images, soft_targets = self.mixup(images, targets)
-            loss = classification_loss(self(images), soft_targets, self.class_weight)
+            logits = self(images)
+            loss = classification_loss(logits, soft_targets, self.class_weight)
         else:
             logits = self(images)
             loss = classification_loss(logits, targets, self.class_weight, self.hparams.label_smoothing)
             if self._training_tally.keep(logits, targets):
                 self._update_training_metrics()
+        if self.distillation is not None:  # the teacher sees the batch the student saw, Mixup/CutMix included
+            loss = self.distillation.loss(loss, images, logits, self, unlabeled["strong"] if unlabeled else None)
         self._log_training_loss(loss, images.shape[0])
         return loss
 
@@ -430,6 +455,12 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         if stage != "predict" and data_task in ("multiclass", "multilabel") and data_task != self.hparams.task:
             raise UserError(f"the data is {data_task} but the model is {self.hparams.task}: build the model with "
                             f"task={data_task!r} (the datamodule's task), or use data of the model's task")
+        if stage == "fit" and self.hparams.get("teacher"):  # before any training step; not for validate/predict
+            teacher, name = load_teacher(self.hparams.teacher, self.class_names or [], self.preprocessing,
+                                         self.hparams.get("teacher_model_name"))
+            self.distillation = Distillation(teacher, self.hparams.distill_weight, self.hparams.distill_temperature,
+                                             name).for_run(self.trainer.precision_plugin, self.trainer.strategy.root_device,
+                                                       bool(self.hparams.get("channels_last")))
 
     def configure_callbacks(self) -> list[Callback]:
         """The app's callbacks that the Trainer does not hold yet: the loss guard, the per-image and per-class
@@ -438,7 +469,10 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         :func:`~lit_convnext.callbacks.run.missing_run_callbacks`). Lightning calls this hook, so
         ``Trainer(...).fit(model, datamodule=dm)`` runs what ``lit-convnext fit`` runs; instances given to the
         Trainer (the command line's ``--checkpoint.*``, ``--class_report.*``, ...) are kept."""
-        return missing_run_callbacks(self.trainer, "multilabel" if self.multilabel else "multiclass")
+        callbacks = missing_run_callbacks(self.trainer, "multilabel" if self.multilabel else "multiclass")
+        if self.hparams.get("teacher") and self.trainer.state.fn == "fit":
+            callbacks += missing_teacher_comparison(self.trainer)
+        return callbacks
 
     # ---------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
