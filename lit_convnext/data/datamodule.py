@@ -197,10 +197,12 @@ class ImageFolderDataModule(LightningDataModule):
             if not splits.val:
                 raise UserError(f"no validation images found under {self._source}: add "
                                 + ("rows with split 'val'" if self.labels else f"{self.root}/val/<class>/..."))
-            train_size = train_decode_size(preprocessing, self.augmentation) if self.reduced_decode else None
-            self.datasets["train"] = self._labeled(
-                splits.train, build_train_transform(preprocessing, self.augmentation), train_size, evaluation=False
-            )
+            if self.augmentation.enabled:
+                train_transform = build_train_transform(preprocessing, self.augmentation)
+                train_size = train_decode_size(preprocessing, self.augmentation) if self.reduced_decode else None
+            else:
+                train_transform, train_size = eval_transform, eval_size
+            self.datasets["train"] = self._labeled(splits.train, train_transform, train_size, evaluation=False)
             self._write_manifest()
         if stage in ("fit", "validate"):
             self.datasets["val"] = self._labeled(splits.val, eval_transform, eval_size)

@@ -11,6 +11,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
 
+from lit_convnext.callbacks.linear_probe import LinearProbe
 from lit_convnext.callbacks.run import missing_run_callbacks
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.errors import UserError
@@ -22,6 +23,7 @@ from lit_convnext.model.optim import (
     EffectiveBatch,
     LayerDecayGrouping,
     build_optimizer,
+    build_phased_scheduler,
     build_scheduler,
     fused_adamw_applies,
     warmup_steps_for,
@@ -102,6 +104,13 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             need even. The data owns it: the CLI links it from ``--data.batch_size``. In Python it may be left out:
             a fit with a datamodule reads the datamodule's ``batch_size`` (given here too, the two must agree);
             given here, an odd size under Mixup/CutMix is refused at construction, before any file is read.
+        freeze_backbone: Linear probe: train the classifier head alone; every other tensor (stem, stages, the head's
+            norm) stays exactly as loaded. With ``--data.augmentation.enabled false`` and no Mixup/CutMix the
+            backbone runs once over the training images and the head trains on those features.
+        linear_probe_epochs: LP-FT: train the head alone for this many epochs, then every layer with the normal
+            schedule (its warm-up started again) for the remaining epochs; ``None``: no probe phase. Under DDP it
+            needs ``--trainer.strategy ddp_find_unused_parameters_true`` (the probe leaves the backbone without
+            gradients). Not together with ``freeze_backbone``.
     """
 
     def __init__(
@@ -136,8 +145,14 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         compile: bool = False,
         task: Literal["multiclass", "multilabel"] = "multiclass",
         batch_size: PositiveInt | None = None,
+        freeze_backbone: bool = False,
+        linear_probe_epochs: PositiveInt | None = None,
     ) -> None:
         super().__init__()
+        if freeze_backbone and linear_probe_epochs is not None:
+            raise UserError(f"--model.freeze_backbone true trains the head alone for the whole run, and "
+                            f"--model.linear_probe_epochs {linear_probe_epochs} unfreezes the backbone after "
+                            f"{linear_probe_epochs} epoch(s): pass one of them")
         if batch_size is not None:
             check_mixup_batch(batch_size, mixup_alpha, cutmix_alpha)
         self.save_hyperparameters()
@@ -173,6 +188,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         self._training_tally = TrainingTally()
         self._measured_rows: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # see measured()
         self._build_metrics()
+        #: Set by the linear probe when it trains the head on cached backbone features (see ``forward``).
+        self.train_on_features = False
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:
@@ -214,6 +231,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
 
     # ------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.train_on_features and self.training:  # training batches are the frozen backbone's features
+            return self.net.get_classifier()(images)
         if self.hparams.get("channels_last"):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
@@ -385,7 +404,13 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
                                     hp.get("layer_decay_grouping", "timm"), fused=fused)
         warmup = warmup_steps_for(hp.warmup_epochs, total_steps, trainer.max_epochs,
                                   trainer.num_training_batches / trainer.accumulate_grad_batches)
-        scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
+        probe_epochs = hp.get("linear_probe_epochs")
+        if probe_epochs:  # the probe's schedule, then the full fine-tune's, from its own warm-up
+            switch = warmup_steps_for(probe_epochs, total_steps, trainer.max_epochs,
+                                      trainer.num_training_batches / trainer.accumulate_grad_batches)
+            scheduler = build_phased_scheduler(optimizer, total_steps, switch, warmup, hp.min_lr)
+        else:
+            scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
         decay = ("no layer decay" if hp.layer_decay is None
                  else f"layer decay {hp.layer_decay} ({hp.get('layer_decay_grouping', 'timm')} grouping)")
         rank_zero_info(
@@ -428,8 +453,13 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         record of what ``pretrained`` loaded (see
         :func:`~lit_convnext.callbacks.run.missing_run_callbacks`). Lightning calls this hook, so
         ``Trainer(...).fit(model, datamodule=dm)`` runs what ``lit-convnext fit`` runs; instances given to the
-        Trainer (the command line's ``--checkpoint.*``, ``--class_report.*``, ...) are kept."""
-        return missing_run_callbacks(self.trainer, "multilabel" if self.multilabel else "multiclass")
+        Trainer (the command line's ``--checkpoint.*``, ``--class_report.*``, ...) are kept. ``freeze_backbone`` and
+        ``linear_probe_epochs`` add the :class:`~lit_convnext.callbacks.linear_probe.LinearProbe` that does them."""
+        callbacks = missing_run_callbacks(self.trainer, "multilabel" if self.multilabel else "multiclass")
+        hp = self.hparams
+        if hp.get("freeze_backbone") or hp.get("linear_probe_epochs"):
+            callbacks.append(LinearProbe(hp.get("linear_probe_epochs"), cache_features=self.mixup is None))
+        return callbacks
 
     # ---------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
