@@ -43,6 +43,7 @@ class LinearProbe(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        pl_module.train_on_features = False  # until this fit's features are cached
         max_epochs = trainer.max_epochs
         if self.epochs is not None and max_epochs is not None and 0 <= max_epochs <= self.epochs:
             raise UserError(f"--model.linear_probe_epochs {self.epochs} leaves no epoch to fine-tune every layer in "

@@ -102,7 +102,8 @@ class EvaluationReport(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self.enabled and self._first_batch is None:  # one small copy per run, for the mosaic
+        # One small copy per run, for the mosaic; a linear probe on cached features trains on no images.
+        if self.enabled and self._first_batch is None and batch[0].ndim == 4:
             self._first_batch = (batch[0][:MOSAIC_IMAGES].detach().cpu(), batch[1][:MOSAIC_IMAGES].detach().cpu())
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -130,6 +130,7 @@ def test_a_frozen_run_leaves_every_backbone_tensor_bit_identical(image_root: Pat
     assert _same(_checkpoint_backbone(Path(trainer.checkpoint_callback.last_model_path)), start)  # the EMA weights
     cached = any("cached features" in line for line in lines)
     assert cached is not augmentation and isinstance(dm.datasets["train"], FeatureDataset) is cached
+    assert any((tmp_path / "run").rglob("train_batch_mosaic.png")) is not cached  # no images to draw
     assert trainer.callback_metrics["val/acc1"] > 0.5
 
 
