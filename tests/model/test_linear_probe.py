@@ -234,3 +234,28 @@ def test_the_model_refuses_both_modes_in_python() -> None:
 
     with pytest.raises(UserError, match="pass one of them"):
         ConvNeXtClassifier(TINY_MODEL, pretrained=False, num_classes=2, freeze_backbone=True, linear_probe_epochs=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [["--model.freeze_backbone", "true", "--data.augmentation.enabled", "false"],
+                                  ["--model.linear_probe_epochs", "1", "--trainer.strategy",
+                                   "ddp_find_unused_parameters_true"]], ids=["cached-probe", "lp-ft"])
+def test_under_ddp(tmp_path: Path, mode: list[str]) -> None:
+    """Two CPU processes: a cached probe leaves the loaded backbone as it was; LP-FT then trains it (its probe
+    epochs leave the backbone without gradients, which DDP accepts with find_unused_parameters)."""
+    from safetensors.torch import save_file
+
+    from tests.data.test_distributed import COMMON, DDP, run_cli
+
+    root = tmp_path / "images"
+    make_folder(root / "train", 6)
+    make_folder(root / "val", 2, seed=500)
+    state = {k: v.contiguous() for k, v in timm.create_model(TINY_MODEL, num_classes=3).state_dict().items()}
+    save_file(state, str(tmp_path / "start.safetensors"))
+    ddp = DDP if "--trainer.strategy" not in mode else [a for a in DDP if a not in ("--trainer.strategy", "ddp")]
+    run_cli("fit", "--model.model_name", TINY_MODEL, "--model.pretrained", str(tmp_path / "start.safetensors"),
+            "--data.root", str(root), "--trainer.max_epochs", "2", *COMMON, *ddp, *mode,
+            "--trainer.default_root_dir", str(tmp_path / "runs"))
+    [last] = (tmp_path / "runs").rglob("last.ckpt")
+    backbone = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
+    assert _same(_checkpoint_backbone(last), backbone) is ("--model.freeze_backbone" in mode)
