@@ -162,6 +162,7 @@ def plot(rows: list[tuple[str, float, float]], out: Path, args: argparse.Namespa
     right.barh(names, [r[2] for r in rows], color="#dd8452")
     right.set_xlabel("fit time less validation (s)")
     right.set_yticks([])
+    right.set_xlim(0, 1.15 * max(r[2] for r in rows))  # room for the labels
     for ax, values, fmt in ((left, [r[1] for r in rows], "{:.3f}"), (right, [r[2] for r in rows], "{:.1f}")):
         for y, v in enumerate(values):
             ax.text(v, y, " " + fmt.format(v), va="center")
