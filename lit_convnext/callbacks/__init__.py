@@ -3,6 +3,7 @@
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO, ResumableModelCheckpoint
 from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.ema import EMA
+from lit_convnext.callbacks.linear_probe import LinearProbe
 from lit_convnext.callbacks.load_report import PretrainedLoadReport
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
 from lit_convnext.callbacks.prediction_writer import PredictionWriter
@@ -14,6 +15,7 @@ __all__ = [
     "CompactProgressBar",
     "DataWaitMonitor",
     "FiniteLossGuard",
+    "LinearProbe",
     "PredictionWriter",
     "PretrainedLoadReport",
     "ResumableModelCheckpoint",
