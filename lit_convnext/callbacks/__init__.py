@@ -3,6 +3,7 @@
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO, ResumableModelCheckpoint
 from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.ema import EMA
+from lit_convnext.callbacks.linear_probe import LinearProbe
 from lit_convnext.callbacks.load_report import PretrainedLoadReport
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
 from lit_convnext.callbacks.old_classes import OldClassAccuracy
@@ -15,6 +16,7 @@ __all__ = [
     "CompactProgressBar",
     "DataWaitMonitor",
     "FiniteLossGuard",
+    "LinearProbe",
     "OldClassAccuracy",
     "PredictionWriter",
     "PretrainedLoadReport",

@@ -227,14 +227,17 @@ class ImageFolderDataModule(LightningDataModule):
             if not splits.val:
                 raise UserError(f"no validation images found under {self._source}: add "
                                 + ("rows with split 'val'" if self.labels else f"{self.root}/val/<class>/..."))
-            train_size = train_decode_size(preprocessing, self.augmentation) if self.reduced_decode else None
-            train_transform = build_train_transform(preprocessing, self.augmentation)
+            if self.augmentation.enabled:
+                train_transform = build_train_transform(preprocessing, self.augmentation)
+                weak_transform = build_weak_transform(preprocessing, self.augmentation)
+                train_size = train_decode_size(preprocessing, self.augmentation) if self.reduced_decode else None
+            else:
+                train_transform, weak_transform, train_size = eval_transform, eval_transform, eval_size
             self.datasets["train"] = self._labeled(splits.train, train_transform, train_size, evaluation=False)
             if self.unlabeled is not None:
                 self._drop_bad_unlabeled()
-                self.datasets[UNLABELED] = TwoViewImages(
-                    self.unlabeled.paths, build_weak_transform(preprocessing, self.augmentation), train_transform,
-                    train_size)
+                self.datasets[UNLABELED] = TwoViewImages(self.unlabeled.paths, weak_transform, train_transform,
+                                                         train_size)
             self._write_manifest()
         if stage in ("fit", "validate"):
             self.datasets["val"] = self._labeled(splits.val, eval_transform, eval_size)

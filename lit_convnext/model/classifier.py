@@ -11,6 +11,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
 
+from lit_convnext.callbacks.linear_probe import LinearProbe
 from lit_convnext.callbacks.run import missing_run_callbacks
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.data.unlabeled import split_training_batch
@@ -25,6 +26,7 @@ from lit_convnext.model.optim import (
     EffectiveBatch,
     LayerDecayGrouping,
     build_optimizer,
+    build_phased_scheduler,
     build_scheduler,
     fused_adamw_applies,
     warmup_steps_for,
@@ -120,6 +122,13 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             (docs/distillation.md).
         distill_temperature: Temperature that softens the teacher's and the student's class distributions in the
             distillation term.
+        freeze_backbone: Linear probe: train the classifier head alone; every other tensor (stem, stages, the head's
+            norm) stays exactly as loaded. With ``--data.augmentation.enabled false`` and no Mixup/CutMix the
+            backbone runs once over the training images and the head trains on those features.
+        linear_probe_epochs: LP-FT: train the head alone for this many epochs, then every layer with the normal
+            schedule (its warm-up started again) for the remaining epochs; ``None``: no probe phase. Under DDP it
+            needs ``--trainer.strategy ddp_find_unused_parameters_true`` (the probe leaves the backbone without
+            gradients). Not together with ``freeze_backbone``.
     """
 
     def __init__(
@@ -159,8 +168,14 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         teacher_model_name: str | None = None,
         distill_weight: Probability = 0.9,
         distill_temperature: PositiveFloat = 1.0,
+        freeze_backbone: bool = False,
+        linear_probe_epochs: PositiveInt | None = None,
     ) -> None:
         super().__init__()
+        if freeze_backbone and linear_probe_epochs is not None:
+            raise UserError(f"--model.freeze_backbone true trains the head alone for the whole run, and "
+                            f"--model.linear_probe_epochs {linear_probe_epochs} unfreezes the backbone after "
+                            f"{linear_probe_epochs} epoch(s): pass one of them")
         if batch_size is not None:
             check_mixup_batch(batch_size, mixup_alpha, cutmix_alpha)
         if teacher is not None and task == "multilabel":
@@ -203,6 +218,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         self._build_metrics()
         #: The frozen teacher and its loss during a fit with ``teacher`` (loaded in :meth:`setup`), else ``None``.
         self.distillation: Distillation | None = None
+        #: Set by the linear probe when it trains the head on cached backbone features (see ``forward``).
+        self.train_on_features = False
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:
@@ -244,6 +261,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
 
     # ------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.train_on_features and self.training:  # training batches are the frozen backbone's features
+            return self.net.get_classifier()(images)
         if self.hparams.get("channels_last"):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
@@ -419,7 +438,13 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
                                     hp.get("layer_decay_grouping", "timm"), fused=fused)
         warmup = warmup_steps_for(hp.warmup_epochs, total_steps, trainer.max_epochs,
                                   trainer.num_training_batches / trainer.accumulate_grad_batches)
-        scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
+        probe_epochs = hp.get("linear_probe_epochs")
+        if probe_epochs:  # the probe's schedule, then the full fine-tune's, from its own warm-up
+            switch = warmup_steps_for(probe_epochs, total_steps, trainer.max_epochs,
+                                      trainer.num_training_batches / trainer.accumulate_grad_batches)
+            scheduler = build_phased_scheduler(optimizer, total_steps, switch, warmup, hp.min_lr)
+        else:
+            scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
         decay = ("no layer decay" if hp.layer_decay is None
                  else f"layer decay {hp.layer_decay} ({hp.get('layer_decay_grouping', 'timm')} grouping)")
         rank_zero_info(
@@ -468,10 +493,18 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         record of what ``pretrained`` loaded (see
         :func:`~lit_convnext.callbacks.run.missing_run_callbacks`). Lightning calls this hook, so
         ``Trainer(...).fit(model, datamodule=dm)`` runs what ``lit-convnext fit`` runs; instances given to the
-        Trainer (the command line's ``--checkpoint.*``, ``--class_report.*``, ...) are kept."""
+        Trainer (the command line's ``--checkpoint.*``, ``--class_report.*``, ...) are kept. ``freeze_backbone`` and
+        ``linear_probe_epochs`` add the :class:`~lit_convnext.callbacks.linear_probe.LinearProbe` that does them."""
         callbacks = missing_run_callbacks(self.trainer, "multilabel" if self.multilabel else "multiclass")
-        if self.hparams.get("teacher") and self.trainer.state.fn == "fit":
+        hp = self.hparams
+        if hp.get("teacher") and self.trainer.state.fn == "fit":
             callbacks += missing_teacher_comparison(self.trainer)
+        if hp.get("freeze_backbone") or hp.get("linear_probe_epochs"):
+            # Cached features stand for the images only when nothing else reads the images of a training step:
+            # Mixup/CutMix mix them, a teacher labels them, unlabelled batches come beside them.
+            unlabeled = getattr(self.trainer.datamodule, "unlabeled_root", None) is not None
+            cache = self.mixup is None and not hp.get("teacher") and not unlabeled
+            callbacks.append(LinearProbe(hp.get("linear_probe_epochs"), cache_features=cache))
         return callbacks
 
     # ---------------------------------------------------------------------------------- checkpoints
