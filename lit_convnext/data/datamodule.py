@@ -182,6 +182,13 @@ class ImageFolderDataModule(LightningDataModule):
             self._resolved_task = data_task(self.labels, self._task)
         return self._resolved_task
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the run was trained on, kept in every checkpoint (Lightning stores it under this class's name):
+        ``suggest`` leaves these images out of a pool of unlabelled ones. Resuming does not read it back."""
+        return {"root": str(self.root.resolve()) if self.root is not None else None,
+                "labels": str(self.labels.resolve()) if self.labels is not None else None,
+                "label_separator": self.label_separator}
+
     @property
     def _no_data(self) -> bool:
         return self.root is None and self.labels is None
