@@ -59,6 +59,7 @@ def fit(labelled: list[Path], seed: int, work: Path) -> tuple[float, Path]:
                                  augmentation=TrainAugmentation(scale=(0.6, 1.0), hflip=0.0, rand_augment=None,
                                                                 random_erasing=0.0))
     model = ConvNeXtClassifier(model_name="convnext_atto", pretrained=False, image_size=32, lr=4e-3,
+                               warmup_epochs=0.1,  # the whole fit is one epoch
                                lr_reference_batch_size=64, layer_decay=None, drop_path_rate=0.0, head_init_scale=1.0,
                                class_names=data.class_names)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", default_root_dir=work, logger=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,19 @@ def test_doctor_lists_the_pairs_in_its_text_and_json_reports(
 def test_close_pairs_counts_differing_bits() -> None:
     hashes = [0, 0b111, 2**64 - 1, 0b1]
     assert close_pairs(hashes, max_distance=3) == [(0, 1, 3), (0, 3, 1), (1, 3, 2)]
+
+
+@pytest.mark.slow  # 3 s: imagehash imports scipy
+def test_fit_warns_about_near_duplicates_across_splits_when_asked(
+        planted: tuple[Path, dict[str, tuple[str, str]]], caplog: pytest.LogCaptureFixture) -> None:
+    from lit_convnext.data.datamodule import ImageFolderDataModule
+
+    root, expected = planted
+    datamodule = ImageFolderDataModule(root=root, batch_size=4, num_workers=0, near_duplicates=True)
+    datamodule.preprocessing = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),
+                                "std": (0.5, 0.5, 0.5), "crop_pct": 1.0}
+    with caplog.at_level(logging.WARNING, logger="lit_convnext.data.datamodule"):
+        datamodule.setup("fit")
+    lines = [r.getMessage() for r in caplog.records if "near-duplicate" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("1 near-duplicate pair(s) across train/val/test")
+    assert " ~ ".join(sorted(expected["across splits"])) in lines[0]
