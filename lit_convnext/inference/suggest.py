@@ -68,7 +68,10 @@ def score_pool(model: Any, paths: Sequence[Path], batch_size: int = 32, num_work
             probabilities.append(model.probabilities(logits).cpu()[good])
             embeddings.append(pooled.float().cpu()[good])
             for index, error in zip(indices.tolist(), errors):
-                (unreadable.append((str(dataset.paths[index]), error)) if error else kept.append(dataset.paths[index]))
+                if error:
+                    unreadable.append((str(dataset.paths[index]), error))
+                else:
+                    kept.append(dataset.paths[index])
     return PoolScores(kept, torch.cat(probabilities), torch.cat(embeddings), unreadable)
 
 
