@@ -4,7 +4,9 @@ Start from a few labelled images per class of ``data/digits/train``; the rest is
 hidden from the strategies and only read when an image is "labelled"). Each round fits convnext_atto from random
 init on the labelled images, measures accuracy on ``data/digits/val``, then spends ``--budget`` labels: ``random``
 picks, or ``suggest``'s ``uncertainty``, ``diversity`` and ``hybrid`` with the round's best checkpoint. Prints a table
-of accuracy against labels spent (mean over seeds) and draws it to ``docs/suggest_simulation.png``.
+of accuracy against labels spent (mean over seeds) and draws it to ``docs/suggest_simulation.png``. Results are kept
+in ``--results`` (``benchmarks/suggest_results.json``) as each simulation ends; runs found there are not repeated, so
+strategies can run in parallel processes (``--strategies``) with their own ``--results`` files, merged by hand.
 
     python benchmarks/suggest.py [--seeds 2] [--rounds 4] [--budget 20] [--start 2]
 """
