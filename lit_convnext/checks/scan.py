@@ -17,6 +17,7 @@ from typing import Any
 
 from lit_convnext.checks.file_checks import FileCheck, FileChecker, inspect_files
 from lit_convnext.data.folders import SPLIT_NAMES, class_folders, natural_key, walk_files
+from lit_convnext.errors import UserError
 
 
 # ------------------------------------------------------------------------------------------ folder scan
@@ -85,6 +86,8 @@ class DoctorReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     label_file_problems: list[tuple[int, str, str]] = field(default_factory=list)  # (line, value, problem)
+    #: (path, path, similarity, "across splits" | "across classes" | "within a class"); None: not looked for
+    near_duplicates: list[tuple[str, str, float, str]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -96,8 +99,11 @@ class DoctorReport:
 
 def scan(root: str | Path, image_size: int | None = None, header_only: bool = False, workers: int | None = None,
          progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
-         cache: bool = True) -> DoctorReport:
-    """Check every split of ``root``; see the module docstring. ``progress``/``on_total`` drive a progress bar."""
+         cache: bool = True, near_duplicates: bool = False, near_duplicate_distance: int = 8) -> DoctorReport:
+    """Check every split of ``root``; see the module docstring. ``progress``/``on_total`` drive a progress bar;
+    ``near_duplicates`` also looks for re-saved copies of one picture whose perceptual hashes differ in at most
+    ``near_duplicate_distance`` bits (:mod:`lit_convnext.checks.near_duplicates`), a second pass over the files
+    (``progress`` counts them again after ``on_total``)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist or is not a folder")
@@ -113,14 +119,33 @@ def scan(root: str | Path, image_size: int | None = None, header_only: bool = Fa
     report = _report(root, layout, [(f.split, (f.name,)) for f, _ in files], checks, split_of, train_split,
                      image_size, header_only, [(f.split, f.name) for f in folders],
                      [p for f in folders for p in f.ignored])
+    if near_duplicates:
+        _find_near_duplicates(report, checks, {p: (f.split, f.name) for f, p in files}, near_duplicate_distance,
+                              workers, progress, on_total)
     _judge(report, train_split)
     return report
+
+
+def _find_near_duplicates(report: DoctorReport, checks: Sequence[FileCheck], group_of: dict[str, tuple[str, str]],
+                          max_distance: int, workers: int | None, progress: Callable[[int], None] | None,
+                          on_total: Callable[[int], None] | None) -> None:
+    """Fill ``report.near_duplicates`` from the usable files (imagehash is imported only here)."""
+    if not _has_module("imagehash"):
+        raise UserError("looking for near-duplicates needs imagehash: pip install 'lit-convnext[doctor]'")
+    from lit_convnext.checks.near_duplicates import near_duplicates
+
+    usable = [check for check in checks if not check.error]
+    if on_total:
+        on_total(len(usable))
+    report.near_duplicates = near_duplicates([c.path for c in usable], group_of, {c.path: c.digest for c in usable},
+                                             workers, progress, max_distance)
 
 
 def scan_label_file(root: str | Path, labels: str | Path, separator: str = ";", image_size: int | None = None,
                     header_only: bool = False, workers: int | None = None,
                     progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
-                    cache: bool = True) -> DoctorReport:
+                    cache: bool = True, near_duplicates: bool = False, near_duplicate_distance: int = 8
+                    ) -> DoctorReport:
     """:func:`scan` for a label file (``--data.labels``): its own problems (line, value, what is wrong) become
     errors or warnings, and the listed images get the same per-file checks; classes are counted per split."""
     from lit_convnext.data.labels import read_label_file
@@ -138,6 +163,9 @@ def scan_label_file(root: str | Path, labels: str | Path, separator: str = ";", 
                      {str(s.path): split for split, s in entries}, train_split, image_size, header_only,
                      [(train_split, name) for name in table.class_names], [])
     report.label_file_problems = [(p.line, p.value, p.problem) for p in table.problems]
+    if near_duplicates:
+        _find_near_duplicates(report, checks, {str(s.path): (split, separator.join(s.labels)) for split, s in entries},
+                              near_duplicate_distance, workers, progress, on_total)
     file_errors = [p.message(table.file) for p in table.errors]
     _judge(report, train_split)
     report.errors[:0] = file_errors
@@ -262,6 +290,16 @@ def _judge(report: DoctorReport, train_split: str) -> None:
         extra = sum(len(g) - 1 for g in report.duplicates)
         note = " (they may land in both train and val when val is drawn from it)" if train_split == "all" else ""
         warns.append(f"{extra} duplicate file(s) within a split{note}")
+    near = Counter(where for *_, where in report.near_duplicates or [])
+    if near["across splits"]:
+        warns.append(f"{near['across splits']} near-duplicate pair(s) across train/val/test: the same picture "
+                     "re-saved in two splits inflates the score; keep one of each pair")
+    if near["across classes"]:
+        warns.append(f"{near['across classes']} near-duplicate pair(s) in different classes: a labelling conflict; "
+                     "keep the right one")
+    if near["within a class"]:
+        note = " (they may land in both train and val when val is drawn from it)" if train_split == "all" else ""
+        warns.append(f"{near['within a class']} near-duplicate pair(s) within a class{note}")
     if report.wrong_extension:
         warns.append(f"{len(report.wrong_extension)} file(s) have an extension that does not match their content")
     if report.decoder_notes:

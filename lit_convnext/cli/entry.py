@@ -19,7 +19,7 @@ from lit_convnext.errors import UserError
 from lit_convnext.cli.terminal import show_warnings_as_one_line
 
 HELP = """\
-usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve,report} ...
+usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve,report,suggest} ...
 
 Fine-tune ConvNeXt (V1 and V2) on a folder of images with timm and PyTorch Lightning.
 
@@ -32,6 +32,7 @@ subcommands (`lit-convnext SUBCOMMAND --help` lists each one's options):
   export     write a checkpoint's weights for plain timm (.safetensors + .json) or as ONNX (.onnx)
   serve      answer HTTP requests with a checkpoint's predictions (needs the `serve` extra)
   report     rebuild a run's report.html from its run directory and a checkpoint
+  suggest    list the images of an unlabelled pool to label next, best first (active learning)
 """
 
 

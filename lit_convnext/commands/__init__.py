@@ -10,4 +10,5 @@ COMMANDS: dict[str, str] = {
     "export": "lit_convnext.commands.export:export",
     "serve": "lit_convnext.commands.serve:serve",
     "report": "lit_convnext.commands.report:report",
+    "suggest": "lit_convnext.commands.suggest:suggest",
 }

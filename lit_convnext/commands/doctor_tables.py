@@ -40,6 +40,8 @@ def render(report: DoctorReport, console: Console) -> None:
     _rows(console, "Extension does not match content", ("path", "actual format"), report.wrong_extension)
     _rows(console, "Decoded with warnings from Pillow (still used)", ("path", "warning"), report.decoder_notes)
     _rows(console, "Duplicates within a split", ("files",), [(" = ".join(g),) for g in report.duplicates])
+    _rows(console, "Near-duplicates (the same picture re-saved)", ("path", "path", "similarity", "where"),
+          [(a, b, f"{similarity:.2f}", where) for a, b, similarity, where in report.near_duplicates or []])
     _rows(console, f"Smaller than {report.image_size} px", ("path", "width", "height"),
           [(p, str(w), str(h)) for p, w, h in report.too_small])
     if report.size_stats:

@@ -6,6 +6,7 @@ the weights and stores it in the checkpoint; this module reads it from the attac
 """
 
 
+import importlib.util
 import logging
 from collections import Counter
 from pathlib import Path
@@ -84,6 +85,11 @@ class ImageFolderDataModule(LightningDataModule):
             docs/new-classes.md) or ``auto`` (``replay`` when it applies, else ``shuffle``).
         check_files: Check every file of the splits in use before the first step (pixels decoded, in
             threads); ``false`` saves that time on data already checked with ``lit-convnext doctor``.
+        near_duplicates: Before ``fit``, also look for the same picture re-saved in train and in val/test (a
+            re-encoded, resized, slightly cropped or brightened copy: leakage that inflates the score) by perceptual
+            hashes, and warn with their number and the first pairs. Off by default: a second decode of every file
+            (about a millisecond each per core); ``lit-convnext doctor --near_duplicates true`` lists every pair.
+            Needs the ``doctor`` extra.
         reduced_decode: Decode large JPEGs at 1/2, 1/4 or 1/8 size when the transform needs no more
             pixels than that (several times faster loading of camera photos).
         unlabeled_root: A folder of images without labels (searched recursively; images that are also labelled
@@ -112,6 +118,7 @@ class ImageFolderDataModule(LightningDataModule):
         skip_bad_files: bool = False,
         sampler: Literal["auto", "shuffle", "balanced", "replay"] = "auto",
         check_files: bool = True,
+        near_duplicates: bool = False,
         reduced_decode: bool = True,
         unlabeled_root: Path | None = None,
         unlabeled_ratio: PositiveInt = 1,
@@ -133,6 +140,9 @@ class ImageFolderDataModule(LightningDataModule):
         self.augmentation = augmentation
         self.skip_bad_files = skip_bad_files
         self.check_files = check_files
+        if near_duplicates and importlib.util.find_spec("imagehash") is None:
+            raise UserError("--data.near_duplicates needs imagehash: pip install 'lit-convnext[doctor]'")
+        self.near_duplicates = near_duplicates
         self.sampler = sampler
         self._checked: set[str] = set()
         self.reduced_decode = reduced_decode
@@ -183,6 +193,13 @@ class ImageFolderDataModule(LightningDataModule):
         if self._resolved_task is None:
             self._resolved_task = data_task(self.labels, self._task)
         return self._resolved_task
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the run was trained on, kept in every checkpoint (Lightning stores it under this class's name):
+        ``suggest`` leaves these images out of a pool of unlabelled ones. Resuming does not read it back."""
+        return {"root": str(self.root.resolve()) if self.root is not None else None,
+                "labels": str(self.labels.resolve()) if self.labels is not None else None,
+                "label_separator": self.label_separator}
 
     @property
     def _no_data(self) -> bool:
@@ -239,6 +256,8 @@ class ImageFolderDataModule(LightningDataModule):
                 self.datasets[UNLABELED] = TwoViewImages(self.unlabeled.paths, weak_transform, train_transform,
                                                          train_size)
             self._write_manifest()
+            if self.near_duplicates and (self.trainer is None or self.trainer.is_global_zero):
+                self._warn_near_duplicates()
         if stage in ("fit", "validate"):
             self.datasets["val"] = self._labeled(splits.val, eval_transform, eval_size)
         if stage == "test":
@@ -256,6 +275,20 @@ class ImageFolderDataModule(LightningDataModule):
             return None
         counts = Counter(name for sample in self.splits.train for name in sample_labels(sample))
         return [counts.get(name, 0) for name in self.splits.class_names]
+
+    def _warn_near_duplicates(self) -> None:
+        """Log the pairs of near-identical pictures that cross train/val/test (see ``near_duplicates``)."""
+        from lit_convnext.checks.near_duplicates import near_duplicates
+
+        group_of = {str(sample.path): (split, "") for split in ("train", "val", "test")
+                    for sample in getattr(self.splits, split)}
+        pairs = [pair for pair in near_duplicates(list(group_of), group_of, {}, self.num_workers or None)
+                 if pair[3] == "across splits"]
+        if pairs:
+            first = "; ".join(f"{a} ~ {b}" for a, b, *_ in pairs[:2])
+            log.warning("%d near-duplicate pair(s) across train/val/test (the same picture re-saved: the score is "
+                        "inflated), e.g. %s; `lit-convnext doctor %s --near_duplicates true` lists them all",
+                        len(pairs), first, self._source)
 
     def _drop_bad_files(self, split_names: tuple[str, ...]) -> None:
         for name in split_names:

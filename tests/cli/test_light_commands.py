@@ -27,7 +27,8 @@ def _run(args: list[str]) -> str:
                           cwd=REPO).stdout
 
 
-@pytest.mark.parametrize("args", [["--help"], ["doctor", "--help"], ["doctor", "ROOT", "--workers", "1"]])
+@pytest.mark.parametrize("args", [["--help"], ["doctor", "--help"], ["suggest", "--help"],
+                                  ["doctor", "ROOT", "--workers", "1"]])
 def test_doctor_and_help_import_no_torch(args: list[str], tmp_path: Path) -> None:
     root = make_folder(tmp_path / "data", 2)
     out = _run([str(root) if a == "ROOT" else a for a in args])
