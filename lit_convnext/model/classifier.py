@@ -19,6 +19,7 @@ from lit_convnext.model.backbone import build_convnext
 from lit_convnext.model.metrics import multiclass_metrics, multilabel_metrics
 from lit_convnext.model.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
 from lit_convnext.model.postprocess import ClassifierOutputs
+from lit_convnext.model.semi_supervised import PseudoLabeler, PseudoLabelThresholds, check_semi_supervised
 from lit_convnext.model.optim import (
     EffectiveBatch,
     LayerDecayGrouping,
@@ -103,6 +104,13 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             need even. The data owns it: the CLI links it from ``--data.batch_size``. In Python it may be left out:
             a fit with a datamodule reads the datamodule's ``batch_size`` (given here too, the two must agree);
             given here, an odd size under Mixup/CutMix is refused at construction, before any file is read.
+        unlabeled_weight: Weight of the semi-supervised loss on unlabelled images (``--data.unlabeled_root``
+            without a teacher; FixMatch's lambda) against the labelled images' loss.
+        pseudo_label_threshold: Calibrated confidence (``softmax(logits / T)``, T from the latest validation) at or
+            above which the model's own label of an unlabelled image's weak view is learnt from its strong view.
+        pseudo_label_thresholds: ``fixed`` (that threshold for every class, FixMatch) or ``flexmatch`` (lower for
+            the classes that hold fewer confident unlabelled images, FlexMatch). See
+            :mod:`lit_convnext.model.semi_supervised`.
     """
 
     def __init__(
@@ -137,6 +145,9 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         compile: bool = False,
         task: Literal["multiclass", "multilabel"] = "multiclass",
         batch_size: PositiveInt | None = None,
+        unlabeled_weight: PositiveFloat = 1.0,
+        pseudo_label_threshold: Probability = 0.95,
+        pseudo_label_thresholds: PseudoLabelThresholds = "fixed",
     ) -> None:
         super().__init__()
         if batch_size is not None:
@@ -168,6 +179,9 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
         self.hparams["preprocessing"] = self.preprocessing
         self.mixup = self._build_mixup() if self.class_names else None
+        #: Semi-supervised learning from the training batches' unlabelled part (none without classes).
+        self.pseudo_labeler = (PseudoLabeler(len(self.class_names), pseudo_label_threshold, pseudo_label_thresholds)
+                               if self.class_names else None)
         # Not saved in checkpoints: recomputed from the options, and absent when predicting.
         self.register_buffer("class_weight", resolve_class_weights(class_weights, self.class_names, class_counts),
                              persistent=False)
@@ -236,6 +250,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             loss = classification_loss(logits, targets, self.class_weight, self.hparams.label_smoothing)
             if self._training_tally.keep(logits, targets):
                 self._update_training_metrics()
+        if unlabeled is not None:
+            loss = loss + self.hparams.unlabeled_weight * self.pseudo_labeler.loss(self, unlabeled, self.current_epoch)
         self._log_training_loss(loss, images.shape[0])
         return loss
 
@@ -423,6 +439,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         if stage != "predict" and data_task in ("multiclass", "multilabel") and data_task != self.hparams.task:
             raise UserError(f"the data is {data_task} but the model is {self.hparams.task}: build the model with "
                             f"task={data_task!r} (the datamodule's task), or use data of the model's task")
+        if stage == "fit":
+            check_semi_supervised(self.hparams.task, getattr(self.trainer.datamodule, "unlabeled_root", None))
 
     def configure_callbacks(self) -> list[Callback]:
         """The app's callbacks that the Trainer does not hold yet: the loss guard, the per-image and per-class
