@@ -19,7 +19,7 @@ from lit_convnext.model.backbone import build_convnext
 from lit_convnext.model.metrics import multiclass_metrics, multilabel_metrics
 from lit_convnext.model.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
 from lit_convnext.model.postprocess import ClassifierOutputs
-from lit_convnext.model.semi_supervised import PseudoLabeler, PseudoLabelThresholds, check_semi_supervised
+from lit_convnext.model.semi_supervised import PseudoLabeler, check_semi_supervised
 from lit_convnext.model.optim import (
     EffectiveBatch,
     LayerDecayGrouping,
@@ -107,10 +107,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         unlabeled_weight: Weight of the semi-supervised loss on unlabelled images (``--data.unlabeled_root``
             without a teacher; FixMatch's lambda) against the labelled images' loss.
         pseudo_label_threshold: Calibrated confidence (``softmax(logits / T)``, T from the latest validation) at or
-            above which the model's own label of an unlabelled image's weak view is learnt from its strong view.
-        pseudo_label_thresholds: ``fixed`` (that threshold for every class, FixMatch) or ``flexmatch`` (lower for
-            the classes that hold fewer confident unlabelled images, FlexMatch). See
-            :mod:`lit_convnext.model.semi_supervised`.
+            above which the model's own label of an unlabelled image's weak view is learnt from its strong view
+            (see :mod:`lit_convnext.model.semi_supervised`).
     """
 
     def __init__(
@@ -147,7 +145,6 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         batch_size: PositiveInt | None = None,
         unlabeled_weight: PositiveFloat = 1.0,
         pseudo_label_threshold: Probability = 0.95,
-        pseudo_label_thresholds: PseudoLabelThresholds = "fixed",
     ) -> None:
         super().__init__()
         if batch_size is not None:
@@ -180,8 +177,7 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         self.hparams["preprocessing"] = self.preprocessing
         self.mixup = self._build_mixup() if self.class_names else None
         #: Semi-supervised learning from the training batches' unlabelled part (none without classes).
-        self.pseudo_labeler = (PseudoLabeler(len(self.class_names), pseudo_label_threshold, pseudo_label_thresholds)
-                               if self.class_names else None)
+        self.pseudo_labeler = PseudoLabeler(pseudo_label_threshold) if self.class_names else None
         # Not saved in checkpoints: recomputed from the options, and absent when predicting.
         self.register_buffer("class_weight", resolve_class_weights(class_weights, self.class_names, class_counts),
                              persistent=False)

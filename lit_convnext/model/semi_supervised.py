@@ -11,11 +11,9 @@ The confidence is the model's *calibrated* probability, ``softmax(logits / T)`` 
 fitted on the latest validation (:mod:`lit_convnext.evaluation.end_of_fit`); before the first validation, and when
 ``--evaluation.calibrate false`` or several devices leave it unfitted during fit, it is 1 (the raw softmax).
 
-``pseudo_label_thresholds: flexmatch`` (Zhang et al., NeurIPS 2021) lowers the threshold of the classes the model
-has learnt least: each unlabelled image's latest prediction above the threshold counts for its class, and class
-``c`` uses ``tau * M(beta_c)`` with ``beta_c = sigma_c / max(max_k sigma_k, unused)`` (``sigma_c`` the images
-counted for ``c``, ``unused`` those not counted yet) and ``M(x) = x / (2 - x)``. The counts restart with each
-``fit`` process (they are not in checkpoints) and, on several devices, each device counts the images it draws.
+FlexMatch's per-class thresholds (Zhang et al., NeurIPS 2021) were measured and left out: on the digits benchmark
+(``benchmarks/semi_supervised.py``, docs/semi-supervised.md) its warm-up, which starts every class's threshold at 0
+while most of the pool is still unseen, let through pseudo-labels of which a third were wrong.
 """
 
 from __future__ import annotations
@@ -23,16 +21,12 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from lit_convnext.errors import UserError
-
-#: ``fixed``: one threshold for every class (FixMatch); ``flexmatch``: per-class thresholds from how many
-#: unlabelled images each class already holds confidently (FlexMatch).
-PseudoLabelThresholds = Literal["fixed", "flexmatch"]
 
 #: The file in the run directory that lists the pseudo-labels of the last training epoch.
 PSEUDO_LABELS_NAME = "pseudo_labels.csv"
@@ -42,56 +36,39 @@ class PseudoLabeler:
     """The FixMatch loss of a training batch's unlabelled part, and what each unlabelled image was last labelled.
 
     Keeps, per unlabelled image (by its ``index`` in the pool), its latest pseudo-label, confidence and the epoch in
-    which that label was used (for :data:`PSEUDO_LABELS_NAME` and FlexMatch's counts). Tensors live on the device
-    of the logits and grow to the largest index seen, so any pool works, also one not known in advance.
+    which that label was used (for :data:`PSEUDO_LABELS_NAME`). Tensors live on the device of the logits and grow
+    to the largest index seen, so any pool works, also one not known in advance.
 
     Args:
-        num_classes: Classes of the model.
-        threshold: Calibrated confidence at or above which a pseudo-label is used (FlexMatch: the threshold of a
-            class the model has learnt best).
-        thresholds: ``fixed`` or ``flexmatch`` (see :data:`PseudoLabelThresholds`).
+        threshold: Calibrated confidence at or above which a pseudo-label is used.
     """
 
-    def __init__(self, num_classes: int, threshold: float, thresholds: PseudoLabelThresholds) -> None:
-        self.num_classes = num_classes
+    def __init__(self, threshold: float) -> None:
         self.threshold = threshold
-        self.thresholds = thresholds
         self.label = torch.zeros(0, dtype=torch.long)  # latest pseudo-label (the weak view's argmax)
         self.confidence = torch.zeros(0)  # its calibrated probability
         self.used_in = torch.zeros(0, dtype=torch.long)  # epoch in which the label was last used, -1: never
-        self.confident = torch.zeros(0, dtype=torch.bool)  # latest confidence >= threshold (FlexMatch's sigma)
         #: Unlabelled images seen and used in the current epoch (``train/pseudo_labeled`` is their ratio).
         self.seen = 0
         self.used = 0
 
     def _grow(self, size: int, device: torch.device) -> None:
         if self.label.device != device:
-            self.label, self.confidence, self.used_in, self.confident = (
-                t.to(device) for t in (self.label, self.confidence, self.used_in, self.confident))
+            self.label, self.confidence, self.used_in = (t.to(device) for t in (self.label, self.confidence,
+                                                                                 self.used_in))
         extra = size - len(self.label)
         if extra > 0:
             self.label = torch.cat([self.label, self.label.new_zeros(extra)])
             self.confidence = torch.cat([self.confidence, self.confidence.new_zeros(extra)])
             self.used_in = torch.cat([self.used_in, self.used_in.new_full((extra,), -1)])
-            self.confident = torch.cat([self.confident, self.confident.new_zeros(extra)])
 
     def reserve(self, pool_size: int) -> None:
-        """Make room for a pool of ``pool_size`` images up front (FlexMatch counts the unused ones)."""
+        """Make room for a pool of ``pool_size`` images up front (the same size on every device)."""
         self._grow(pool_size, self.label.device)
-
-    def class_thresholds(self) -> torch.Tensor:
-        """The threshold of each class: ``threshold`` for all (``fixed``) or FlexMatch's (module docstring)."""
-        device = self.label.device
-        if self.thresholds == "fixed":
-            return torch.full((self.num_classes,), self.threshold, device=device)
-        sigma = torch.bincount(self.label[self.confident], minlength=self.num_classes).float()
-        unused = float(len(self.label)) - float(sigma.sum())
-        beta = sigma / max(float(sigma.max()), unused, 1.0)
-        return self.threshold * beta / (2.0 - beta)
 
     def loss(self, model: Any, unlabeled: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
         """The consistency loss of a batch's unlabelled part: cross-entropy of the strong view's logits against the
-        weak view's pseudo-labels where their calibrated confidence reaches the class's threshold, averaged over
+        weak view's pseudo-labels where their calibrated confidence reaches the threshold, averaged over
         all the batch's unlabelled images. ``model`` gives logits (``model(images)``) and calibrated probabilities
         (``model.probabilities(logits)``)."""
         weak, strong, index = unlabeled["weak"], unlabeled["strong"], unlabeled["index"].long()
@@ -99,9 +76,8 @@ class PseudoLabeler:
             confidence, label = model.probabilities(model(weak)).max(dim=1)
         self._grow(int(index.max()) + 1, label.device)
         index = index.to(label.device)
-        keep = confidence >= self.class_thresholds()[label]
+        keep = confidence >= self.threshold
         self.label[index], self.confidence[index] = label, confidence
-        self.confident[index] = confidence >= self.threshold
         self.used_in[index[keep]] = epoch
         self.seen += len(index)
         self.used += int(keep.sum())
