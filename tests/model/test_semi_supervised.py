@@ -1,4 +1,4 @@
-"""Semi-supervised learning from unlabelled images: the FixMatch loss, FlexMatch thresholds, what a run writes."""
+"""Semi-supervised learning from unlabelled images: the FixMatch loss, its calibrated threshold, what a run writes."""
 
 from __future__ import annotations
 
@@ -35,29 +35,16 @@ def _batch(logits: torch.Tensor) -> dict[str, torch.Tensor]:
 def test_only_pseudo_labels_above_the_calibrated_threshold_are_learnt() -> None:
     # Row 0: softmax confidence 0.98; row 1: 0.73. A threshold of 0.9 keeps row 0 alone.
     logits = torch.tensor([[4.0, 0.0], [1.0, 0.0]])
-    labeler = PseudoLabeler(2, 0.9, "fixed")
+    labeler = PseudoLabeler(0.9)
     loss = labeler.loss(FixedLogits(1.0), _batch(logits), epoch=0)
     assert loss == pytest.approx(float(F.cross_entropy(logits[:1], torch.tensor([0]))) / 2)  # over all rows
     index, label, confidence = labeler.used_rows(0)
     assert index.tolist() == [0] and label.tolist() == [0] and confidence[0] == pytest.approx(0.982, abs=1e-3)
     assert labeler.take_used_ratio() == 0.5
     # The same logits, calibrated with T = 4 (an over-confident model): 0.73 left, nothing reaches 0.9.
-    calibrated = PseudoLabeler(2, 0.9, "fixed")
+    calibrated = PseudoLabeler(0.9)
     assert calibrated.loss(FixedLogits(4.0), _batch(logits), epoch=0) == 0
     assert calibrated.used_rows(0)[0].numel() == 0
-
-
-def test_flexmatch_lowers_the_threshold_of_classes_with_fewer_confident_images() -> None:
-    labeler = PseudoLabeler(3, 0.9, "flexmatch")
-    labeler.reserve(10)
-    assert labeler.class_thresholds().tolist() == [0.0, 0.0, 0.0]  # nothing learnt yet: FlexMatch's warm-up
-    # Six images held confidently: four of class 0, two of class 1, none of class 2; four images unused.
-    logits = torch.tensor([[9.0, 0, 0]] * 4 + [[0, 9.0, 0]] * 2)
-    labeler.loss(FixedLogits(1.0), _batch(logits), epoch=0)
-    thresholds = labeler.class_thresholds()
-    assert thresholds[0] == pytest.approx(0.9)  # the best-learnt class keeps the threshold (beta = 4 / max(4, 4))
-    assert thresholds[1] == pytest.approx(0.9 * 0.5 / 1.5)  # beta = 2 / 4, M(beta) = beta / (2 - beta)
-    assert thresholds[2] == 0
 
 
 def test_multilabel_data_is_refused_before_training(tmp_path: Path) -> None:
@@ -106,3 +93,4 @@ def test_a_semi_supervised_fit_lists_its_pseudo_labels(tmp_path: Path, monkeypat
     with (run / "metrics.csv").open(encoding="utf-8") as handle:
         shares = [row["train/pseudo_labeled"] for row in csv.DictReader(handle) if row.get("train/pseudo_labeled")]
     assert [float(share) for share in shares] == [1.0, 1.0]
+
