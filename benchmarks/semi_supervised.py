@@ -32,6 +32,8 @@ VARIANTS: dict[str, dict | None] = {
     "labelled": None,
     "fixed": {"pseudo_label_threshold": 0.95},
     "fixed-0.8": {"pseudo_label_threshold": 0.8},
+    # A control: the unlabelled batches are drawn and augmented but (almost) not learnt from.
+    "control": {"unlabeled_weight": 1e-6},
 }
 
 
