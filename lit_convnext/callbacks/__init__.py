@@ -3,8 +3,10 @@
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO, ResumableModelCheckpoint
 from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.ema import EMA
+from lit_convnext.callbacks.linear_probe import LinearProbe
 from lit_convnext.callbacks.load_report import PretrainedLoadReport
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
+from lit_convnext.callbacks.old_classes import OldClassAccuracy
 from lit_convnext.callbacks.prediction_writer import PredictionWriter
 from lit_convnext.callbacks.progress import CompactProgressBar
 
@@ -14,6 +16,8 @@ __all__ = [
     "CompactProgressBar",
     "DataWaitMonitor",
     "FiniteLossGuard",
+    "LinearProbe",
+    "OldClassAccuracy",
     "PredictionWriter",
     "PretrainedLoadReport",
     "ResumableModelCheckpoint",

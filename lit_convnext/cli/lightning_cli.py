@@ -255,7 +255,10 @@ class ConvNeXtCLI(CLIHooks):
         """``validate``/``test`` on ``--model.pretrained`` weights: only a trained head for these classes counts."""
         names = self.model.class_names
         source = str(pretrained)  # a file: hub weights are refused before they are read
-        head = (self.model.load_report or {}).get("head")
+        report = self.model.load_report or {}
+        head = report.get("head")
+        if head == "by_name" and not report.get("classes_added"):
+            return  # the same classes in another order: the rows were put in the folder's order by name
         if head != "kept":
             reason = (self.model.load_report or {}).get("head_reason", "no head was loaded")
             raise UserError(f"--model.pretrained {source} has no head for the {len(names)} classes of the folder "

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import torch
 from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_convnext.checks.bad_files import BAD_FILES_NAME, check_samples
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
@@ -32,7 +32,7 @@ from lit_convnext.data.transforms import (
 )
 from lit_convnext.errors import UserError
 from lit_convnext.ranges import NonNegativeInt, OpenFraction, PositiveInt
-from lit_convnext.data.samplers import balanced_sampler, eval_sampler
+from lit_convnext.data.samplers import added_classes, balanced_sampler, eval_sampler, replay_groups, replay_sampler
 from lit_convnext.data.unlabeled import TwoViewImages, UnlabeledPool, find_unlabeled_images, unlabeled_sampler
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,10 @@ class ImageFolderDataModule(LightningDataModule):
         skip_bad_files: Undecodable images are left out (with a logged summary) instead of stopping the run:
             those the check before training finds, and any that fails to load mid-run (replaced by the
             next image). Either way they are listed in the run directory's ``bad_files.csv``.
-        sampler: ``shuffle`` (each image once per epoch) or ``balanced`` (draws with replacement, every class
-            equally likely; works with DDP through Lightning's sampler wrapper).
+        sampler: ``shuffle`` (each image once per epoch), ``balanced`` (draws with replacement, every class
+            equally likely; works with DDP through Lightning's sampler wrapper), ``replay`` (old-class and new-class
+            images drawn sqrt(old/new):1 when ``--model.pretrained`` weights gained new classes by name; see
+            docs/new-classes.md) or ``auto`` (``replay`` when it applies, else ``shuffle``).
         check_files: Check every file of the splits in use before the first step (pixels decoded, in
             threads); ``false`` saves that time on data already checked with ``lit-convnext doctor``.
         reduced_decode: Decode large JPEGs at 1/2, 1/4 or 1/8 size when the transform needs no more
@@ -108,7 +110,7 @@ class ImageFolderDataModule(LightningDataModule):
         persistent_workers: bool = True,
         augmentation: TrainAugmentation = TrainAugmentation(),
         skip_bad_files: bool = False,
-        sampler: Literal["shuffle", "balanced"] = "shuffle",
+        sampler: Literal["auto", "shuffle", "balanced", "replay"] = "auto",
         check_files: bool = True,
         reduced_decode: bool = True,
         unlabeled_root: Path | None = None,
@@ -225,14 +227,17 @@ class ImageFolderDataModule(LightningDataModule):
             if not splits.val:
                 raise UserError(f"no validation images found under {self._source}: add "
                                 + ("rows with split 'val'" if self.labels else f"{self.root}/val/<class>/..."))
-            train_size = train_decode_size(preprocessing, self.augmentation) if self.reduced_decode else None
-            train_transform = build_train_transform(preprocessing, self.augmentation)
+            if self.augmentation.enabled:
+                train_transform = build_train_transform(preprocessing, self.augmentation)
+                weak_transform = build_weak_transform(preprocessing, self.augmentation)
+                train_size = train_decode_size(preprocessing, self.augmentation) if self.reduced_decode else None
+            else:
+                train_transform, weak_transform, train_size = eval_transform, eval_transform, eval_size
             self.datasets["train"] = self._labeled(splits.train, train_transform, train_size, evaluation=False)
             if self.unlabeled is not None:
                 self._drop_bad_unlabeled()
-                self.datasets[UNLABELED] = TwoViewImages(
-                    self.unlabeled.paths, build_weak_transform(preprocessing, self.augmentation), train_transform,
-                    train_size)
+                self.datasets[UNLABELED] = TwoViewImages(self.unlabeled.paths, weak_transform, train_transform,
+                                                         train_size)
             self._write_manifest()
         if stage in ("fit", "validate"):
             self.datasets["val"] = self._labeled(splits.val, eval_transform, eval_size)
@@ -324,6 +329,9 @@ class ImageFolderDataModule(LightningDataModule):
         sampler = None
         if split == "train" and self.sampler == "balanced":
             sampler, shuffle = balanced_sampler(self.datasets["train"].targets, self.split_seed), False
+        elif split == "train" and self.sampler in ("auto", "replay"):
+            sampler = self._replay_sampler()
+            shuffle = sampler is None
         elif split in ("val", "test"):  # each image on exactly one device, so multi-device metrics count it once
             sampler = eval_sampler(self.datasets[split], self.trainer)
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
@@ -337,6 +345,28 @@ class ImageFolderDataModule(LightningDataModule):
             pin_memory=pin,
             persistent_workers=self.persistent_workers and workers > 0,
         )
+
+    def _replay_sampler(self) -> Sampler | None:
+        """The replay sampler when the model's pretrained head gained classes and the folder holds images of both
+        old and new classes; ``None`` (shuffle) otherwise under ``auto``; ``replay`` without them is an error."""
+        added = added_classes(self.trainer.lightning_module if self.trainer is not None else None)
+        if not added and self.sampler == "auto":
+            return None
+        names = self.splits.class_names
+        is_new = replay_groups(self.datasets["train"].targets, [names.index(n) for n in added if n in names],
+                               len(names))
+        n_new, n_old = int(is_new.sum()), len(is_new) - int(is_new.sum())
+        if not added or not n_new or not n_old:
+            if self.sampler == "replay":
+                why = (f"the training images hold {n_old} of old classes and {n_new} of new ones" if added else
+                       "the model's --model.pretrained head gained no classes by name")
+                raise UserError(f"--data.sampler replay replays old classes while new ones are learnt, but {why}: "
+                                "use --data.sampler shuffle (or auto)")
+            return None
+        rank_zero_info(f"Replaying old classes: {n_old} old-class and {n_new} new-class training images drawn "
+                       f"{(n_old / n_new) ** 0.5:.2g}:1 (sqrt of {n_old}/{n_new}) instead of {n_old / n_new:.2g}:1 "
+                       "(--data.sampler shuffle turns it off)")
+        return replay_sampler(is_new, self.split_seed)
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         labelled = self._loader("train", shuffle=True)

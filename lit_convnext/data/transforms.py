@@ -33,6 +33,8 @@ class TrainAugmentation:
         color_jitter: Colour-jitter strength; timm ignores it while RandAugment is on.
         random_erasing: Probability of random erasing.
         random_erasing_mode: ``pixel`` (per-pixel noise), ``rand`` (per-channel) or ``const``.
+        enabled: ``false``: no augmentation at all; training images get the evaluation transform (the same tensor
+            every epoch, which lets a frozen backbone's features be computed once: ``--model.freeze_backbone``).
     """
 
     scale: tuple[float, float] = (0.08, 1.0)
@@ -43,6 +45,7 @@ class TrainAugmentation:
     color_jitter: float | None = 0.4
     random_erasing: float = 0.25
     random_erasing_mode: str = "pixel"
+    enabled: bool = True
 
 
 def build_train_transform(preprocessing: dict[str, Any], augmentation: TrainAugmentation) -> T.Compose:

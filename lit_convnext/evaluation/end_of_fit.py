@@ -103,9 +103,12 @@ class EvaluationReport(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self.enabled and self._first_batch is None:  # one small copy per run, for the mosaic
+        # One small copy per run, for the mosaic; a linear probe on cached features trains on no images.
+        if self.enabled and self._first_batch is None:
             (images, targets), _ = split_training_batch(batch)
-            self._first_batch = (images[:MOSAIC_IMAGES].detach().cpu(), targets[:MOSAIC_IMAGES].detach().cpu())
+            if images.ndim == 4:
+                self._first_batch = (images[:MOSAIC_IMAGES].detach().cpu(),
+                                     targets[:MOSAIC_IMAGES].detach().cpu())
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._collecting(trainer):

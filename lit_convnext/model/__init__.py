@@ -1,6 +1,7 @@
 """The LightningModule (``classifier``) and what only it uses: the timm network (``backbone``), the optimizer and
 schedule (``optim``), the losses, the metric objects (``metrics``), the post-processing it shares with the ONNX
-model (``postprocess``) and the training-step bookkeeping (``tally``).
+model (``postprocess``), the training-step bookkeeping (``tally``) and the linear probe's backbone, freezing and
+cached features (``linear_probe``).
 
 Imported on first use, so ``lit_convnext.model`` costs nothing until the classifier is asked for.
 """

@@ -58,11 +58,15 @@ def build_convnext(
     head_init_scale: float,
     pretrained_use_ema: bool = True,
     allow_missing_keys: bool = False,
+    class_names: list[str] | None = None,
+    new_head: bool = False,
 ) -> tuple[nn.Module, dict[str, Any] | None]:
     """Create the network and load its starting weights.
 
     Returns the model and, when pretrained weights were loaded (hub or file), a JSON-safe load report.
-    A new class count gets a freshly initialised head (scaled by ``head_init_scale``).
+    A new class count gets a freshly initialised head (scaled by ``head_init_scale``); a file that names its
+    classes keeps its rows for those of ``class_names`` by name and adds fresh rows for the others, unless
+    ``new_head``.
     """
     check_model_name(model_name)
     options: dict[str, Any] = dict(
@@ -78,7 +82,8 @@ def build_convnext(
     net = timm.create_model(model_name, pretrained=False, **options)
     from lit_convnext.weights import load_pretrained  # the file formats live there
 
-    report = load_pretrained(net, source, use_ema=pretrained_use_ema, allow_missing=allow_missing_keys)
+    report = load_pretrained(net, source, use_ema=pretrained_use_ema, allow_missing=allow_missing_keys,
+                             class_names=class_names, new_head=new_head)
     if pretrained is True:
         report.source = f"{model_name} from the Hugging Face hub ({source})"
     rank_zero_info(report.summary())

@@ -11,11 +11,14 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup, resolve_model_data_config
 
+from lit_convnext.callbacks.linear_probe import LinearProbe
 from lit_convnext.callbacks.run import missing_run_callbacks
 from lit_convnext.data.datasets import measured_rows
 from lit_convnext.data.unlabeled import split_training_batch
 from lit_convnext.errors import UserError
+from lit_convnext.evaluation.teacher_comparison import missing_teacher_comparison
 from lit_convnext.model.backbone import build_convnext
+from lit_convnext.model.distillation import Distillation, load_teacher
 from lit_convnext.model.metrics import multiclass_metrics, multilabel_metrics
 from lit_convnext.model.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
 from lit_convnext.model.postprocess import ClassifierOutputs
@@ -24,6 +27,7 @@ from lit_convnext.model.optim import (
     EffectiveBatch,
     LayerDecayGrouping,
     build_optimizer,
+    build_phased_scheduler,
     build_scheduler,
     fused_adamw_applies,
     warmup_steps_for,
@@ -84,6 +88,10 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         mixup_switch_prob: Probability of CutMix instead of Mixup when both are on.
         pretrained_use_ema: When ``pretrained`` is a file that holds EMA weights, start from them.
         allow_missing_keys: Accept a weights file with missing or unused backbone tensors (reported).
+        pretrained_head: For a ``pretrained`` file that names its classes (a checkpoint of this app, an export with
+            its ``.json``): ``by_name`` keeps the head's row of every old class (in the folder's order) and adds
+            fresh rows for the folder's new classes; a file with classes the folder lacks is refused. ``new``
+            starts a new head on the file's backbone. See docs/new-classes.md.
         preprocessing: Mean, std, interpolation, crop and input size; resolved from the weights' pretrained
             config when ``None`` and stored in checkpoints, so evaluation and predict reuse it exactly.
         class_weights: Training-loss class weights: ``none``, ``auto`` (inverse training frequency, mean 1) or a
@@ -104,6 +112,24 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             need even. The data owns it: the CLI links it from ``--data.batch_size``. In Python it may be left out:
             a fit with a datamodule reads the datamodule's ``batch_size`` (given here too, the two must agree);
             given here, an odd size under Mixup/CutMix is refused at construction, before any file is read.
+        teacher: Distil from this model while fine-tuning: a checkpoint of this app, an exported ``.safetensors``
+            (with its JSON sidecar), or any weights file ``pretrained`` reads (with ``teacher_model_name``). Its
+            classes must be the folder's, by name and order. Loaded when ``fit`` starts, frozen, and never saved
+            in this model's checkpoints (see ``lit_convnext.model.distillation``). ``None``: no distillation.
+        teacher_model_name: The teacher's timm architecture, for weights that do not store it (plain weights
+            files); ``None`` takes the one the teacher's checkpoint or sidecar names.
+        distill_weight: Share of the distillation term in the training loss (the rest is the loss on the labels);
+            1 learns from the teacher alone. 0.9 measured best on the digits folder, level with 1 and ahead of 0.5
+            (docs/distillation.md).
+        distill_temperature: Temperature that softens the teacher's and the student's class distributions in the
+            distillation term.
+        freeze_backbone: Linear probe: train the classifier head alone; every other tensor (stem, stages, the head's
+            norm) stays exactly as loaded. With ``--data.augmentation.enabled false`` and no Mixup/CutMix the
+            backbone runs once over the training images and the head trains on those features.
+        linear_probe_epochs: LP-FT: train the head alone for this many epochs, then every layer with the normal
+            schedule (its warm-up started again) for the remaining epochs; ``None``: no probe phase. Under DDP it
+            needs ``--trainer.strategy ddp_find_unused_parameters_true`` (the probe leaves the backbone without
+            gradients). Not together with ``freeze_backbone``.
         unlabeled_weight: Weight of the semi-supervised loss on unlabelled images (``--data.unlabeled_root``
             without a teacher; FixMatch's lambda) against the labelled images' loss.
         pseudo_label_threshold: Calibrated confidence (``softmax(logits / T)``, T from the latest validation) at or
@@ -136,6 +162,7 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         mixup_switch_prob: Probability = 0.5,
         pretrained_use_ema: bool = True,
         allow_missing_keys: bool = False,
+        pretrained_head: Literal["by_name", "new"] = "by_name",
         preprocessing: dict[str, Any] | None = None,
         class_weights: ClassWeights = "none",
         class_counts: list[int] | None = None,
@@ -143,12 +170,25 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         compile: bool = False,
         task: Literal["multiclass", "multilabel"] = "multiclass",
         batch_size: PositiveInt | None = None,
+        teacher: str | None = None,
+        teacher_model_name: str | None = None,
+        distill_weight: Probability = 0.9,
+        distill_temperature: PositiveFloat = 1.0,
+        freeze_backbone: bool = False,
+        linear_probe_epochs: PositiveInt | None = None,
         unlabeled_weight: PositiveFloat = 1.0,
         pseudo_label_threshold: Probability = 0.95,
     ) -> None:
         super().__init__()
+        if freeze_backbone and linear_probe_epochs is not None:
+            raise UserError(f"--model.freeze_backbone true trains the head alone for the whole run, and "
+                            f"--model.linear_probe_epochs {linear_probe_epochs} unfreezes the backbone after "
+                            f"{linear_probe_epochs} epoch(s): pass one of them")
         if batch_size is not None:
             check_mixup_batch(batch_size, mixup_alpha, cutmix_alpha)
+        if teacher is not None and task == "multilabel":
+            raise UserError(f"--model.teacher {teacher}: distillation is for multiclass folders (one class per "
+                            "image); leave the teacher out for a multi-label run")
         self.save_hyperparameters()
         self.class_names = _class_names(class_names, num_classes)
         if self.class_names and not class_names:  # stored, so checkpoints and exports carry the names
@@ -162,6 +202,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             head_init_scale=head_init_scale,
             pretrained_use_ema=pretrained_use_ema,
             allow_missing_keys=allow_missing_keys,
+            class_names=list(class_names) if class_names else None,  # numbered classes are not matched by name
+            new_head=pretrained_head == "new",
         )
         self.load_report = load_report
         #: Fitted after training and kept in checkpoints (``checkpoint["calibration"]``): ``temperature`` scales the
@@ -184,6 +226,10 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         self._training_tally = TrainingTally()
         self._measured_rows: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # see measured()
         self._build_metrics()
+        #: The frozen teacher and its loss during a fit with ``teacher`` (loaded in :meth:`setup`), else ``None``.
+        self.distillation: Distillation | None = None
+        #: Set by the linear probe when it trains the head on cached backbone features (see ``forward``).
+        self.train_on_features = False
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:
@@ -225,6 +271,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
 
     # ------------------------------------------------------------------------------------------ steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.train_on_features and self.training:  # training batches are the frozen backbone's features
+            return self.net.get_classifier()(images)
         if self.hparams.get("channels_last"):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
@@ -240,13 +288,16 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             loss = multilabel_loss(self(images), targets, self.class_weight, smoothing)
         elif self.mixup is not None:
             images, soft_targets = self.mixup(images, targets)
-            loss = classification_loss(self(images), soft_targets, self.class_weight)
+            logits = self(images)
+            loss = classification_loss(logits, soft_targets, self.class_weight)
         else:
             logits = self(images)
             loss = classification_loss(logits, targets, self.class_weight, self.hparams.label_smoothing)
             if self._training_tally.keep(logits, targets):
                 self._update_training_metrics()
-        if unlabeled is not None:
+        if self.distillation is not None:  # the teacher sees the batch the student saw, Mixup/CutMix included
+            loss = self.distillation.loss(loss, images, logits, self, unlabeled["strong"] if unlabeled else None)
+        elif unlabeled is not None:  # without a teacher the unlabelled images are learnt semi-supervised
             loss = loss + self.hparams.unlabeled_weight * self.pseudo_labeler.loss(self, unlabeled, self.current_epoch)
         self._log_training_loss(loss, images.shape[0])
         return loss
@@ -399,7 +450,13 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
                                     hp.get("layer_decay_grouping", "timm"), fused=fused)
         warmup = warmup_steps_for(hp.warmup_epochs, total_steps, trainer.max_epochs,
                                   trainer.num_training_batches / trainer.accumulate_grad_batches)
-        scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
+        probe_epochs = hp.get("linear_probe_epochs")
+        if probe_epochs:  # the probe's schedule, then the full fine-tune's, from its own warm-up
+            switch = warmup_steps_for(probe_epochs, total_steps, trainer.max_epochs,
+                                      trainer.num_training_batches / trainer.accumulate_grad_batches)
+            scheduler = build_phased_scheduler(optimizer, total_steps, switch, warmup, hp.min_lr)
+        else:
+            scheduler = build_scheduler(optimizer, total_steps, warmup, hp.min_lr)
         decay = ("no layer decay" if hp.layer_decay is None
                  else f"layer decay {hp.layer_decay} ({hp.get('layer_decay_grouping', 'timm')} grouping)")
         rank_zero_info(
@@ -435,7 +492,13 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         if stage != "predict" and data_task in ("multiclass", "multilabel") and data_task != self.hparams.task:
             raise UserError(f"the data is {data_task} but the model is {self.hparams.task}: build the model with "
                             f"task={data_task!r} (the datamodule's task), or use data of the model's task")
-        if stage == "fit":
+        if stage == "fit" and self.hparams.get("teacher"):  # before any training step; not for validate/predict
+            teacher, name = load_teacher(self.hparams.teacher, self.class_names or [], self.preprocessing,
+                                         self.hparams.get("teacher_model_name"))
+            self.distillation = Distillation(teacher, self.hparams.distill_weight, self.hparams.distill_temperature,
+                                             name).for_run(self.trainer.precision_plugin, self.trainer.strategy.root_device,
+                                                       bool(self.hparams.get("channels_last")))
+        elif stage == "fit":  # without a teacher the unlabelled images are learnt semi-supervised
             check_semi_supervised(self.hparams.task, getattr(self.trainer.datamodule, "unlabeled_root", None))
 
     def configure_callbacks(self) -> list[Callback]:
@@ -444,17 +507,32 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         record of what ``pretrained`` loaded (see
         :func:`~lit_convnext.callbacks.run.missing_run_callbacks`). Lightning calls this hook, so
         ``Trainer(...).fit(model, datamodule=dm)`` runs what ``lit-convnext fit`` runs; instances given to the
-        Trainer (the command line's ``--checkpoint.*``, ``--class_report.*``, ...) are kept."""
-        return missing_run_callbacks(self.trainer, "multilabel" if self.multilabel else "multiclass")
+        Trainer (the command line's ``--checkpoint.*``, ``--class_report.*``, ...) are kept. ``freeze_backbone`` and
+        ``linear_probe_epochs`` add the :class:`~lit_convnext.callbacks.linear_probe.LinearProbe` that does them."""
+        callbacks = missing_run_callbacks(self.trainer, "multilabel" if self.multilabel else "multiclass")
+        hp = self.hparams
+        if hp.get("teacher") and self.trainer.state.fn == "fit":
+            callbacks += missing_teacher_comparison(self.trainer)
+        if hp.get("freeze_backbone") or hp.get("linear_probe_epochs"):
+            # Cached features stand for the images only when nothing else reads the images of a training step:
+            # Mixup/CutMix mix them, a teacher labels them, unlabelled batches come beside them.
+            unlabeled = getattr(self.trainer.datamodule, "unlabeled_root", None) is not None
+            cache = self.mixup is None and not hp.get("teacher") and not unlabeled
+            callbacks.append(LinearProbe(hp.get("linear_probe_epochs"), cache_features=cache))
+        return callbacks
 
     # ---------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["calibration"] = dict(self.calibration)
+        if self.load_report:  # a resumed fit reads no pretrained file: what it started from (classes added) is here
+            checkpoint["pretrained_load_report"] = self.load_report
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adopt the checkpoint's calibration, and its classes and task when the model has no classes (predict); refuse
         a checkpoint trained on other classes or for another task (a checkpoint keeps its task)."""
         self.calibration = dict(checkpoint.get("calibration") or {})
+        if self.load_report is None and checkpoint.get("pretrained_load_report"):
+            self.load_report = checkpoint["pretrained_load_report"]
         hparams = checkpoint.get("hyper_parameters", {})
         saved = list(hparams.get("class_names") or [])
         if not saved:

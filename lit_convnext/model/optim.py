@@ -195,3 +195,42 @@ def warmup_steps_for(warmup_epochs: float, total_steps: int, max_epochs: int | N
     else:  # an iterable without a length, bounded by max_steps only
         steps_per_epoch = total_steps
     return int(math.ceil(warmup_epochs * steps_per_epoch)) if warmup_epochs > 0 else 0
+
+
+class PhasedSchedule:
+    """Two timm schedules over one optimizer, the second starting from its own step 0 at ``switch_step``: the
+    linear probe's warm-up + cosine, then the full fine-tune's (its warm-up restarts, now for the backbone too).
+
+    The learning rate is a pure function of the update count, as for timm's schedulers, so a resumed run continues
+    in the right phase without any saved state.
+    """
+
+    def __init__(self, first: CosineLRScheduler, second: CosineLRScheduler, switch_step: int) -> None:
+        self.optimizer = first.optimizer  # read by Lightning's LearningRateMonitor
+        self.first, self.second, self.switch_step = first, second, switch_step
+
+    def step_update(self, num_updates: int) -> None:
+        if num_updates < self.switch_step:
+            self.first.step_update(num_updates)
+        else:
+            self.second.step_update(num_updates - self.switch_step)
+
+    def step(self, epoch: int, metric: float | None = None) -> None:
+        """Per-epoch stepping does nothing: both schedules are stepped per optimizer update."""
+
+    def state_dict(self) -> dict:
+        return {"switch_step": self.switch_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Nothing to restore: the rate follows from the update count (``switch_step`` is rebuilt from the run's
+        options, which a resumed run repeats)."""
+
+
+def build_phased_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, switch_step: int, warmup_steps: int, min_lr: float
+) -> PhasedSchedule:
+    """Warm-up + cosine over the first ``switch_step`` steps, then again over the rest, each warm-up
+    ``warmup_steps`` long at most (shortened to fit its phase)."""
+    first = build_scheduler(optimizer, switch_step, warmup_steps, min_lr)
+    second = build_scheduler(optimizer, total_steps - switch_step, warmup_steps, min_lr)
+    return PhasedSchedule(first, second, switch_step)

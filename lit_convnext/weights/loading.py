@@ -1,13 +1,15 @@
 """Load pretrained ConvNeXt weights of any supported layout into a freshly built timm model.
 
 The model is built with the target class count, so the classifier is the one part allowed to differ:
-it is kept when its shape matches and left at its fresh init otherwise. Everything else must match,
+it is kept when its shape matches and left at its fresh init otherwise. When both the file and the model name their
+classes (a checkpoint of this app or an export, fine-tuned on a folder), the rows are matched by name instead: old
+classes keep theirs, new classes get fresh ones (``weights.classes.head_rows_by_name``). Everything else must match,
 because silently skipping backbone tensors would fine-tune from a partly random network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ from torch import nn
 from lit_convnext.errors import UserError
 from lit_convnext.weights import layouts
 from lit_convnext.weights.architecture import guess_timm_name, model_name, signature
+from lit_convnext.weights.classes import head_rows_by_name, stored_class_names
 from lit_convnext.weights.containers import extract_state_dict
 from lit_convnext.weights.convert import convert_to_timm
 from lit_convnext.weights.reading import read_checkpoint
@@ -35,17 +38,23 @@ def load_pretrained(
     *,
     use_ema: bool = True,
     allow_missing: bool = False,
+    class_names: Sequence[str] | None = None,
+    new_head: bool = False,
 ) -> LoadReport:
     """Load the weights in ``source`` into ``model`` (a timm ConvNeXt built with the target classes).
 
     ``use_ema`` prefers EMA weights when the file has them (``model_ema``, ``state_dict_ema``, or the
     Lightning ``state_dict`` next to ``current_model_state``); ``False`` takes the raw weights.
     ``allow_missing`` tolerates (and reports) missing or unexpected backbone keys; a different
-    architecture is always an error.
+    architecture is always an error. ``class_names`` (the model's classes, in head order) matches the rows of a
+    file that names its classes by name: see the module docstring; ``new_head`` leaves the model's fresh head
+    whatever the file holds (its backbone alone is the starting point).
     """
     model = uncompiled(model)  # a torch.compile wrapper shares the parameters
     path = Path(source).expanduser()
-    extracted = extract_state_dict(read_checkpoint(path), use_ema=use_ema, source=str(path))
+    checkpoint = read_checkpoint(path)
+    file_classes = stored_class_names(path, checkpoint) if class_names and not new_head else None
+    extracted = extract_state_dict(checkpoint, use_ema=use_ema, source=str(path))
     layout = layouts.detect_layout(extracted.state_dict, source=str(path))
     ignored = list(extracted.ignored)
     if layout == layouts.OFFICIAL_V2_FCMAE:
@@ -65,7 +74,14 @@ def load_pretrained(
     if (missing or unexpected) and not allow_missing:
         raise UserError(_key_problem(path, missing, unexpected))
 
-    head, reason, head_tensors = _decide_head(converted, target, layout)
+    kept: dict[str, int] = {}
+    added: list[str] = []
+    if new_head and "head.fc.weight" in target:
+        head, reason, head_tensors = "reset", "--model.pretrained_head new: a new head from the file's backbone", {}
+    elif file_classes is not None and class_names and list(file_classes) != list(class_names):
+        head, reason, head_tensors, kept, added = _head_by_name(converted, model, file_classes, class_names, path)
+    else:
+        head, reason, head_tensors = _decide_head(converted, target, layout)
     to_load = {k: v for k, v in backbone.items() if k in model_backbone}
     to_load.update(head_tensors)
     with torch.no_grad():
@@ -84,6 +100,8 @@ def load_pretrained(
         missing=missing,
         unexpected=unexpected,
         ignored=ignored,
+        classes_kept=kept,
+        classes_added=added,
     )
 
 
@@ -145,6 +163,30 @@ def _decide_head(
     if file_w[0] != model_w[0]:
         return "reset", f"the file has {file_w[0]} classes, the model {model_w[0]}" + norm_note, {}
     return "reset", f"the file's head takes {file_w[-1]} features, the model's {model_w[-1]}" + norm_note, {}
+
+
+def _head_by_name(
+    converted: Mapping[str, torch.Tensor], model: nn.Module, file_classes: Sequence[str], classes: Sequence[str],
+    path: Path,
+) -> tuple[HeadStatus, str, dict[str, torch.Tensor], dict[str, int], list[str]]:
+    """The file's head rows matched to ``classes`` by name (old rows kept, new rows fresh); a file whose classes are
+    none of the folder's gives a new head, one with only some of them is refused (``head_rows_by_name``)."""
+    if not set(file_classes) & set(classes):
+        return ("reset", f"the file's classes ({preview(list(file_classes), _PREVIEW)}) are none of the folder's: "
+                "a new head on its backbone", {}, {}, [])
+    if not all(k in converted for k in CLASSIFIER_KEYS):
+        raise UserError(f"{path} names its classes but holds no classifier head: export it again from its "
+                        "checkpoint, or pass --model.pretrained_head new")
+    fc = model.get_classifier()
+    rows = head_rows_by_name(converted["head.fc.weight"], converted["head.fc.bias"], file_classes,
+                             fc.weight, fc.bias, classes, str(path))
+    what = (f"{len(rows.kept)} classes' rows kept by name" + (" in the folder's order" if not rows.added else "")
+            + (f", {len(rows.added)} new classes' rows added at init ({preview(rows.added, _PREVIEW)})"
+               if rows.added else ""))
+    tensors = {"head.fc.weight": rows.weight}
+    if rows.bias is not None:
+        tensors["head.fc.bias"] = rows.bias
+    return "by_name", what, tensors, rows.kept, rows.added
 
 
 def _key_problem(path: Path, missing: list[str], unexpected: list[str]) -> str:

@@ -8,15 +8,17 @@ from typing import Any, Literal
 
 from lit_convnext.text import preview
 
-HeadStatus = Literal["kept", "reset", "none"]
+HeadStatus = Literal["kept", "by_name", "reset", "none"]
 
 
 @dataclass
 class LoadReport:
     """Outcome of loading pretrained weights into a model.
 
-    ``head`` is ``kept`` (classifier loaded from the file), ``reset`` (left at the model's fresh init,
-    see ``head_reason``) or ``none`` (the model has no classifier). ``missing``/``unexpected`` are
+    ``head`` is ``kept`` (classifier loaded from the file), ``by_name`` (the file's rows matched to the model's
+    classes by name: ``classes_kept`` maps each old class to its row in the file, ``classes_added`` lists the new
+    classes, whose rows stay at the model's fresh init), ``reset`` (left at the model's fresh init, see
+    ``head_reason``) or ``none`` (the model has no classifier). ``missing``/``unexpected`` are
     backbone keys tolerated with ``allow_missing=True``; ``ignored`` are file entries that are not part
     of the network by design (decoder of a pre-training checkpoint, non-tensor values, loss buffers).
     """
@@ -32,6 +34,8 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    classes_kept: dict[str, int] = field(default_factory=dict)
+    classes_added: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A short multi-line human-readable report."""

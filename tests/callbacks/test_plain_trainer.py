@@ -87,7 +87,7 @@ def test_the_model_adds_only_the_callbacks_the_trainer_lacks(tmp_path: Path) -> 
     fit = _trainer(TrainerFn.FITTING, default_root_dir=tmp_path)
     added = missing_run_callbacks(fit)
     assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "EvaluationReport", "PerClassReport",
-                             "DataWaitMonitor", "LearningRateMonitor", "ResumableModelCheckpoint"}
+                             "DataWaitMonitor", "OldClassAccuracy", "LearningRateMonitor", "ResumableModelCheckpoint"}
     [checkpoint] = [c for c in added if isinstance(c, ModelCheckpoint)]  # replaces Lightning's default one
     assert (checkpoint.monitor, checkpoint.mode, checkpoint.save_last) == ("val/acc1", "max", True)
     assert next(c for c in added if isinstance(c, LearningRateMonitor)).logging_interval == "step"
@@ -97,7 +97,8 @@ def test_the_model_adds_only_the_callbacks_the_trainer_lacks(tmp_path: Path) -> 
     # Instances given to the Trainer (as the command line's are) stay; a user's own checkpoint callback too.
     given = [PerClassReport(plot=False), EvaluationReport(enabled=False), ModelCheckpoint(monitor="val/loss")]
     added = missing_run_callbacks(_trainer(TrainerFn.FITTING, logger=False, callbacks=given))
-    assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "DataWaitMonitor"}  # no logger: no lr monitor
+    assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "DataWaitMonitor",
+                             "OldClassAccuracy"}  # no logger: no lr monitor
 
     unchecked = missing_run_callbacks(_trainer(TrainerFn.FITTING, logger=False, enable_checkpointing=False))
     assert not [c for c in unchecked if isinstance(c, ModelCheckpoint)]

@@ -24,7 +24,7 @@ from tests.helpers import fit_args, one_line_error
         ("--model.layer_decay", "0", "--model.layer_decay 0: must be a number > 0 and <= 1, or null"),
         ("--model.drop_path_rate", "1", "--model.drop_path_rate 1: must be less than 1"),
         ("--data.val_fraction", "1.2", "--data.val_fraction 1.2: must be less than 1"),
-        ("--data.sampler", "random", "--data.sampler random: must be one of shuffle, balanced"),
+        ("--data.sampler", "random", "--data.sampler random: must be one of auto, shuffle, balanced, replay"),
         ("--model.class_weights", "often", "--model.class_weights often: must be one of none, auto, or a mapping"),
         ("--trainer.callbacks+=lit_convnext.callbacks.EMA --trainer.callbacks.decay", "1.5",
          "--trainer.callbacks.decay 1.5: must be a number > 0 and < 1, or null"),

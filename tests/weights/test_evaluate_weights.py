@@ -41,10 +41,10 @@ def test_weights_whose_head_does_not_fit_are_refused(fitted: dict[str, Path], tm
     assert "no head for the 2 classes" in line and "untrained head" in line
 
     sidecar = json.loads((tmp_path / "weights.json").read_text())
-    sidecar["class_names"] = list(reversed(sidecar["class_names"]))  # same count, other order
+    sidecar["class_names"] = ["blue", "green", "purple"]  # a class the folder lacks: no row for "red"
     (tmp_path / "weights.json").write_text(json.dumps(sidecar))
     line = one_line_error(capsys, _evaluate("test", fitted["root"], tmp_path / "weights.safetensors"))
-    assert "same classes in the same order" in line and "['red', 'green', 'blue']" in line
+    assert "1 of them are not in the folder: [purple]" in line and "not in the file: [red]" in line
 
     shutil.copy(tmp_path / "weights.safetensors", tmp_path / "bare.safetensors")  # no sidecar: no names
     line = one_line_error(capsys, _evaluate("validate", fitted["root"], tmp_path / "bare.safetensors"))

@@ -106,7 +106,8 @@ def training_curves(scalars: dict[str, list[tuple[int, float]]]) -> bytes | None
     """Loss, accuracy and learning rate against the optimizer step, one panel each, from the logged values."""
     panels = [
         ("loss", {k: k for k in ("train/loss_step", "train/loss_epoch", "val/loss") if k in scalars}),
-        ("accuracy", {k: k for k in ("train/acc1", "val/acc1", "val/acc5", "val/f1") if k in scalars}),
+        ("accuracy", {k: k for k in ("train/acc1", "val/acc1", "val/acc5", "val/f1", "val/teacher_agreement")
+                      if k in scalars}),
         ("learning rate", learning_rate_curves(scalars)),
     ]
     panels = [(title, keys) for title, keys in panels if keys]

@@ -26,6 +26,7 @@ from lit_convnext.data.images import load_rgb
 from lit_convnext.errors import UserError
 from lit_convnext.evaluation.report import figures
 from lit_convnext.evaluation.report.cam import CAM_MISSING, cam_available, cam_overlays
+from lit_convnext.evaluation.teacher_comparison import COMPARISON, TEACHER_PREDICTIONS, compare
 from lit_convnext.text import preview
 
 #: Rows of the per-class table (worst F1 first) and of the confused-pairs table.
@@ -63,6 +64,7 @@ def build_report(run_dir: Path, model: Any = None, gallery_size: int = 24,
         ("Confusion matrix", _confusion(run_dir)),
         ("Most confused pairs", _pairs(run_dir)),
         ("Calibration", _calibration(run_dir)),
+        *([("Teacher and student", _teacher(run_dir))] if (run_dir / COMPARISON).is_file() else []),
         ("Worst errors", _worst_errors(rows, names, model, gallery_size)),
         ("Suspected label errors", _label_issues(run_dir, gallery_size)),
         ("Augmented training batch", _mosaic(run_dir)),
@@ -149,6 +151,14 @@ def _summary(run_dir: Path, rows: list[dict[str, str]], names: list[str], model:
         ["best checkpoint", ", ".join(p.name for p in best) or "?"],
         ["validation top-1 (best checkpoint)", f"{accuracy:.4f}"],
     ]
+    old_classes = run_dir / "old_classes.json"  # a fine-tune that added classes to pretrained weights by name
+    if old_classes.is_file():
+        figures = json.loads(old_classes.read_text(encoding="utf-8"))
+        before, after = figures.get("before") or {}, figures.get("after") or {}
+        items.append([f"old classes ({len(figures['old_classes'])}): accuracy before, after",
+                      f"{before.get('accuracy', float('nan')):.4f}, {after.get('accuracy', float('nan')):.4f} "
+                      f"on {after.get('images', '?')} images; new classes ({len(figures['new_classes'])}): "
+                      f"{after.get('new_accuracy', float('nan')):.4f}"])
     if "_wall" in scalars:
         (_, first), (_, last) = scalars["_wall"]
         items.append(["training time (first to last logged value)", f"{(last - first) / 60:.1f} min"])
@@ -251,6 +261,26 @@ def _calibration(run_dir: Path) -> str:
     return text + _img(figures.reliability_diagram(summary), alt="reliability diagram")
 
 
+def _teacher(run_dir: Path) -> str:
+    """A distilling run's teacher beside the student (:mod:`lit_convnext.evaluation.teacher_comparison`)."""
+    compared = compare(run_dir) or {}
+    rows = []
+    for label, key, shown in (("model", "model_name", str), ("parameters", "parameters", lambda v: f"{v / 1e6:.2f} M"),
+                              ("weights", "megabytes", lambda v: f"{v:g} MB"),
+                              ("images/s (validation batches)", "images_per_s", lambda v: f"{v:g}"),
+                              ("validation top-1", "accuracy", lambda v: f"{v:.4f}")):
+        student, teacher = compared["student"].get(key), compared["teacher"].get(key)
+        rows.append([label, "?" if student is None else shown(student), "?" if teacher is None else shown(teacher)])
+    agreement = (f"The student's top class is the teacher's on <b>{compared['agreement']:.1%}</b> of the "
+                 f"{compared['images']} validation images (best checkpoint)." if "agreement" in compared
+                 else "val_predictions.csv or val_teacher_predictions.csv is missing: no agreement to show.")
+    note = (f"Distilled with weight {compared['distill_weight']} and temperature {compared['distill_temperature']} "
+            f"from {html.escape(str(compared['teacher'].get('source', '?')))}. Speed timed on "
+            f"{html.escape(compared['timed_on'])}; the teacher's answers per image are in {TEACHER_PREDICTIONS}; "
+            "the agreement per validation is the logged val/teacher_agreement.")
+    return f"<p>{agreement}</p>" + _table(["", "student", "teacher"], rows) + f"<p class=note>{note}</p>"
+
+
 def _picture(path: str) -> bytes | None:
     try:
         return figures.thumbnail(load_rgb(Path(path)))
@@ -336,6 +366,7 @@ def _files() -> str:
         ["val_calibration.json", "temperature, ECE and NLL before/after, reliability bins"],
         ["val_per_class.csv, val_confusion_matrix.csv", "per-class precision/recall/F1 and confusion counts"],
         ["train_batch_mosaic.png", "an augmented training batch"],
+        [f"{TEACHER_PREDICTIONS}, {COMPARISON}", "a distilling run: the teacher's answers, both models' size and speed"],
         ["checkpoints/best-*.ckpt", "best weights, with the temperature under checkpoint['calibration']"],
     ]
     return _table(["file", "what it holds"], files)
