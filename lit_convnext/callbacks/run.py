@@ -18,6 +18,7 @@ from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.load_report import PretrainedLoadReport
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
 from lit_convnext.callbacks.old_classes import OldClassAccuracy
+from lit_convnext.callbacks.pseudo_labels import PseudoLabelReport
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
 
@@ -31,7 +32,8 @@ def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list
 
     ``fit``: :class:`FiniteLossGuard`, :class:`PretrainedLoadReport`, :class:`EvaluationReport`, :class:`PerClassReport`, :class:`DataWaitMonitor`,
     :class:`OldClassAccuracy` (measures only when ``--model.pretrained`` weights gained classes by name),
-    a :class:`LearningRateMonitor` when the Trainer has a logger, and a :class:`ResumableModelCheckpoint` with
+    a :class:`LearningRateMonitor` when the Trainer has a logger, a :class:`PseudoLabelReport` when the data has
+    unlabelled images and the model no teacher, and a :class:`ResumableModelCheckpoint` with
     :func:`run_checkpoint_options` in place of Lightning's default ``ModelCheckpoint`` (any other checkpoint callback
     is the user's and stays; none without ``enable_checkpointing``). ``validate`` and ``test``: the two reports
     (per-image and per-class files). ``predict``: none (a file is written only by a ``PredictionWriter`` given to the
@@ -49,6 +51,9 @@ def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list
         wanted += [DataWaitMonitor(), OldClassAccuracy()]
         if trainer.loggers:
             wanted.append(LearningRateMonitor(**LR_MONITOR_OPTIONS))
+        if (getattr(trainer.datamodule, "unlabeled_root", None) is not None
+                and not trainer.lightning_module.hparams.get("teacher")):  # with a teacher, distillation uses them
+            wanted.append(PseudoLabelReport())
     # Their parents are Lightning's Callback (or LearningRateMonitor itself), so Lightning replaces nothing else.
     added = [callback for callback in wanted if not any(isinstance(c, type(callback)) for c in trainer.callbacks)]
     if fn == TrainerFn.FITTING and any(_lightning_default(c) for c in trainer.callbacks):

@@ -22,6 +22,7 @@ from lit_convnext.model.distillation import Distillation, load_teacher
 from lit_convnext.model.metrics import multiclass_metrics, multilabel_metrics
 from lit_convnext.model.losses import ClassWeights, classification_loss, multilabel_loss, resolve_class_weights
 from lit_convnext.model.postprocess import ClassifierOutputs
+from lit_convnext.model.semi_supervised import PseudoLabeler, check_semi_supervised
 from lit_convnext.model.optim import (
     EffectiveBatch,
     LayerDecayGrouping,
@@ -129,6 +130,11 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             schedule (its warm-up started again) for the remaining epochs; ``None``: no probe phase. Under DDP it
             needs ``--trainer.strategy ddp_find_unused_parameters_true`` (the probe leaves the backbone without
             gradients). Not together with ``freeze_backbone``.
+        unlabeled_weight: Weight of the semi-supervised loss on unlabelled images (``--data.unlabeled_root``
+            without a teacher; FixMatch's lambda) against the labelled images' loss.
+        pseudo_label_threshold: Calibrated confidence (``softmax(logits / T)``, T from the latest validation) at or
+            above which the model's own label of an unlabelled image's weak view is learnt from its strong view
+            (see :mod:`lit_convnext.model.semi_supervised`).
     """
 
     def __init__(
@@ -170,6 +176,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         distill_temperature: PositiveFloat = 1.0,
         freeze_backbone: bool = False,
         linear_probe_epochs: PositiveInt | None = None,
+        unlabeled_weight: PositiveFloat = 1.0,
+        pseudo_label_threshold: Probability = 0.95,
     ) -> None:
         super().__init__()
         if freeze_backbone and linear_probe_epochs is not None:
@@ -210,6 +218,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
         self.hparams["preprocessing"] = self.preprocessing
         self.mixup = self._build_mixup() if self.class_names else None
+        #: Semi-supervised learning from the training batches' unlabelled part (none without classes).
+        self.pseudo_labeler = PseudoLabeler(pseudo_label_threshold) if self.class_names else None
         # Not saved in checkpoints: recomputed from the options, and absent when predicting.
         self.register_buffer("class_weight", resolve_class_weights(class_weights, self.class_names, class_counts),
                              persistent=False)
@@ -287,6 +297,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
                 self._update_training_metrics()
         if self.distillation is not None:  # the teacher sees the batch the student saw, Mixup/CutMix included
             loss = self.distillation.loss(loss, images, logits, self, unlabeled["strong"] if unlabeled else None)
+        elif unlabeled is not None:  # without a teacher the unlabelled images are learnt semi-supervised
+            loss = loss + self.hparams.unlabeled_weight * self.pseudo_labeler.loss(self, unlabeled, self.current_epoch)
         self._log_training_loss(loss, images.shape[0])
         return loss
 
@@ -486,6 +498,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             self.distillation = Distillation(teacher, self.hparams.distill_weight, self.hparams.distill_temperature,
                                              name).for_run(self.trainer.precision_plugin, self.trainer.strategy.root_device,
                                                        bool(self.hparams.get("channels_last")))
+        elif stage == "fit":  # without a teacher the unlabelled images are learnt semi-supervised
+            check_semi_supervised(self.hparams.task, getattr(self.trainer.datamodule, "unlabeled_root", None))
 
     def configure_callbacks(self) -> list[Callback]:
         """The app's callbacks that the Trainer does not hold yet: the loss guard, the per-image and per-class
