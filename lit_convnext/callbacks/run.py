@@ -17,6 +17,7 @@ from lit_convnext.callbacks.checkpointing import ResumableModelCheckpoint, run_c
 from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.load_report import PretrainedLoadReport
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
+from lit_convnext.callbacks.mlflow_artifacts import MlflowArtifacts
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
 
@@ -29,7 +30,7 @@ def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list
     """The app's callbacks for the Trainer's current stage that it does not hold yet.
 
     ``fit``: :class:`FiniteLossGuard`, :class:`PretrainedLoadReport`, :class:`EvaluationReport`, :class:`PerClassReport`, :class:`DataWaitMonitor`,
-    a :class:`LearningRateMonitor` when the Trainer has a logger, and a :class:`ResumableModelCheckpoint` with
+    a :class:`LearningRateMonitor` when the Trainer has a logger, :class:`MlflowArtifacts` when it logs to MLflow, and a :class:`ResumableModelCheckpoint` with
     :func:`run_checkpoint_options` in place of Lightning's default ``ModelCheckpoint`` (any other checkpoint callback
     is the user's and stays; none without ``enable_checkpointing``). ``validate`` and ``test``: the two reports
     (per-image and per-class files). ``predict``: none (a file is written only by a ``PredictionWriter`` given to the
@@ -47,6 +48,8 @@ def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list
         wanted.append(DataWaitMonitor())
         if trainer.loggers:
             wanted.append(LearningRateMonitor(**LR_MONITOR_OPTIONS))
+        if any(type(logger).__name__ == "MLFlowLogger" for logger in trainer.loggers):
+            wanted.append(MlflowArtifacts())
     # Their parents are Lightning's Callback (or LearningRateMonitor itself), so Lightning replaces nothing else.
     added = [callback for callback in wanted if not any(isinstance(c, type(callback)) for c in trainer.callbacks)]
     if fn == TrainerFn.FITTING and any(_lightning_default(c) for c in trainer.callbacks):
