@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import socket
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -256,6 +258,7 @@ class Search:
         values = spaces.suggest(trial, self.space)
         run_root = self.root / f"trial_{trial.number:03d}"
         trial.set_user_attr("run_root", str(run_root))
+        trial.set_user_attr("process", f"{socket.gethostname()}:{os.getpid()}")  # which machine and process ran it
         args = ["fit", *self.fit_args, *spaces.as_arguments(values), "--trainer.default_root_dir", str(run_root),
                 *self._logger_args(trial, run_root), *self._time_args()]
         started = time.monotonic()
