@@ -81,10 +81,21 @@ def open_storage(url: str) -> Any:
 
     shown = hidden_password(url)
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                          engine_kwargs={"pool_pre_ping": True})
-    except ModuleNotFoundError as err:
-        raise UserError(f"--tune.storage {shown}: its database driver is not installed ({err.name}): "
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():
+                    # heartbeats (experimental in Optuna): a killed process's trial is failed, and the search resumes
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                                      engine_kwargs={"pool_pre_ping": True})
+            except sqlalchemy.exc.IntegrityError:
+                # Processes started together on a new database: another one is creating Optuna's tables.
+                if attempt == 2:
+                    raise
+                time.sleep(1.0 + attempt)
+    except ImportError as err:
+        missing = getattr(err.__cause__, "name", None) or err
+        raise UserError(f"--tune.storage {shown}: its database driver is not installed ({missing}): "
                         "pip install 'lit-convnext[tune]'") from err
     except sqlalchemy.exc.ArgumentError as err:
         raise UserError(f"--tune.storage {shown}: not a database URL ({err}); write sqlite:///PATH/study.db or "
