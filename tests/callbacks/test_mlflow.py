@@ -5,6 +5,7 @@ nested runs of the study's run), and a logger that cannot be built (one line).""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,8 +94,12 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, 15)  # the server's own process group: its workers end with it
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)  # the server's own process group: its workers end with it
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # a busy machine: the workers' graceful shutdown can take longer
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=20)
 
 
 @pytest.mark.slow  # an MLflow server, a fit and a two-trial search (~1 min)
