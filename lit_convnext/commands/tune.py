@@ -96,6 +96,12 @@ def tune(argv: list[str]) -> None:
         return
     tune_argv, fit_args = split_arguments(argv)
     options = parse_tune_options(tune_argv)
+    if any(arg.startswith("--print_config") for arg in fit_args):
+        # The configuration every trial starts from (the space's values are added per trial), as `fit` prints it.
+        from lit_convnext.cli.lightning_cli import build_cli
+
+        build_cli(["fit", *fit_args])
+        return
     search = Search(fit_args, trials=options["trials"], max_time=parse_duration(options["max_time"]),
                     study_name=options["study_name"], storage=options["storage"], space=options["space"],
                     pruner=options["pruner"], seed=options["seed"])
@@ -115,19 +121,21 @@ def tune(argv: list[str]) -> None:
 
 
 def _option_lines() -> list[str]:
+    """``trials (default 20): ...`` for each option, from :func:`tune_options`'s signature and docstring."""
     import inspect
 
-    doc = inspect.getdoc(tune_options) or ""
-    args = doc.split("Args:", 1)[1]
-    lines, current = [], ""
+    defaults = {name: p.default for name, p in inspect.signature(tune_options).parameters.items()}
+    args = (inspect.getdoc(tune_options) or "").split("Args:", 1)[1]
+    described: dict[str, str] = {}
+    name = ""
     for line in args.splitlines():
-        if line.startswith("    ") and not line.startswith("        "):
-            if current:
-                lines.append(current)
-            current = line.strip()
-        elif line.strip():
-            current += " " + line.strip()
-    return lines + [current]
+        if line.startswith("    ") and not line.startswith("        ") and ":" in line:
+            name, text = line.strip().split(":", 1)
+            described[name] = text.strip()
+        elif line.strip() and name:
+            described[name] += " " + line.strip()
+    return [f"{name} (default {'null' if defaults[name] is None else defaults[name]}): {text}"
+            for name, text in described.items()]
 
 
 def main(argv: list[str] | None = None) -> None:
