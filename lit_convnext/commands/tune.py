@@ -76,7 +76,7 @@ def parse_tune_options(argv: list[str]) -> dict[str, Any]:
 
 
 HELP = """\
-usage: lit-convnext tune [FIT OPTIONS] [--tune.OPTION VALUE ...]
+usage: lit-convnext tune [FIT OPTIONS] [TUNE OPTIONS]
 
 Search the recipe's hyper-parameters with Optuna: every trial is a `fit` with the FIT OPTIONS (see
 `lit-convnext fit --help`) and the trial's values, in its own run directory under
