@@ -262,8 +262,6 @@ class Search:
 
     def objective(self, trial: Any) -> float:
         import optuna
-        from optuna_integration import PyTorchLightningPruningCallback
-
         from lit_convnext.cli.lightning_cli import lightning_command
 
         values = spaces.suggest(trial, self.space)
@@ -274,7 +272,7 @@ class Search:
                 *self._logger_args(trial, run_root), *self._time_args()]
         started = time.monotonic()
         try:
-            cli = lightning_command(args, callbacks=[PyTorchLightningPruningCallback(trial, self.monitor)])
+            cli = lightning_command(args, callbacks=[pruning_callback(trial, self.monitor)])
         except UserError as err:
             trial.set_user_attr("error", str(err))
             print(f"Trial {trial.number} failed: {err}")
@@ -317,6 +315,25 @@ class Search:
             args += ["--trainer.logger.init_args.run_name", f"{self.study_name}-trial_{trial.number:03d}",
                      "--trainer.logger.init_args.tags", yaml.safe_dump(tags, default_flow_style=True).strip()]
         return args
+
+
+def pruning_callback(trial: Any, monitor: str) -> Any:
+    """optuna-integration's ``PyTorchLightningPruningCallback`` (it works with Lightning 2.6's ``lightning.pytorch``),
+    except at the last epoch: the trial has then trained in full, and pruning it would only throw its score away
+    (Hyperband's rungs fall on the last epoch when the epochs are few: 1, 3, 9, ...)."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    class LastEpochKept(PyTorchLightningPruningCallback):
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            last = trainer.max_epochs is not None and pl_module.current_epoch >= trainer.max_epochs - 1
+            if last and not trainer.sanity_checking and not self.is_ddp_backend:
+                score = trainer.callback_metrics.get(self.monitor)
+                if score is not None:
+                    trial.report(score.item(), step=pl_module.current_epoch)
+                return
+            super().on_validation_end(trainer, pl_module)
+
+    return LastEpochKept(trial, monitor)
 
 
 class MlflowParent:

@@ -57,6 +57,22 @@ def test_default_space_is_centred_on_the_recipe_and_yaml_overrides_it() -> None:
                                                                                   "--model.mixup_alpha", "0.0"]
 
 
+def test_pruning_stops_a_trial_before_its_last_epoch_only() -> None:
+    import torch
+    from types import SimpleNamespace
+
+    from lit_convnext.tuning.search import pruning_callback
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    trial = study.ask()
+    callback = pruning_callback(trial, "val/acc1")
+    trainer = SimpleNamespace(max_epochs=3, sanity_checking=False, callback_metrics={"val/acc1": torch.tensor(0.1)})
+    callback.on_validation_end(trainer, SimpleNamespace(current_epoch=2))  # last epoch: reported, kept
+    assert study.trials[0].intermediate_values == {2: pytest.approx(0.1)}
+    with pytest.raises(optuna.TrialPruned):
+        callback.on_validation_end(trainer, SimpleNamespace(current_epoch=1))
+
+
 @pytest.mark.slow  # a CLI parse (~2 s on 2 cores, torch and Lightning imported)
 def test_a_space_naming_no_option_is_one_line(capsys: pytest.CaptureFixture[str], image_root: Path) -> None:
     line = one_line_error(capsys, tune_args(image_root, "--tune.space", "{model.lr_typo: {low: 1, high: 2}}"))
