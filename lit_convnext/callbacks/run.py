@@ -17,6 +17,7 @@ from lit_convnext.callbacks.checkpointing import ResumableModelCheckpoint, run_c
 from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.load_report import PretrainedLoadReport
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
+from lit_convnext.callbacks.mlflow_artifacts import MlflowArtifacts
 from lit_convnext.callbacks.old_classes import OldClassAccuracy
 from lit_convnext.callbacks.pseudo_labels import PseudoLabelReport
 from lit_convnext.evaluation.class_report import PerClassReport
@@ -30,9 +31,10 @@ LR_MONITOR_OPTIONS = {"logging_interval": "step"}
 def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list[Callback]:
     """The app's callbacks for the Trainer's current stage that it does not hold yet.
 
-    ``fit``: :class:`FiniteLossGuard`, :class:`PretrainedLoadReport`, :class:`EvaluationReport`, :class:`PerClassReport`, :class:`DataWaitMonitor`,
-    :class:`OldClassAccuracy` (measures only when ``--model.pretrained`` weights gained classes by name),
-    a :class:`LearningRateMonitor` when the Trainer has a logger, a :class:`PseudoLabelReport` when the data has
+    ``fit``: :class:`FiniteLossGuard`, :class:`PretrainedLoadReport`, :class:`EvaluationReport`,
+    :class:`PerClassReport`, :class:`DataWaitMonitor`, :class:`OldClassAccuracy` (measures only when
+    ``--model.pretrained`` weights gained classes by name), a :class:`LearningRateMonitor` when the Trainer has a
+    logger, :class:`MlflowArtifacts` when it logs to MLflow, a :class:`PseudoLabelReport` when the data has
     unlabelled images and the model no teacher, and a :class:`ResumableModelCheckpoint` with
     :func:`run_checkpoint_options` in place of Lightning's default ``ModelCheckpoint`` (any other checkpoint callback
     is the user's and stays; none without ``enable_checkpointing``). ``validate`` and ``test``: the two reports
@@ -54,6 +56,8 @@ def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list
         if (getattr(trainer.datamodule, "unlabeled_root", None) is not None
                 and not trainer.lightning_module.hparams.get("teacher")):  # with a teacher, distillation uses them
             wanted.append(PseudoLabelReport())
+        if any(type(logger).__name__ == "MLFlowLogger" for logger in trainer.loggers):
+            wanted.append(MlflowArtifacts())
     # Their parents are Lightning's Callback (or LearningRateMonitor itself), so Lightning replaces nothing else.
     added = [callback for callback in wanted if not any(isinstance(c, type(callback)) for c in trainer.callbacks)]
     if fn == TrainerFn.FITTING and any(_lightning_default(c) for c in trainer.callbacks):

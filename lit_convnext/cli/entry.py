@@ -19,7 +19,7 @@ from lit_convnext.errors import UserError
 from lit_convnext.cli.terminal import show_warnings_as_one_line
 
 HELP = """\
-usage: lit-convnext [-h] {fit,validate,test,predict,doctor,export,serve,report,suggest} ...
+usage: lit-convnext [-h] {fit,validate,test,predict,tune,doctor,export,serve,report,suggest} ...
 
 Fine-tune ConvNeXt (V1 and V2) on a folder of images with timm and PyTorch Lightning.
 
@@ -28,6 +28,7 @@ subcommands (`lit-convnext SUBCOMMAND --help` lists each one's options):
   validate   measure a checkpoint or weights on the validation images of --data.root
   test       measure a checkpoint or weights on the test images of --data.root
   predict    label the images of --data.predict_dir with a checkpoint, one row per file
+  tune       search the recipe's hyper-parameters: every fit option plus --tune.* (needs the `tune` extra)
   doctor     check a data folder before training (bad files, leakage, empty classes)
   export     write a checkpoint's weights for plain timm (.safetensors + .json) or as ONNX (.onnx)
   serve      answer HTTP requests with a checkpoint's predictions (needs the `serve` extra)
@@ -49,6 +50,8 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in COMMANDS:
         run_command(argv[0], argv[1:], ends_process=ends_process)
+    if argv and argv[0] == "tune":
+        run_tune(argv[1:], ends_process=ends_process)
     if argv in (["-h"], ["--help"]):
         print(HELP, end="")
         raise SystemExit(0)
@@ -81,6 +84,22 @@ def run_command(name: str, argv: list[str], ends_process: bool = False) -> NoRet
     if ends_process:
         leave_the_heap_to_the_os()
     raise SystemExit(result if isinstance(result, int) else 0)
+
+
+def run_tune(argv: list[str], ends_process: bool = False) -> NoReturn:
+    """``lit-convnext tune``: every ``fit`` option and ``--tune.*`` (:mod:`lit_convnext.commands.tune`); its user
+    mistakes, found before any trial trains, end as one line."""
+    from lit_convnext.commands.tune import tune
+
+    if ends_process:
+        settle_the_imports()
+    try:
+        tune(argv)
+    except UserError as err:
+        fail(str(err))
+    if ends_process:
+        leave_the_heap_to_the_os()
+    raise SystemExit(0)
 
 
 def settle_the_imports() -> None:

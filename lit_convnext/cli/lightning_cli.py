@@ -10,19 +10,24 @@ same program.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import inspect
 import pickle
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import NoReturn
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.model.backbone import check_model_name, pretrained_off
 from lit_convnext.callbacks import CompactProgressBar, DataWaitMonitor, ResumableModelCheckpoint
+from lit_convnext.callbacks.mlflow_artifacts import allow_file_store, is_file_store
 from lit_convnext.callbacks.run import LR_MONITOR_OPTIONS
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
@@ -76,7 +81,8 @@ class ConvNeXtCLI(CLIHooks):
 
     def __init__(self, *args, only_subcommand: str | None = None, **kwargs) -> None:
         self._only_subcommand = only_subcommand
-        with warnings.catch_warnings():  # the filters added while parsing and running end with this CLI's run
+        # The filters added while parsing and running, and the logger's environment, end with this CLI's run.
+        with warnings.catch_warnings(), contextlib.ExitStack() as self._run_scope:
             super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:
@@ -159,10 +165,17 @@ class ConvNeXtCLI(CLIHooks):
         if config.trainer.get("barebones"):
             self._follow_barebones(config.trainer, parser)
         self._follow_default_root_dir(config.trainer)
-        if not config.trainer.get("logger") and self.subcommand != "predict" and not resumed:
-            # Without a logger Lightning writes into default_root_dir itself, and a second run would overwrite the
-            # first (or stop at its config.yaml): each run gets its own version_N, as a logger's runs do.
+        logger = config.trainer.get("logger")
+        if self.subcommand != "predict" and not resumed and not keeps_run_dirs(logger):
+            # Without a logger Lightning writes into default_root_dir itself, and with one that keeps no versioned
+            # directory (MLflow: a shared store or a server) into the same place for every run, so that a second
+            # run would overwrite the first (or stop at its config.yaml): each run gets its own version_N, as a
+            # TensorBoard logger's runs do (ConvNeXtTrainer.log_dir), its checkpoints included.
             config.trainer.default_root_dir = str(next_run_dir(Path(config.trainer.default_root_dir)))
+            if logger and config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
+                config.checkpoint.dirpath = str(Path(config.trainer.default_root_dir) / "checkpoints")
+        if str(getattr(logger, "class_path", "")).endswith("MLFlowLogger"):
+            self._follow_mlflow_file_store(config, logger.init_args.get("tracking_uri"))
         set_callback_keys(parser, [key for key in callback_keys(parser)
                                    if config.trainer.get(CALLBACK_SWITCHES.get(key, "")) is not False])
         precision = str(config.trainer.get("precision"))
@@ -192,6 +205,21 @@ class ConvNeXtCLI(CLIHooks):
         if data_task(data.get("labels"), data.get("task")) == "multilabel":
             checkpoint.monitor = BEST_BY["multilabel"]["monitor"]
             checkpoint.filename = checkpoint.filename.replace("acc{val/acc1", "map{val/map")
+
+    def _follow_mlflow_file_store(self, config, tracking_uri: str | None) -> None:
+        """MLflow 3 refuses its file store unless asked for it: a ``file:`` tracking URI (or none: Lightning's
+        default is ``file:<save_dir>``) is the user's request, allowed for this run with one line. That store keeps
+        each metric as a file, so ``val/f1`` and the per-class ``val/f1/<class>`` cannot both be kept: the per-class
+        curves are left out, with one line (the per-class CSVs stay; a sqlite:/// store keeps the curves)."""
+        if not is_file_store(tracking_uri):
+            return
+        self._run_scope.enter_context(allow_file_store(tracking_uri))
+        report = config.get("class_report")
+        if report is not None and report.get("log_per_class"):
+            report.log_per_class = False
+            rank_zero_info("MLflow's file store keeps a metric as a file, so val/f1 and val/f1/<class> cannot both be "
+                           "logged: per-class curves off for this run (the per-class CSVs stay; a sqlite:///mlflow.db "
+                           "tracking_uri keeps them)")
 
     @staticmethod
     def _follow_barebones(trainer, parser: LightningArgumentParser) -> None:
@@ -245,9 +273,15 @@ class ConvNeXtCLI(CLIHooks):
         try:
             super().instantiate_classes()
         except ValueError as err:  # Lightning refuses a feature set together with barebones, with a traceback
-            if "barebones=True" not in str(err):
+            if "barebones=True" in str(err):
+                raise UserError(f"{err} Leave that option out, or --trainer.barebones.") from err
+            logger = self.config[self.subcommand].trainer.get("logger") if self.subcommand else None
+            cause = logger_failure(err, logger)
+            if cause is None:
                 raise
-            raise UserError(f"{err} Leave that option out, or --trainer.barebones.") from err
+            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            raise UserError(f"--trainer.logger {logger.class_path.rsplit('.', 1)[-1]} could not be built: {reason} "
+                            "(check its init_args, or pass --trainer.logger false)") from err
         if self.subcommand in ("validate", "test") and not self.config[self.subcommand].get("ckpt_path"):
             self._check_head_fits(self.config[self.subcommand].model.pretrained)
 
@@ -279,8 +313,37 @@ class ConvNeXtCLI(CLIHooks):
                                                   self.trainer.accumulate_grad_batches)) from err
 
 
-def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
-    """Parse ``args`` and instantiate model, data and trainer; with ``run`` also execute the subcommand."""
+def keeps_run_dirs(logger) -> bool:
+    """Whether a ``--trainer.logger`` value gives each run a versioned directory of its own (TensorBoard, CSV)."""
+    if not logger:
+        return False
+    class_paths = [getattr(one, "class_path", "") for one in (logger if isinstance(logger, list) else [logger])]
+    return str(class_paths[0]).rsplit(".", 1)[-1] in ("TensorBoardLogger", "CSVLogger") if class_paths else False
+
+
+def logger_failure(error: BaseException, logger) -> BaseException | None:
+    """The exception a ``--trainer.logger`` class raised while it was built, when it is behind ``error`` (jsonargparse
+    reports it as a Union that did not validate), found by the frames of the file that defines the logger class."""
+    class_path = str(getattr(logger, "class_path", ""))
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        source = inspect.getfile(getattr(importlib.import_module(module_name), class_name))
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if any(frame.filename == source for frame in traceback.extract_tb(cause.__traceback__)):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def build_cli(args: ArgsType = None, run: bool = True, callbacks: list[Callback] | None = None) -> ConvNeXtCLI:
+    """Parse ``args`` and instantiate model, data and trainer; with ``run`` also execute the subcommand.
+
+    ``callbacks`` join the Trainer's whatever the configuration says (LightningCLI's persistent callbacks): ``tune``
+    gives each trial its pruning callback this way.
+    """
     argv = sys.argv[1:] if args is None else args
     return ConvNeXtCLI(
         ConvNeXtClassifier,
@@ -294,6 +357,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> ConvNeXtCLI:
             "max_epochs": 30,
             "log_every_n_steps": 10,
             "default_root_dir": DEFAULT_ROOT_DIR,
+            **({"callbacks": list(callbacks)} if callbacks else {}),
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": DEFAULT_ROOT_DIR, "name": "convnext"},
@@ -322,15 +386,23 @@ def run_lightning_command(args: list[str] | None) -> None:
     """Run ``fit``, ``validate``, ``test`` or ``predict`` from ``args`` (without the program name; ``None``: the
     process's own command line), its user mistakes ending as one line; called by the console entry
     (:func:`lit_convnext.cli.entry.main`)."""
-    argv = sys.argv[1:] if args is None else args
-    evaluating = bool(argv) and argv[0] in ("validate", "test", "predict")
-    noise = (*LIGHTNING_NOISE, *(EVALUATION_NOISE if evaluating else ()))
     try:
-        with warnings.catch_warnings(), log_filter(LIGHTNING_INFO_LOGGER, DropLines(*noise)):
-            hide_library_advice(evaluating)
-            build_cli(args)  # None: LightningCLI reads sys.argv itself (args and sys.argv both set would warn)
+        lightning_command(args)
     except UserError as err:
         fail(str(err))
     except pickle.UnpicklingError as err:
         fail(f"refusing to load a checkpoint that is not plain tensors and values (it would run code "
              f"when unpickled): {str(err).splitlines()[0]}")
+
+
+def lightning_command(args: list[str] | None, callbacks: list[Callback] | None = None) -> ConvNeXtCLI:
+    """Run a Lightning subcommand as :func:`run_lightning_command` does, with the same lines left out of the
+    terminal, but raising its ``UserError`` (``tune`` records a trial that raised one as failed and goes on);
+    ``callbacks`` as in :func:`build_cli`."""
+    argv = sys.argv[1:] if args is None else args
+    evaluating = bool(argv) and argv[0] in ("validate", "test", "predict")
+    noise = (*LIGHTNING_NOISE, *(EVALUATION_NOISE if evaluating else ()))
+    with warnings.catch_warnings(), log_filter(LIGHTNING_INFO_LOGGER, DropLines(*noise)):
+        hide_library_advice(evaluating)
+        # None: LightningCLI reads sys.argv itself (args and sys.argv both set would warn)
+        return build_cli(args, callbacks=callbacks)

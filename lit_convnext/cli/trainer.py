@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_convnext.callbacks.prediction_writer import PredictionWriter
@@ -20,6 +21,15 @@ from lit_convnext.ranges import Probability
 class ConvNeXtTrainer(Trainer):
     """``Trainer`` whose ``predict`` also takes ``output``, ``top_k`` and ``min_confidence``, and whose
     ``validate``, ``test`` and ``predict`` take ``tta`` and ``threshold`` (all exposed by the CLI)."""
+
+    @property
+    def log_dir(self) -> str | None:
+        """The run directory. A TensorBoard or CSV logger's versioned directory, as Lightning says; with another
+        logger (MLflow, whose ``save_dir`` is a store shared by every run, or none for a database or a tracking
+        server) ``default_root_dir``, which the command line makes a new ``version_N`` for each run."""
+        if self.loggers and not isinstance(self.loggers[0], (TensorBoardLogger, CSVLogger)):
+            return self.strategy.broadcast(self.default_root_dir)
+        return super().log_dir
 
     def validate(  # type: ignore[override]
         self,

@@ -120,6 +120,7 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
     PrivateMember(_CHECKPOINT, "_last_global_step_saved", None, "lightning.CheckpointHooks.last_global_step_saved"),
     PrivateMember(_CHECKPOINT, "_last_checkpoint_saved", None, "lightning.CheckpointHooks.last_checkpoint_saved"),
     PrivateMember("lightning.pytorch.callbacks.WeightAveraging", "_average_model", None, "lightning.averaged_model"),
+    PrivateMember("lightning.pytorch.loggers.MLFlowLogger", "_log_model", None, "lightning.mlflow_log_model"),
     PrivateMember("lightning.pytorch.overrides.distributed", "UnrepeatedDistributedSampler", None,
                   "lightning.UnrepeatedDistributedSampler (a class in an undocumented module)"),
     PrivateMember("lightning.pytorch.utilities.rank_zero.rank_zero_module", "log", None,

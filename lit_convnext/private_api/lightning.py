@@ -16,6 +16,7 @@ __all__ = [
     "UnrepeatedDistributedSampler",
     "averaged_model",
     "callback_keys",
+    "mlflow_log_model",
     "set_callback_keys",
     "subcommand_parser",
 ]
@@ -124,3 +125,9 @@ def averaged_model(callback: WeightAveraging) -> AveragedModel:
     if model is None:
         raise RuntimeError("the averaged model exists once the callback's setup has run")
     return model
+
+
+# ------------------------------------------------------------------------------------------ Lightning: MLFlowLogger
+def mlflow_log_model(logger: object) -> bool | str:
+    """An ``MLFlowLogger``'s ``log_model`` argument (kept private): the app uploads a run's exports with it."""
+    return logger._log_model  # type: ignore[attr-defined]

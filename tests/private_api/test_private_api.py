@@ -40,7 +40,15 @@ INSTANCES: dict[str, Any] = {
     "lightning.pytorch.callbacks.ModelCheckpoint": ModelCheckpoint,
     "lightning.pytorch.callbacks.WeightAveraging": WeightAveraging,
     "torch._dynamo.eval_frame.OptimizedModule": lambda: torch.compile(torch.nn.Linear(1, 1)),  # compiles when called
+    # A tracking server's URL: the logger is built without a store on disk and without connecting.
+    "lightning.pytorch.loggers.MLFlowLogger": lambda: _mlflow_logger("http://127.0.0.1:9"),
 }
+
+
+def _mlflow_logger(tracking_uri: str) -> Any:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(tracking_uri=tracking_uri)
 
 #: Libraries whose private members or message wording the package relies on: each needs an upper bound.
 PINNED = ("lightning", "timm", "torch", "jsonargparse", "pydantic", "pillow", "cleanlab")
