@@ -7,6 +7,7 @@ from lit_convnext.callbacks.load_report import PretrainedLoadReport
 from lit_convnext.callbacks.loss_guard import FiniteLossGuard
 from lit_convnext.callbacks.prediction_writer import PredictionWriter
 from lit_convnext.callbacks.progress import CompactProgressBar
+from lit_convnext.callbacks.time_budget import TimeBudget
 
 __all__ = [
     "EMA",
@@ -17,4 +18,5 @@ __all__ = [
     "PredictionWriter",
     "PretrainedLoadReport",
     "ResumableModelCheckpoint",
+    "TimeBudget",
 ]

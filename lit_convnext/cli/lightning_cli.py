@@ -22,7 +22,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.model.backbone import check_model_name, pretrained_off
-from lit_convnext.callbacks import CompactProgressBar, DataWaitMonitor, ResumableModelCheckpoint
+from lit_convnext.callbacks import CompactProgressBar, DataWaitMonitor, ResumableModelCheckpoint, TimeBudget
 from lit_convnext.callbacks.run import LR_MONITOR_OPTIONS
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
@@ -99,6 +99,7 @@ class ConvNeXtCLI(CLIHooks):
         parser.add_lightning_class_args(PerClassReport, "class_report")
         parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
         parser.add_lightning_class_args(EvaluationReport, "evaluation")
+        parser.add_lightning_class_args(TimeBudget, "time_budget")
 
     def parse_ckpt_path(self) -> None:
         # An exported ONNX model (predict) is no torch checkpoint: its classes and preprocessing are read by
