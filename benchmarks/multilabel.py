@@ -18,6 +18,8 @@ Cases (``--cases`` picks some):
   0.9-1.1, no smoothing), and ``ml_quickstart_eval_full`` the same without the centre crop;
 * ``app_default``: ``configs/multilabel_quickstart.yaml`` as it is now: crop scale and erasing left to the task
   (the app's multi-label defaults), the evaluation's crop too;
+* ``app_default_no_jitter``: the same without colour jitter (timm applies ``color_jitter`` 0.4 when RandAugment is
+  off), ``app_default_warmup30``: the same with one-cycle's warm-up (30% of the run) instead of one epoch;
 * ``plain``: a plain timm loop (BCE, AdamW 1e-3 with one-cycle, no augmentation, the full image resized).
 
     python benchmarks/multilabel.py                            # every case, 12 epochs, 1 seed: about 30-60 min
@@ -60,6 +62,8 @@ CASES: dict[str, tuple[dict, dict | None, float | None]] = {
     "ml_quickstart": (dict(label_smoothing=0.0), ML_QUICKSTART_AUG, None),
     "ml_quickstart_eval_full": (dict(label_smoothing=0.0), ML_QUICKSTART_AUG, 1.0),
     "app_default": (dict(label_smoothing=0.0), dict(hflip=0.0, rand_augment=None), None),
+    "app_default_no_jitter": (dict(label_smoothing=0.0), dict(hflip=0.0, rand_augment=None, color_jitter=None), None),
+    "app_default_warmup30": (dict(label_smoothing=0.0, warmup_epochs=-1.0), dict(hflip=0.0, rand_augment=None), None),
     "plain": ({}, None, None),
 }
 
@@ -80,6 +84,8 @@ def run_app(labels: Path, case: str, epochs: int, seed: int, workdir: Path, size
     from lit_convnext.evaluation.end_of_fit import EvaluationReport
 
     model_options, augmentation, crop_pct = CASES[case]
+    if model_options.get("warmup_epochs") == -1.0:  # one-cycle's warm-up: 30% of the run
+        model_options = {**model_options, "warmup_epochs": 0.3 * epochs}
     pl.seed_everything(seed, verbose=False)
     data = ImageFolderDataModule(labels=labels, batch_size=64, num_workers=0,
                                  **({} if augmentation is None else {"augmentation": TrainAugmentation(**augmentation)}))

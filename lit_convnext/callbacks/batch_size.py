@@ -21,6 +21,7 @@ from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_convnext.errors import UserError
+from lit_convnext.ranges import PositiveInt
 
 #: The batch ``auto`` gives without a GPU: ``ImageFolderDataModule``'s and ``configs/finetune.yaml``'s default.
 CPU_BATCH_SIZE = 32
@@ -40,7 +41,7 @@ class AutoBatchSize(Callback):
         max_batch_size: The largest batch tried.
     """
 
-    def __init__(self, steps_per_trial: int = 3, max_batch_size: int = 4096) -> None:
+    def __init__(self, steps_per_trial: PositiveInt = 3, max_batch_size: PositiveInt = 4096) -> None:
         self.steps_per_trial = steps_per_trial
         self.max_batch_size = max_batch_size
 
