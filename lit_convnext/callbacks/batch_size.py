@@ -3,9 +3,9 @@ optimizer is built, so the learning rate is scaled by the batch the run uses (``
 
 Lightning's ``BatchSizeFinder`` (through its ``Tuner``, binary search) does the search; Lightning refuses it under
 DDP (#20994) and runs it inside ``fit`` after the optimizer exists. So :class:`AutoBatchSize` runs it in its
-``setup`` hook, on a one-device probe Trainer of this process's device with a fresh copy of the model: under DDP
-every rank probes its own device and all take the smallest result. Without a CUDA device there is no out-of-memory
-error to search for: the batch is :data:`CPU_BATCH_SIZE`, said in one line.
+``setup`` hook, on a one-device probe Trainer of this process's device with a fresh copy of the model. Under DDP it
+refuses in one line for now (a probe Trainer inside the DDP processes hung in a two-rank CPU trial). Without a CUDA
+device there is no out-of-memory error to search for: the batch is :data:`CPU_BATCH_SIZE`, said in one line.
 """
 
 from __future__ import annotations
@@ -54,10 +54,13 @@ class AutoBatchSize(Callback):
             rank_zero_info(f"--data.batch_size auto: no CUDA device to measure, so the default batch "
                            f"{CPU_BATCH_SIZE} is used (pass a number to choose another).")
             return
+        if trainer.world_size > 1:
+            # A one-device probe Trainer inside a DDP process hung in a CPU (gloo) trial of two ranks; until a probe
+            # that starts before the processes do exists, refuse rather than hang.
+            raise UserError(f"--data.batch_size auto is not supported yet with {trainer.world_size} processes: find the "
+                            "batch on one device (`fit --data.batch_size auto --trainer.devices 1 --trainer.max_steps "
+                            "1` prints it) and pass that number")
         found = self._probe(trainer, pl_module, data)
-        if trainer.world_size > 1:  # every rank must train the same batch: the smallest device decides
-            found = int(trainer.strategy.reduce(torch.tensor(found, device=trainer.strategy.root_device),
-                                                reduce_op="min"))
         hparams = pl_module.hparams
         if (hparams.get("mixup_alpha", 0) > 0 or hparams.get("cutmix_alpha", 0) > 0) and found % 2:
             found -= 1  # Mixup/CutMix pair images within the batch
@@ -65,8 +68,7 @@ class AutoBatchSize(Callback):
             raise UserError("--data.batch_size auto: not even one image per step fits in the GPU's memory: lower "
                             "--model.image_size, use --trainer.precision bf16-mixed or a smaller --model.model_name")
         data.batch_size = found
-        devices = f"the smallest of {trainer.world_size} devices' largest" if trainer.world_size > 1 else "the largest"
-        rank_zero_info(f"--data.batch_size auto: {found} images per device, {devices} batch that trained "
+        rank_zero_info(f"--data.batch_size auto: {found} images per device, the largest batch that trained "
                        f"{self.steps_per_trial} steps without running out of memory (Lightning's BatchSizeFinder, "
                        "binary search); the learning rate is scaled by it.")
 

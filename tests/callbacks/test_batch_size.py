@@ -79,3 +79,22 @@ def test_auto_parses_and_validate_refuses_it(image_root: Path, capsys: pytest.Ca
     line = one_line_error(capsys, ["validate", "--data.root", str(image_root), "--data.batch_size", "auto",
                                    "--ckpt_path", "missing.ckpt"])
     assert "--data.batch_size auto searches a training batch" in line
+
+
+
+@pytest.mark.slow  # two DDP processes on CPU (gloo): tens of seconds
+def test_auto_under_ddp_on_the_cpu_takes_the_default_on_every_rank(image_root: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    done = subprocess.run([sys.executable, "-m", "lit_convnext", *fit_args(image_root, "--data.batch_size", "auto",
+                                                                          "--trainer.strategy", "ddp",
+                                                                          "--trainer.devices", "2")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "no CUDA device to measure, so the default batch 32" in out
+    assert "Effective batch 64 (32 per device x 2 device(s)" in out
