@@ -63,14 +63,12 @@ def test_auto_under_mixup_is_even(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert data.batch_size % 2 == 0 and data.batch_size <= 13
 
 
-@pytest.mark.slow  # one training step: about 2 s
 def test_auto_on_the_cpu_uses_the_default_batch_and_says_so(image_root: Path) -> None:
     data, model = _fit(image_root)
     assert data.batch_size == auto_batch.CPU_BATCH_SIZE == 32
     assert any("no CUDA device to measure, so the default batch 32" in line for line in model.info_lines)
 
 
-@pytest.mark.slow  # two parses that scan the folder: a few seconds
 def test_auto_parses_and_validate_refuses_it(image_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from lit_convnext.cli.lightning_cli import build_cli
 

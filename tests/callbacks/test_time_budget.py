@@ -47,7 +47,6 @@ def test_a_time_budget_ends_annealed_with_a_best_checkpoint_and_report(image_roo
     assert timer.time_elapsed() <= BUDGET_S
 
 
-@pytest.mark.slow  # builds the model and scans the folder before the error: about 2 s
 def test_a_time_budget_without_an_epoch_limit_is_one_line(image_root: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     line = one_line_error(capsys, fit_args(image_root, "--trainer.max_time", "00:00:01:00",
