@@ -9,6 +9,7 @@ from lit_convnext.callbacks.loss_guard import FiniteLossGuard
 from lit_convnext.callbacks.old_classes import OldClassAccuracy
 from lit_convnext.callbacks.prediction_writer import PredictionWriter
 from lit_convnext.callbacks.progress import CompactProgressBar
+from lit_convnext.callbacks.time_budget import TimeBudget
 
 __all__ = [
     "EMA",
@@ -21,4 +22,5 @@ __all__ = [
     "PredictionWriter",
     "PretrainedLoadReport",
     "ResumableModelCheckpoint",
+    "TimeBudget",
 ]

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lit_convnext.callbacks.batch_size import AutoBatchSize
 from lit_convnext.callbacks.checkpointing import ResumableModelCheckpoint, run_checkpoint_options
 from lit_convnext.callbacks.data_wait import DataWaitMonitor
 from lit_convnext.callbacks.load_report import PretrainedLoadReport
@@ -20,6 +21,7 @@ from lit_convnext.callbacks.loss_guard import FiniteLossGuard
 from lit_convnext.callbacks.mlflow_artifacts import MlflowArtifacts
 from lit_convnext.callbacks.old_classes import OldClassAccuracy
 from lit_convnext.callbacks.pseudo_labels import PseudoLabelReport
+from lit_convnext.callbacks.time_budget import TimeBudget
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
 
@@ -31,7 +33,9 @@ LR_MONITOR_OPTIONS = {"logging_interval": "step"}
 def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list[Callback]:
     """The app's callbacks for the Trainer's current stage that it does not hold yet.
 
-    ``fit``: :class:`FiniteLossGuard`, :class:`PretrainedLoadReport`, :class:`EvaluationReport`,
+    ``fit``: :class:`FiniteLossGuard`, :class:`PretrainedLoadReport`, :class:`TimeBudget` (inert without
+    ``max_time``), :class:`AutoBatchSize` (inert unless the datamodule's ``batch_size`` is ``auto``),
+    :class:`EvaluationReport`,
     :class:`PerClassReport`, :class:`DataWaitMonitor`, :class:`OldClassAccuracy` (measures only when
     ``--model.pretrained`` weights gained classes by name), a :class:`LearningRateMonitor` when the Trainer has a
     logger, :class:`MlflowArtifacts` when it logs to MLflow, a :class:`PseudoLabelReport` when the data has
@@ -39,14 +43,14 @@ def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list
     :func:`run_checkpoint_options` in place of Lightning's default ``ModelCheckpoint`` (any other checkpoint callback
     is the user's and stays; none without ``enable_checkpointing``). ``validate`` and ``test``: the two reports
     (per-image and per-class files). ``predict``: none (a file is written only by a ``PredictionWriter`` given to the
-    Trainer). ``barebones``, which times the loop alone, gets none of the reports and monitors; the loss guard and
-    the load report stay.
+    Trainer). ``barebones``, which times the loop alone, gets none of the reports and monitors; the loss guard,
+    the time budget, the batch-size search and the load report stay.
     A run without one of them gives the Trainer an instance turned off, e.g. ``EvaluationReport(enabled=False)``.
     """
     fn = trainer.state.fn
     wanted: list[Callback] = []
     if fn == TrainerFn.FITTING:
-        wanted += [FiniteLossGuard(), PretrainedLoadReport()]
+        wanted += [FiniteLossGuard(), PretrainedLoadReport(), TimeBudget(), AutoBatchSize()]
     if fn in (TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING) and not trainer.barebones:
         wanted += [EvaluationReport(), PerClassReport()]
     if fn == TrainerFn.FITTING and not trainer.barebones:

@@ -26,7 +26,8 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_convnext.model.backbone import check_model_name, pretrained_off
-from lit_convnext.callbacks import CompactProgressBar, DataWaitMonitor, ResumableModelCheckpoint
+from lit_convnext.callbacks import CompactProgressBar, DataWaitMonitor, ResumableModelCheckpoint, TimeBudget
+from lit_convnext.callbacks.batch_size import AUTO
 from lit_convnext.callbacks.mlflow_artifacts import allow_file_store, is_file_store
 from lit_convnext.callbacks.run import LR_MONITOR_OPTIONS
 from lit_convnext.evaluation.class_report import PerClassReport
@@ -64,6 +65,12 @@ CALLBACK_SWITCHES = {
 }
 
 
+def known_batch_size(batch_size: int | str) -> int | None:
+    """The model's ``batch_size`` from the data's: ``None`` while it is ``auto`` (the model reads the datamodule's
+    number when its optimizer is built)."""
+    return None if batch_size == AUTO else batch_size
+
+
 class OneLineErrorParser(LightningArgumentParser):
     """Reports a bad option as one line naming it (jsonargparse prints the usage and a nested explanation)."""
 
@@ -95,7 +102,8 @@ class ConvNeXtCLI(CLIHooks):
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")
-        parser.link_arguments("data.batch_size", "model.batch_size", apply_on="parse")
+        # `auto` is decided when the fit is set up (AutoBatchSize); the model then reads the datamodule's number.
+        parser.link_arguments("data.batch_size", "model.batch_size", compute_fn=known_batch_size, apply_on="parse")
         # The same defaults as the callbacks the model adds to a plain Trainer (configure_callbacks).
         parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
         parser.set_defaults({f"checkpoint.{key}": value for key, value in run_checkpoint_options().items()})
@@ -105,6 +113,7 @@ class ConvNeXtCLI(CLIHooks):
         parser.add_lightning_class_args(PerClassReport, "class_report")
         parser.add_lightning_class_args(DataWaitMonitor, "data_wait")
         parser.add_lightning_class_args(EvaluationReport, "evaluation")
+        parser.add_lightning_class_args(TimeBudget, "time_budget")
 
     def parse_ckpt_path(self) -> None:
         # An exported ONNX model (predict) is no torch checkpoint: its classes and preprocessing are read by
@@ -127,7 +136,11 @@ class ConvNeXtCLI(CLIHooks):
         if config.get("model") is not None:
             check_model_name(config.model.model_name)
             if self.subcommand == "fit":
-                check_mixup_batch(config.data.batch_size, config.model.mixup_alpha, config.model.cutmix_alpha)
+                if config.data.batch_size != AUTO:  # auto is found when the fit is set up, and made even then
+                    check_mixup_batch(config.data.batch_size, config.model.mixup_alpha, config.model.cutmix_alpha)
+            elif config.data.batch_size == AUTO:
+                raise UserError(f"--data.batch_size auto searches a training batch, and `{self.subcommand}` does not "
+                                "train: pass a number of images per step")
             else:  # the model's batch_size is the training batch; validate, test and predict do not train
                 config.model.batch_size = None
         ckpt_path = config.get("ckpt_path")

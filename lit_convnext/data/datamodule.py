@@ -70,7 +70,9 @@ class ImageFolderDataModule(LightningDataModule):
         val_fraction: Share of each class held out for validation when ``root`` has no ``val/``.
         split_seed: Seed of that split; the split is also written to ``split_manifest.csv`` in the run directory.
         split_manifest: A ``split_manifest.csv`` from an earlier run, to reproduce its split exactly.
-        batch_size: Images per device per step.
+        batch_size: Images per device per step; ``auto``: on a GPU, the largest that fits in its memory (every
+            device's, under DDP), found when ``fit`` is set up (:class:`~lit_convnext.callbacks.batch_size.AutoBatchSize`);
+            without a GPU, 32.
         num_workers: Loader processes per device; ``None`` shares the node's cores among its devices, one
             left for each training process (at most 8).
         pin_memory: Page-locked batches for faster host-to-GPU copies; ``None`` means on when CUDA is used.
@@ -110,7 +112,7 @@ class ImageFolderDataModule(LightningDataModule):
         val_fraction: OpenFraction = 0.2,
         split_seed: int = 42,
         split_manifest: Path | None = None,
-        batch_size: PositiveInt = 32,
+        batch_size: PositiveInt | Literal["auto"] = 32,
         num_workers: NonNegativeInt | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
@@ -236,7 +238,7 @@ class ImageFolderDataModule(LightningDataModule):
         splits = self.splits
         self._drop_bad_files(CHECKED_SPLITS.get(stage, ()))
         if stage == "fit":
-            if len(splits.train) < self.batch_size:
+            if isinstance(self.batch_size, int) and len(splits.train) < self.batch_size:  # else auto: found later
                 raise UserError(
                     f"only {len(splits.train)} training images in {self._source} but --data.batch_size is "
                     f"{self.batch_size}: lower the batch size or add images"
@@ -244,10 +246,11 @@ class ImageFolderDataModule(LightningDataModule):
             if not splits.val:
                 raise UserError(f"no validation images found under {self._source}: add "
                                 + ("rows with split 'val'" if self.labels else f"{self.root}/val/<class>/..."))
-            if self.augmentation.enabled:
-                train_transform = build_train_transform(preprocessing, self.augmentation)
-                weak_transform = build_weak_transform(preprocessing, self.augmentation)
-                train_size = train_decode_size(preprocessing, self.augmentation) if self.reduced_decode else None
+            augmentation = self._task_augmentation()
+            if augmentation.enabled:
+                train_transform = build_train_transform(preprocessing, augmentation)
+                weak_transform = build_weak_transform(preprocessing, augmentation)
+                train_size = train_decode_size(preprocessing, augmentation) if self.reduced_decode else None
             else:
                 train_transform, weak_transform, train_size = eval_transform, eval_transform, eval_size
             self.datasets["train"] = self._labeled(splits.train, train_transform, train_size, evaluation=False)
@@ -313,6 +316,19 @@ class ImageFolderDataModule(LightningDataModule):
             raise UserError(f"no image under --data.unlabeled_root {pool.root} can be decoded")
         self._unlabeled = UnlabeledPool(pool.root, [sample.path for sample in kept], pool.left_out)
         self._checked.add(UNLABELED)
+
+    def _task_augmentation(self) -> TrainAugmentation:
+        """The augmentation with the task's values for the options left to it (``TrainAugmentation.for_task``);
+        when the task changes any, with the model's (``ConvNeXtClassifier.task_defaults``), one line says which."""
+        augmentation, changed = self.augmentation.for_task(self.task)
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        changed = {**changed, **getattr(model, "task_defaults", {})}
+        if changed:
+            values = ", ".join(f"{name} {list(value) if isinstance(value, tuple) else value}"
+                               for name, value in changed.items())
+            rank_zero_info(f"{self.task.capitalize()} task: {values}, so that training and evaluation images keep "
+                           "what their labels name (set an option to choose its value).")
+        return augmentation
 
     def _resolve_preprocessing(self) -> dict[str, Any]:
         model = self.trainer.lightning_module if self.trainer is not None else None

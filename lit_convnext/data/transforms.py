@@ -7,7 +7,7 @@ Mean, std, interpolation and crop come from the model's pretrained config (see
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image
@@ -20,36 +20,59 @@ from torchvision import transforms as T
 WEAK_MIN_SCALE = 0.75
 
 
+#: Training augmentation that depends on the task (``None`` in :class:`TrainAugmentation`): the official ConvNeXt
+#: fine-tuning values for one class per image; for multi-label images, values that keep what the labels name in
+#: the image (a crop of 8% of the image, or an erased patch, can take a labelled object out while its label stays):
+#: measured on 2x2 grids of digit scans, see docs/recipes.md, "Multi-label".
+TASK_AUGMENTATION: dict[str, dict[str, Any]] = {
+    "multiclass": {"scale": (0.08, 1.0), "random_erasing": 0.25},
+    "multilabel": {"scale": (1.0, 1.0), "random_erasing": 0.0},
+}
+
+
 @dataclass(frozen=True)
 class TrainAugmentation:
-    """Training augmentation (timm's). Defaults follow the official ConvNeXt fine-tuning recipe.
+    """Training augmentation (timm's). Defaults follow the official ConvNeXt fine-tuning recipe; those marked
+    *task* are ``None`` until :meth:`for_task` gives them the task's value (``TASK_AUGMENTATION``), so a value
+    the user gives is kept.
 
     Args:
-        scale: Random-resized-crop area range, as a fraction of the image.
+        scale: Random-resized-crop area range, as a fraction of the image; ``None``: the task's (*task*:
+            ``[0.08, 1.0]`` multi-class, ``[1.0, 1.0]`` multi-label: the whole image).
         ratio: Random-resized-crop aspect-ratio range.
         hflip: Probability of a horizontal flip.
         vflip: Probability of a vertical flip.
         rand_augment: timm RandAugment policy string, or ``None`` for none.
         color_jitter: Colour-jitter strength; timm ignores it while RandAugment is on.
-        random_erasing: Probability of random erasing.
+        random_erasing: Probability of random erasing; ``None``: the task's (*task*: 0.25 multi-class, 0
+            multi-label).
         random_erasing_mode: ``pixel`` (per-pixel noise), ``rand`` (per-channel) or ``const``.
         enabled: ``false``: no augmentation at all; training images get the evaluation transform (the same tensor
             every epoch, which lets a frozen backbone's features be computed once: ``--model.freeze_backbone``).
     """
 
-    scale: tuple[float, float] = (0.08, 1.0)
+    scale: tuple[float, float] | None = None
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
     hflip: float = 0.5
     vflip: float = 0.0
     rand_augment: str | None = "rand-m9-mstd0.5-inc1"
     color_jitter: float | None = 0.4
-    random_erasing: float = 0.25
+    random_erasing: float | None = None
     random_erasing_mode: str = "pixel"
     enabled: bool = True
 
+    def for_task(self, task: str) -> tuple["TrainAugmentation", dict[str, Any]]:
+        """This augmentation with the task's values for the options left ``None``, and those of them whose value
+        differs from the multi-class one (what a multi-label run changes, for its one-line notice)."""
+        chosen = {name: value for name, value in TASK_AUGMENTATION[task].items() if getattr(self, name) is None}
+        changed = {name: value for name, value in chosen.items() if value != TASK_AUGMENTATION["multiclass"][name]}
+        return replace(self, **chosen), changed
+
 
 def build_train_transform(preprocessing: dict[str, Any], augmentation: TrainAugmentation) -> T.Compose:
-    """The training pipeline: random resized crop, flips, RandAugment, normalise, random erasing."""
+    """The training pipeline: random resized crop, flips, RandAugment, normalise, random erasing (options left to
+    the task and not yet given theirs take the multi-class values)."""
+    augmentation = augmentation.for_task("multiclass")[0]
     transform = create_transform(
         input_size=tuple(preprocessing["input_size"]),
         is_training=True,
@@ -73,6 +96,7 @@ def build_weak_transform(preprocessing: dict[str, Any], augmentation: TrainAugme
     """The light view of an unlabelled image (what the model or a teacher labels it from): a mild random resized
     crop (at least three quarters of the image, or the training minimum if larger) and the training flips, without
     RandAugment or erasing."""
+    augmentation = augmentation.for_task("multiclass")[0]
     return create_transform(
         input_size=tuple(preprocessing["input_size"]),
         is_training=True,
@@ -115,6 +139,7 @@ def train_decode_size(preprocessing: dict[str, Any], augmentation: TrainAugmenta
     *square* image of short side ``S`` has short side ``S * sqrt(scale[0] * min(ratio, 1/ratio))``;
     longer images give larger crops.
     """
+    augmentation = augmentation.for_task("multiclass")[0]
     size = max(preprocessing["input_size"][1:])
     min_scale = max(min(augmentation.scale), 1e-6)
     aspect = min(min(augmentation.ratio), 1.0 / max(augmentation.ratio))

@@ -93,7 +93,8 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
             fresh rows for the folder's new classes; a file with classes the folder lacks is refused. ``new``
             starts a new head on the file's backbone. See docs/new-classes.md.
         preprocessing: Mean, std, interpolation, crop and input size; resolved from the weights' pretrained
-            config when ``None`` and stored in checkpoints, so evaluation and predict reuse it exactly.
+            config when ``None`` (a multi-label task evaluates the whole image: crop_pct 1) and stored in
+            checkpoints, so evaluation and predict reuse it exactly.
         class_weights: Training-loss class weights: ``none``, ``auto`` (inverse training frequency, mean 1) or a
             mapping class name -> weight. Composes with label smoothing and Mixup/CutMix (see
             ``lit_convnext.model.losses``).
@@ -216,6 +217,11 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         #: Trainer for one validate/test/predict run (``--tta true``), never during training.
         self.tta = False
         self.preprocessing = resolve_preprocessing(self.net, image_size, preprocessing)
+        #: What the task decided for options left to it: multi-label evaluates the whole image (the weights'
+        #: centre crop could cut a labelled object out). Said by the datamodule's notice when a fit starts.
+        self.task_defaults: dict[str, Any] = {}
+        if task == "multilabel" and not preprocessing and self.preprocessing.get("crop_pct", 1.0) != 1.0:
+            self.preprocessing["crop_pct"] = self.task_defaults["crop_pct"] = 1.0
         self.hparams["preprocessing"] = self.preprocessing
         self.mixup = self._build_mixup() if self.class_names else None
         #: Semi-supervised learning from the training batches' unlabelled part (none without classes).

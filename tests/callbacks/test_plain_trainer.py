@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lit_convnext.callbacks.batch_size import AutoBatchSize
+from lit_convnext.callbacks.time_budget import TimeBudget
 from lit_convnext.callbacks import DataWaitMonitor, FiniteLossGuard, ResumableModelCheckpoint
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
 from lit_convnext.callbacks.run import missing_run_callbacks
@@ -86,8 +88,9 @@ def _types(callbacks: list) -> set[str]:
 def test_the_model_adds_only_the_callbacks_the_trainer_lacks(tmp_path: Path) -> None:
     fit = _trainer(TrainerFn.FITTING, default_root_dir=tmp_path)
     added = missing_run_callbacks(fit)
-    assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "EvaluationReport", "PerClassReport",
-                             "DataWaitMonitor", "OldClassAccuracy", "LearningRateMonitor", "ResumableModelCheckpoint"}
+    assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "TimeBudget", "AutoBatchSize",
+                             "EvaluationReport", "PerClassReport", "DataWaitMonitor", "OldClassAccuracy",
+                             "LearningRateMonitor", "ResumableModelCheckpoint"}
     [checkpoint] = [c for c in added if isinstance(c, ModelCheckpoint)]  # replaces Lightning's default one
     assert (checkpoint.monitor, checkpoint.mode, checkpoint.save_last) == ("val/acc1", "max", True)
     assert next(c for c in added if isinstance(c, LearningRateMonitor)).logging_interval == "step"
@@ -97,13 +100,14 @@ def test_the_model_adds_only_the_callbacks_the_trainer_lacks(tmp_path: Path) -> 
     # Instances given to the Trainer (as the command line's are) stay; a user's own checkpoint callback too.
     given = [PerClassReport(plot=False), EvaluationReport(enabled=False), ModelCheckpoint(monitor="val/loss")]
     added = missing_run_callbacks(_trainer(TrainerFn.FITTING, logger=False, callbacks=given))
-    assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "DataWaitMonitor",
-                             "OldClassAccuracy"}  # no logger: no lr monitor
+    assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "TimeBudget", "AutoBatchSize",
+                             "DataWaitMonitor", "OldClassAccuracy"}  # no logger: no lr monitor
 
     unchecked = missing_run_callbacks(_trainer(TrainerFn.FITTING, logger=False, enable_checkpointing=False))
     assert not [c for c in unchecked if isinstance(c, ModelCheckpoint)]
     barebones = _trainer(TrainerFn.FITTING, barebones=True)
-    assert _types(missing_run_callbacks(barebones)) == {"FiniteLossGuard", "PretrainedLoadReport"}
+    assert _types(missing_run_callbacks(barebones)) == {"FiniteLossGuard", "PretrainedLoadReport", "TimeBudget",
+                                                         "AutoBatchSize"}
     for stage in (TrainerFn.VALIDATING, TrainerFn.TESTING):
         assert _types(missing_run_callbacks(_trainer(stage, logger=False))) == {"EvaluationReport", "PerClassReport"}
     assert missing_run_callbacks(_trainer(TrainerFn.PREDICTING, logger=False)) == []
@@ -119,7 +123,7 @@ def test_the_command_line_callbacks_are_not_doubled(image_root: Path, monkeypatc
     [trainer] = seen
     kinds = [type(c) for c in trainer.callbacks]
     for kind in (FiniteLossGuard, EvaluationReport, PerClassReport, DataWaitMonitor, ResumableModelCheckpoint,
-                 LearningRateMonitor):
+                 LearningRateMonitor, TimeBudget, AutoBatchSize):
         assert kinds.count(kind) == 1, kind
     assert next(c for c in trainer.callbacks if isinstance(c, EvaluationReport)).enabled is False
     assert not [c for c in trainer.callbacks if type(c) is ModelCheckpoint]

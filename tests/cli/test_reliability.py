@@ -18,7 +18,7 @@ from tests.helpers import fit_args, one_line_error
     [
         ("--model.lr", "0", "--model.lr 0: must be greater than 0"),
         ("--model.lr", "-1e-3", "--model.lr -1e-3: must be greater than 0"),
-        ("--data.batch_size", "0", "--data.batch_size 0: must be greater than or equal to 1"),
+        ("--data.batch_size", "0", "--data.batch_size 0: must be an integer >= 1, or one of auto"),
         ("--model.image_size", "100", "--model.image_size 100: must be an integer >= 32 and a multiple of 32, or null"),
         ("--model.layer_decay", "1.5", "--model.layer_decay 1.5: must be a number > 0 and <= 1, or null"),
         ("--model.layer_decay", "0", "--model.layer_decay 0: must be a number > 0 and <= 1, or null"),
