@@ -45,7 +45,7 @@ FORMATS: dict[str, Format] = {f.suffix: f for f in (
            "lit_convnext.inference.openvino_model", int8=True),
     Format(".tflite", "LiteRT", "litert", ("litert_torch", "ai_edge_litert"), ("ai_edge_litert",),
            "lit_convnext.inference.litert_model",
-           "lit_convnext.inference.litert_model", int8=True),
+           "lit_convnext.inference.litert_model", int8=False),
     Format(".mlpackage", "Core ML", "coreml", ("coremltools",), (),
            "lit_convnext.inference.coreml_model", None,
            int8=False),
