@@ -70,11 +70,13 @@ def images_per_second(run: Callable[[np.ndarray], np.ndarray], shape: tuple[int,
 
 
 def size_mb(path: Path) -> float:
-    """Size on disk in MB (a folder, as a Core ML package is, counts all its files)."""
+    """Size on disk in MB (a folder, as a Core ML package is, counts all its files; OpenVINO's ``.xml`` counts its
+    ``.bin``, which holds the weights)."""
     path = Path(path)
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
-    return path.stat().st_size / 1e6
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return (path.stat().st_size + (weights.stat().st_size if weights and weights.is_file() else 0)) / 1e6
 
 
 def make_row(model: str, probs: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor,
