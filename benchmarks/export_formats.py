@@ -147,8 +147,8 @@ def plot(speeds: dict[str, list[dict]], path: Path, machine: str) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("images/s (higher is better)")
         ax.set_title(name)
-        ax.legend(loc="lower right")
-    fig.suptitle(f"Export formats on {machine}")
+        ax.legend(loc="upper right")
+    fig.suptitle(f"Export formats, {machine}\n(a shared machine: compare bars, not absolute speeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
