@@ -52,8 +52,10 @@ def probabilities(run: Callable[[np.ndarray], np.ndarray], images: torch.Tensor,
 
 
 def images_per_second(run: Callable[[np.ndarray], np.ndarray], shape: tuple[int, int, int],
-                      batches: tuple[int, ...] = SPEED_BATCHES, seconds: float = SPEED_SECONDS) -> dict[str, float]:
-    """Median images/s of ``run`` on random inputs at each batch size (one warm-up run first)."""
+                      batches: tuple[int, ...] = SPEED_BATCHES, seconds: float | None = None) -> dict[str, float]:
+    """Median images/s of ``run`` on random inputs at each batch size (one warm-up run first), timed for
+    ``seconds`` (default :data:`SPEED_SECONDS`) and at least :data:`SPEED_MIN_RUNS` runs."""
+    seconds = SPEED_SECONDS if seconds is None else seconds
     result = {}
     rng = np.random.default_rng(0)
     for batch in batches:
