@@ -21,7 +21,8 @@ from lit_convnext.errors import UserError
 from lit_convnext.ranges import NonNegativeFloat
 from lit_convnext.weights import export_timm_weights, load_pretrained, read_checkpoint, sidecar_path
 
-#: Fewer calibration images than this gave visibly noisier INT8 accuracy in our measurements (docs/deployment.md).
+#: NNCF's default calibration subset size, and what the measurements in docs/deployment.md calibrated on; fewer
+#: still works (a hundred is common) but is untested there, so the command warns.
 MIN_CALIBRATION_IMAGES = 300
 #: At most this many calibration images are used (more did not help; NNCF's default subset size is 300).
 MAX_CALIBRATION_IMAGES = 512
@@ -96,7 +97,7 @@ def export(ckpt_path: Path, output: Path, use_ema: bool = True, fp16: bool = Fal
                  else checks)
         if len(calib.paths) < MIN_CALIBRATION_IMAGES:
             warnings.warn(f"calibrating INT8 on {len(calib.paths)} images from {calib.source}; "
-                          f"{MIN_CALIBRATION_IMAGES} or more gave steadier accuracy in our measurements")
+                          f"the measured INT8 results in docs/deployment.md used {MIN_CALIBRATION_IMAGES}")
     net, ema_used, _ = _network(ckpt_path, hparams, use_ema)
     return _export_model(fmt, net, output, hparams, calibration, fp16, "EMA" if ema_used else "raw", checks, calib,
                          max_accuracy_drop, load_tensors)
