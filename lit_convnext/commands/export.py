@@ -24,7 +24,7 @@ from lit_convnext.weights import export_timm_weights, load_pretrained, read_chec
 #: NNCF's default calibration subset size, and what the measurements in docs/deployment.md calibrated on; fewer
 #: still works (a hundred is common) but is untested there, so the command warns.
 MIN_CALIBRATION_IMAGES = 300
-#: At most this many calibration images are used (more did not help; NNCF's default subset size is 300).
+#: At most this many calibration images are used: calibration time grows with the count.
 MAX_CALIBRATION_IMAGES = 512
 
 
