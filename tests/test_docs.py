@@ -229,6 +229,7 @@ def example_files(fitted: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     checkpoint = cwd / "runs" / "convnext" / "version_0" / "checkpoints" / "last.ckpt"
     checkpoint.parent.mkdir(parents=True)
     shutil.copy(fitted["best"], checkpoint)
+    shutil.copy(fitted["run"] / "config.yaml", checkpoint.parents[1])  # the run record: its validation images
     export(checkpoint, cwd / "model.onnx")
     write_image(cwd / "photo.jpg", (220, 30, 30))
     for i, color in enumerate([(30, 200, 40), (30, 40, 220)]):

@@ -30,7 +30,7 @@ subcommands (`lit-convnext SUBCOMMAND --help` lists each one's options):
   predict    label the images of --data.predict_dir with a checkpoint, one row per file
   tune       search the recipe's hyper-parameters: every fit option plus --tune.* (needs the `tune` extra)
   doctor     check a data folder before training (bad files, leakage, empty classes)
-  export     write a checkpoint's weights for plain timm (.safetensors + .json) or as ONNX (.onnx)
+  export     write a checkpoint's weights for plain timm (.safetensors + .json) or as ONNX/OpenVINO/LiteRT/Core ML
   serve      answer HTTP requests with a checkpoint's predictions (needs the `serve` extra)
   report     rebuild a run's report.html from its run directory and a checkpoint
   suggest    list the images of an unlabelled pool to label next, best first (active learning)

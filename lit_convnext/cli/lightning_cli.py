@@ -116,12 +116,16 @@ class ConvNeXtCLI(CLIHooks):
         parser.add_lightning_class_args(TimeBudget, "time_budget")
 
     def parse_ckpt_path(self) -> None:
-        # An exported ONNX model (predict) is no torch checkpoint: its classes and preprocessing are read by
-        # OnnxClassifier from the file's metadata instead of being parsed into the model's options.
+        # An exported model (predict) is no torch checkpoint: its classes and preprocessing are read by
+        # ExportedClassifier from the file's metadata instead of being parsed into the model's options.
+        from lit_convnext.inference.exported import is_exported
+
         subcommand = self.config.get("subcommand")
-        if subcommand and str(self.config[subcommand].get("ckpt_path") or "").endswith(".onnx"):
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if is_exported(ckpt_path):
             if subcommand != "predict":
-                raise UserError(f"`{subcommand}` needs a .ckpt checkpoint; an exported .onnx model can only `predict`")
+                raise UserError(f"`{subcommand}` needs a .ckpt checkpoint; an exported {Path(ckpt_path).suffix} "
+                                "model can only `predict`")
             return
         with quiet_pickle_protocol():  # a plain pickle is refused with its name (see lit_convnext.cli.entry)
             super().parse_ckpt_path()

@@ -87,8 +87,8 @@ class ConvNeXtTrainer(Trainer):
         tta: bool = False,
         threshold: Probability | None = None,
     ) -> Any:
-        """Label images with a trained checkpoint, or with an exported ONNX model (``ckpt_path`` ending in ``.onnx``,
-        run by ONNX Runtime with the preprocessing stored in it).
+        """Label images with a trained checkpoint, or with an exported model (``ckpt_path`` ending in ``.onnx``,
+        ``.xml`` or ``.tflite``, run by its own runtime with the preprocessing stored in it).
 
         Returns what Lightning's ``predict`` returns: a list of per-batch dicts (``probabilities``, ``indices`` into
         the dataset, ``errors`` of unreadable files), or ``None`` when ``return_predictions`` is false, which is
@@ -105,11 +105,11 @@ class ConvNeXtTrainer(Trainer):
                 (twice the compute).
             threshold: Multi-label: one decision threshold for every class instead of the tuned ones.
         """
-        if ckpt_path is not None and Path(ckpt_path).suffix == ".onnx":
-            from lit_convnext.inference.onnx_model import OnnxClassifier
+        from lit_convnext.inference.exported import ExportedClassifier, is_exported
 
+        if is_exported(ckpt_path):
             # The exported model replaces the module; the same loader and writer produce the same rows.
-            model, ckpt_path = OnnxClassifier(Path(ckpt_path), str(self.strategy.root_device)), None
+            model, ckpt_path = ExportedClassifier(Path(ckpt_path), str(self.strategy.root_device)), None
         writer = None
         if output is not None:
             separator = getattr(datamodule, "label_separator", ";")  # multi-label: how ``labels`` joins names

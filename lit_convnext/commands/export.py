@@ -1,55 +1,106 @@
-"""``lit-convnext export``: a checkpoint's fine-tuned model as timm ``.safetensors`` (+ JSON) or as ONNX.
+"""``lit-convnext export``: a checkpoint's fine-tuned model as timm ``.safetensors`` (+ JSON) or as a deployable
+model (ONNX, OpenVINO IR, LiteRT, Core ML), optionally INT8, checked on the user's labelled images first.
 
-The format follows the output's suffix.
+The format follows the output's suffix (:mod:`lit_convnext.inference.formats`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from torch import nn
 
 from lit_convnext.errors import UserError
+from lit_convnext.ranges import NonNegativeFloat
 from lit_convnext.weights import export_timm_weights, load_pretrained, read_checkpoint, sidecar_path
 
-SUFFIXES = (".safetensors", ".onnx")
+#: NNCF's default calibration subset size, and what the measurements in docs/deployment.md calibrated on; fewer
+#: still works (a hundred is common) but is untested there, so the command warns.
+MIN_CALIBRATION_IMAGES = 300
+#: At most this many calibration images are used: calibration time grows with the count.
+MAX_CALIBRATION_IMAGES = 512
 
 
-def export(ckpt_path: Path, output: Path, use_ema: bool = True, fp16: bool = False) -> Path:
+def export(ckpt_path: Path, output: Path, use_ema: bool = True, fp16: bool = False, int8: bool = False,
+           calibration_dir: Path | None = None, check_dir: Path | None = None,
+           max_accuracy_drop: NonNegativeFloat = 1.0) -> Path:
     """Write the model of a lit-convnext checkpoint for use without this app.
 
     Args:
         ckpt_path: A ``.ckpt`` written by ``lit-convnext fit``.
         output: ``.safetensors``: the weights in timm layout, with ``<stem>.json`` beside it (model name, class
-            names, preprocessing). ``.onnx``: an ONNX model (dynamic batch, calibration temperature applied) with
-            class names and preprocessing in its metadata, checked against PyTorch with ONNX Runtime before it
-            is written (needs ``pip install "lit-convnext[onnx]"``).
+            names, preprocessing). ``.onnx`` (extra ``onnx``), ``.xml`` (OpenVINO IR, extra ``openvino``),
+            ``.tflite`` (LiteRT, extra ``litert``), ``.mlpackage`` (Core ML, extra ``coreml``): the model with the
+            calibration temperature applied and class names, preprocessing and app version in its metadata,
+            checked on labelled images before it is written (table printed, ``export_report.json`` beside it).
         use_ema: Export the EMA weights when the run had EMA on (they are what was validated); ``false`` exports
             the raw weights.
         fp16: ONNX only: store the weights in float16 (half the file; inputs and outputs stay float32).
+        int8: Post-training INT8 quantization (``.onnx``: ONNX Runtime static QDQ; ``.xml``: NNCF).
+        calibration_dir: Images INT8 is calibrated on (class sub-folders or plain images); default: the run's
+            validation images.
+        check_dir: Labelled images (class sub-folders) every export is checked on; default: the run's validation
+            images.
+        max_accuracy_drop: An INT8 export losing more top-1 accuracy than this many points (against the
+            checkpoint, on the check images) is not written.
     """
-    output = Path(output)
-    if output.suffix not in SUFFIXES:
-        raise UserError(f"cannot tell the export format of {output}: name it .safetensors (timm weights) "
-                        "or .onnx (ONNX model)")
-    if fp16 and output.suffix != ".onnx":
-        raise UserError(f"--fp16 applies to ONNX exports only; {output} is a .safetensors file")
+    from lit_convnext.inference import formats
+
+    output = Path(output).expanduser()
+    if output.suffix == ".safetensors":
+        for flag, value in (("--int8", int8), ("--calibration_dir", calibration_dir), ("--check_dir", check_dir)):
+            if value:
+                raise UserError(f"{flag} applies to model exports ({formats.SUPPORTED}); {output} is timm weights")
+        if fp16:
+            raise UserError(f"--fp16 applies to ONNX exports only; {output} is a .safetensors file")
+    else:
+        fmt = formats.FORMATS.get(output.suffix.lower())
+        if fmt is None:
+            raise UserError(f"cannot tell the export format of {output}: name it .safetensors (timm weights) or "
+                            f"one of {formats.SUPPORTED} (ONNX, OpenVINO IR, LiteRT, Core ML)")
+        if fp16 and fmt.suffix != ".onnx":
+            raise UserError(f"--fp16 applies to ONNX exports only; {output} is {fmt.name}")
+        if int8 and (fp16 or not fmt.int8):
+            raise UserError(f"--int8 applies to .onnx and .xml exports without --fp16; got {output}"
+                            f"{' with --fp16' if fp16 else ''}")
+        if calibration_dir is not None and not int8:
+            raise UserError("--calibration_dir is for --int8 true exports; add --int8 true or leave it out")
+        formats.require(fmt, fmt.export_needs, "writing")
     checkpoint = read_checkpoint(ckpt_path)
     hparams = checkpoint.get("hyper_parameters") or {}
     class_names = hparams.get("class_names")
     if not hparams.get("model_name") or not class_names:
         raise UserError(f"{ckpt_path} is not a lit-convnext checkpoint (no model name and class names in it)")
-    net, ema_used, tensors = _network(ckpt_path, hparams, use_ema)
-    kind = "EMA" if ema_used else "raw"
-    if output.suffix == ".onnx":
-        return _export_onnx(net, output, hparams, dict(checkpoint.get("calibration") or {}), fp16, kind)
-    path = export_timm_weights(net, output, model_name=hparams["model_name"], class_names=list(class_names),
-                               pretrained_cfg=dict(hparams.get("preprocessing") or {}))
-    print(f"Wrote {tensors} tensors ({kind} weights) to {path}, class names and preprocessing to "
-          f"{sidecar_path(path)}")
-    return path
+    calibration = dict(checkpoint.get("calibration") or {})
+    if output.suffix == ".safetensors":
+        net, ema_used, tensors = _network(ckpt_path, hparams, use_ema)
+        path = export_timm_weights(net, output, model_name=hparams["model_name"], class_names=list(class_names),
+                                   pretrained_cfg=dict(hparams.get("preprocessing") or {}))
+        print(f"Wrote {tensors} tensors ({'EMA' if ema_used else 'raw'} weights) to {path}, class names and "
+              f"preprocessing to {sidecar_path(path)}")
+        return path
+    # Every image folder is resolved and read before the (slow) conversion starts.
+    from lit_convnext.inference.images import folder_images, load_tensors, validation_images
+
+    names = list(class_names)
+    checks = folder_images(check_dir, names, "check") if check_dir else validation_images(ckpt_path, names)
+    calib = None
+    if int8:
+        calib = (folder_images(calibration_dir, names, "calibration", labelled=False) if calibration_dir
+                 else checks)
+        if len(calib.paths) < MIN_CALIBRATION_IMAGES:
+            warnings.warn(f"calibrating INT8 on {len(calib.paths)} images from {calib.source}; "
+                          f"the measured INT8 results in docs/deployment.md used {MIN_CALIBRATION_IMAGES}")
+    net, ema_used, _ = _network(ckpt_path, hparams, use_ema)
+    return _export_model(fmt, net, output, hparams, calibration, fp16, "EMA" if ema_used else "raw", checks, calib,
+                         max_accuracy_drop, load_tensors)
 
 
 def _network(ckpt_path: Path, hparams: dict[str, Any], use_ema: bool) -> tuple[nn.Module, bool, int]:
@@ -63,21 +114,82 @@ def _network(ckpt_path: Path, hparams: dict[str, Any], use_ema: bool) -> tuple[n
     return net.eval(), report.ema_used, report.tensors_loaded
 
 
-def _export_onnx(net: nn.Module, output: Path, hparams: dict[str, Any], calibration: dict[str, Any], fp16: bool,
-                 kind: str) -> Path:
-    try:
-        from lit_convnext.inference.onnx_export import export_onnx
-    except ImportError as err:
-        raise UserError(f"ONNX export needs {err.name}: pip install \"lit-convnext[onnx]\"") from err
+def _export_model(fmt: Any, net: nn.Module, output: Path, hparams: dict[str, Any], calibration: dict[str, Any],
+                  fp16: bool, kind: str, checks: Any, calib: Any, max_drop: float, load_tensors: Any) -> Path:
+    """Build the file in a temporary folder beside ``output``, check it on the labelled images, then move it."""
     from lit_convnext import __version__
+    from lit_convnext.inference import formats, verify
     from lit_convnext.inference.metadata import ModelCard
+    from lit_convnext.inference.onnx_export import Calibrated
 
     temperature = float(calibration.pop("temperature", 1.0))
     card = ModelCard(model_name=hparams["model_name"], class_names=list(hparams["class_names"]),
                      preprocessing=dict(hparams["preprocessing"]), temperature=temperature,
                      task=hparams.get("task", "multiclass"), calibration=calibration)
-    check = export_onnx(net, output, card, __version__, fp16=fp16)
-    calibrated = f", temperature {temperature:g} applied" if temperature != 1.0 else ""
-    print(f"Wrote {output} ({kind} weights{', fp16' if fp16 else ''}{calibrated}; ONNX Runtime matches PyTorch: "
-          f"max logit difference {check.max_abs_diff:.2g} <= {check.tolerance:.2g})")
+    preprocessing = card.preprocessing
+    images = load_tensors(checks, preprocessing)
+    targets = torch.tensor(checks.targets)
+    calib_images = None
+    if calib is not None:
+        calib_images = images if calib is checks else load_tensors(calib, preprocessing)
+        calib_images = calib_images[:MAX_CALIBRATION_IMAGES]
+    reference_model = Calibrated(net, temperature).eval()
+
+    def reference(x: Any) -> Any:
+        with torch.inference_mode():
+            return reference_model(torch.from_numpy(x)).numpy()
+
+    shape = tuple(preprocessing["input_size"])
+    reference_probs = verify.probabilities(reference, images)
+    rows = [verify.make_row("PyTorch checkpoint", reference_probs, reference_probs, targets,
+                            verify.images_per_second(reference, shape), None)]
+    rows[0].verdict = "reference"
+    label = f"{fmt.name} {'INT8' if calib_images is not None else 'fp16' if fp16 else 'fp32'}"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as scratch:
+        candidate = Path(scratch) / output.name
+        built = _build(fmt, net, candidate, card, __version__, calib_images, fp16)
+        if built is not None:  # ONNX: the graph's own check against PyTorch on random inputs
+            print(f"ONNX Runtime matches PyTorch: max logit difference {built.max_abs_diff:.2g} <= "
+                  f"{built.tolerance:.2g}{' (fp16)' if fp16 else ''}")
+        if fmt.runtime is None:
+            rows.append(verify.Row(label, float("nan"), float("nan"), float("nan"), float("nan"),
+                                   verify.size_mb(candidate), {}, "written (runs only on Apple devices: unchecked)"))
+        else:
+            run, _ = formats.runtime(fmt).open_runner(candidate)
+            probs = verify.probabilities(run, images)
+            rows.append(verify.make_row(label, probs, reference_probs, targets, verify.images_per_second(run, shape),
+                                        verify.size_mb(candidate)))
+            drop = rows[0].top1 - rows[1].top1
+            rows[1].verdict = ("written" if drop <= max_drop
+                               else f"NOT written: top-1 {drop:.2f} points lower > --max_accuracy_drop {max_drop:g}")
+        details = {"export": str(output), "format": fmt.name, "weights": kind, "temperature": temperature,
+                   "check_images": checks.source, "check_count": len(checks.paths),
+                   "calibration_images": None if calib is None else calib.source,
+                   "calibration_count": None if calib_images is None else len(calib_images),
+                   "max_accuracy_drop": max_drop}
+        print(f"Checked on {len(checks.paths)} labelled images from {checks.source}"
+              + ("" if calib_images is None else f"; INT8 calibrated on {len(calib_images)} images from {calib.source}"))
+        print(verify.table(rows))
+        report = verify.write_report(output.with_name(verify.REPORT_NAME), rows, details)
+        if rows[1].verdict.startswith("NOT"):
+            raise UserError(f"{output} was not written: {rows[1].verdict.removeprefix('NOT written: ')} (see "
+                            f"{report}); raise --max_accuracy_drop, calibrate on more images, or export float32")
+        for item in Path(scratch).iterdir():  # the model and any companion file (OpenVINO's .bin)
+            target = output.parent / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    print(f"Wrote {output} ({kind} weights{', temperature %g applied' % temperature if temperature != 1.0 else ''})"
+          f" and {report}")
     return output
+
+
+def _build(fmt: Any, net: nn.Module, candidate: Path, card: Any, version: str, calib_images: Any,
+           fp16: bool) -> Any:
+    from lit_convnext.inference import formats
+
+    module = formats.exporter(fmt)
+    if fmt.suffix == ".onnx":
+        return module.build(net, candidate, card, version, calib_images, fp16=fp16)
+    return module.build(net, candidate, card, version, calib_images)

@@ -24,7 +24,7 @@ def serve(
     """Serve ``POST /predict`` (multipart field ``image``) and ``GET /health`` until stopped.
 
     Args:
-        ckpt_path: A ``.ckpt`` from ``lit-convnext fit`` or a ``.onnx`` from ``lit-convnext export``.
+        ckpt_path: A ``.ckpt`` from ``lit-convnext fit`` or an exported ``.onnx``/``.xml``/``.tflite``.
         port: TCP port to listen on.
         host: ``127.0.0.1`` (this machine only), or ``0.0.0.0`` / ``::`` for every interface.
         top_k: Classes (with calibrated probabilities) per answer.
@@ -37,7 +37,7 @@ def serve(
         timeout: Seconds before a request that waited in the queue is answered 504.
     """
     if not Path(ckpt_path).is_file():
-        raise UserError(f"model {ckpt_path} does not exist: pass a .ckpt or an exported .onnx with --ckpt_path")
+        raise UserError(f"model {ckpt_path} does not exist: pass a .ckpt or an exported .onnx/.xml/.tflite with --ckpt_path")
     try:
         from lit_convnext.inference.server import build_server
     except ImportError as err:

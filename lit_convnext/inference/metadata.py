@@ -1,6 +1,8 @@
-"""What an exported ONNX model carries in its ``metadata_props`` so it can be used without this app.
+"""What an exported model carries in its own metadata so it can be used without this app.
 
-Plain values only (strings, JSON strings), readable with ``onnx`` or ``onnxruntime`` alone::
+The same plain string entries in every format: ONNX ``metadata_props``, OpenVINO ``rt_info`` (under
+``lit_convnext``), a LiteRT flatbuffer metadata entry (``lit_convnext``, the entries as one JSON object) and Core
+ML's user-defined metadata. Readable with the format's own library alone, e.g.::
 
     session = onnxruntime.InferenceSession("model.onnx")
     props = session.get_modelmeta().custom_metadata_map
@@ -52,8 +54,8 @@ class ModelCard:
     def from_props(cls, props: dict[str, str], source: str) -> ModelCard:
         missing = [key for key in ("model_name", "class_names", "preprocessing") if key not in props]
         if missing:
-            raise UserError(f"{source} has no {', '.join(missing)} in its ONNX metadata: it was not written by "
-                            "`lit-convnext export CKPT model.onnx`; export it again from the checkpoint")
+            raise UserError(f"{source} has no {', '.join(missing)} in its metadata: it was not written by "
+                            "`lit-convnext export`; export it again from the checkpoint")
         return cls(
             model_name=props["model_name"],
             class_names=list(json.loads(props["class_names"])),

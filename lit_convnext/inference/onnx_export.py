@@ -27,7 +27,7 @@ FP32_TOLERANCE = 1e-4
 FP16_RELATIVE_TOLERANCE = 2e-2
 
 
-class _Calibrated(nn.Module):
+class Calibrated(nn.Module):
     """The network with its logits divided by the fitted temperature (a constant in the graph)."""
 
     def __init__(self, net: nn.Module, temperature: float) -> None:
@@ -59,7 +59,7 @@ def export_onnx(net: nn.Module, output: Path, card: ModelCard, version: str, fp1
     import onnx
 
     output = Path(output).expanduser()
-    model = _Calibrated(uncompiled(net).float().eval(), card.temperature).eval()
+    model = Calibrated(uncompiled(net).float().eval(), card.temperature).eval()
     channels, height, width = card.preprocessing["input_size"]
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, channels, height, width, generator=generator)
@@ -116,3 +116,23 @@ def _check(model: nn.Module, path: Path, images: torch.Tensor, fp16: bool) -> On
 def _quiet():
     with contextlib.redirect_stdout(io.StringIO()):
         yield
+
+
+def build(net: nn.Module, output: Path, card: ModelCard, version: str, calibration: torch.Tensor | None = None,
+          fp16: bool = False) -> OnnxCheck:
+    """Write ``net`` to ``output`` as ONNX (checked against PyTorch on random inputs), then, with ``calibration``
+    images, quantize it in place to INT8 (ONNX Runtime static QDQ, :mod:`lit_convnext.inference.quantize`)."""
+    check = export_onnx(net, output, card, version, fp16=fp16)
+    if calibration is not None:
+        import onnx
+
+        from lit_convnext.inference.quantize import quantize_onnx
+
+        float_path = output.with_name(f"{output.stem}.fp32.onnx")
+        os.replace(output, float_path)
+        quantize_onnx(str(float_path), str(output), calibration, keep_float=None)
+        float_path.unlink()
+        proto = onnx.load(str(output))
+        onnx.helper.set_model_props(proto, card.to_props(version))  # the quantizer adds its own entries
+        onnx.save_model(proto, str(output))
+    return check

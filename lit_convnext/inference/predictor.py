@@ -1,4 +1,4 @@
-"""The Python API: load a checkpoint or an exported ONNX model once, then classify paths, images or folders.
+"""The Python API: load a checkpoint or an exported model once, then classify paths, images or folders.
 
 The stored preprocessing (timm's evaluation transform, the same as ``validate``/``predict``) and calibration
 are applied; nothing but the model file is needed.
@@ -128,17 +128,19 @@ def _expand(items: Item | Iterable[Item]) -> Iterator[Item]:
 
 
 def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
-    """Load a lit-convnext checkpoint (``.ckpt``) or an exported ONNX model (``.onnx``) for prediction.
+    """Load a lit-convnext checkpoint (``.ckpt``) or an exported model (``.onnx``, OpenVINO ``.xml``, LiteRT
+    ``.tflite``) for prediction.
 
     Args:
         path: The model file.
-        device: ``cpu``, ``cuda`` or ``cuda:N`` (ONNX models on CUDA need ``onnxruntime-gpu``).
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (ONNX models on CUDA need ``onnxruntime-gpu``; the other exported
+            formats run on the CPU).
     """
-    path = Path(path).expanduser()
-    if path.suffix == ".onnx":
-        from lit_convnext.inference.onnx_model import OnnxClassifier
+    from lit_convnext.inference.exported import ExportedClassifier, is_exported
 
-        return Predictor(OnnxClassifier(path, device), torch.device(device))
+    path = Path(path).expanduser()
+    if is_exported(path):
+        return Predictor(ExportedClassifier(path, device), torch.device(device))
     return Predictor(load_checkpoint_model(path, device), torch.device(device))
 
 
@@ -149,7 +151,7 @@ def load_checkpoint_model(path: Path, device: str = "cpu") -> Any:
     from lit_convnext.model.classifier import ConvNeXtClassifier
 
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass the path of a .ckpt (or an exported .onnx)")
+        raise UserError(f"checkpoint {path} does not exist; pass the path of a .ckpt (or an exported .onnx, .xml or .tflite)")
     try:
         model = ConvNeXtClassifier.load_from_checkpoint(
             path, map_location=device, weights_only=True, pretrained=False, compile=False

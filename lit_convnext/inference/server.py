@@ -121,7 +121,7 @@ class ClassifierAPI(ls.LitAPI):
     """``POST /predict`` with a multipart ``image`` -> ``{"predictions": [{"class", "probability"}, ...]}``.
 
     Args:
-        model_path: A ``.ckpt`` or an exported ``.onnx``.
+        model_path: A ``.ckpt`` or an exported ``.onnx``, ``.xml`` or ``.tflite``.
         top_k: Classes per answer.
         max_pixels: Largest image accepted (also checked in the worker).
         max_batch_size: Most requests run in one forward pass.

@@ -2,8 +2,8 @@
 calibrated probabilities, multi-label decisions, and ``predict_step``'s rows.
 
 Shared by the trained :class:`~lit_convnext.model.classifier.ConvNeXtClassifier` and the exported
-:class:`~lit_convnext.inference.onnx_model.OnnxClassifier`, so a checkpoint's rows and an ONNX model's are computed
-alike.
+:class:`~lit_convnext.inference.exported.ExportedClassifier`, so a checkpoint's rows and an exported model's are
+computed alike.
 """
 
 from __future__ import annotations

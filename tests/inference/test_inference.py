@@ -44,8 +44,8 @@ def calibrated(fitted: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     path = base / "calibrated.ckpt"
     torch.save(ckpt, path)
     onnx_path = base / "model.onnx"
-    export(path, onnx_path)
-    return {"ckpt": path, "onnx": onnx_path, "base": base}
+    export(path, onnx_path, check_dir=fitted["root"] / "val")  # a copied checkpoint has no run record beside it
+    return {"ckpt": path, "onnx": onnx_path, "base": base, "val": fitted["root"] / "val"}
 
 
 def _ema_network(ckpt_path: Path) -> torch.nn.Module:
@@ -91,7 +91,7 @@ def test_export_refuses_to_write_a_model_that_fails_its_check(fitted: dict[str, 
 def test_fp16_export_is_half_the_size_and_checked(calibrated: dict[str, Path],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = calibrated["base"] / "model16.onnx"
-    export(calibrated["ckpt"], out, fp16=True)
+    export(calibrated["ckpt"], out, fp16=True, check_dir=calibrated["val"])
     assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
     assert out.stat().st_size < 0.6 * calibrated["onnx"].stat().st_size
     predictor16 = lit_convnext.load_predictor(out)
