@@ -79,6 +79,7 @@ def test_onnx_has_dynamic_batch_ema_weights_and_temperature(calibrated: dict[str
     assert np.abs(got - expected).max() <= 1e-4
 
 
+@pytest.mark.slow  # about 3 s: an export and its check on the validation images
 def test_export_refuses_to_write_a_model_that_fails_its_check(fitted: dict[str, Path], tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx_export, "FP32_TOLERANCE", -1.0)  # no model can pass: the refusal path must hold
@@ -88,6 +89,7 @@ def test_export_refuses_to_write_a_model_that_fails_its_check(fitted: dict[str, 
     assert list(out.parent.iterdir()) == []  # neither the model nor the partial file it was checked as
 
 
+@pytest.mark.slow  # about 4 s: two exports, each checked
 def test_fp16_export_is_half_the_size_and_checked(calibrated: dict[str, Path],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = calibrated["base"] / "model16.onnx"

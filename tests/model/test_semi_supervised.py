@@ -94,3 +94,19 @@ def test_a_semi_supervised_fit_lists_its_pseudo_labels(tmp_path: Path, monkeypat
         shares = [row["train/pseudo_labeled"] for row in csv.DictReader(handle) if row.get("train/pseudo_labeled")]
     assert [float(share) for share in shares] == [1.0, 1.0]
 
+
+
+@pytest.mark.slow  # about 4 minutes: two 100-epoch fits on the digits, one with 1,357 unlabelled scans beside
+def test_unlabelled_digits_lift_accuracy_over_the_labelled_ones_alone(tmp_path: Path) -> None:
+    """The issue's task: 8 labelled scans a class, the other training scans unlabelled. Measured with
+    ``benchmarks/semi_supervised.py --epochs 100 --ratio 3`` (docs/semi-supervised.md): +1.7 and +4.7 points over
+    the labelled scans alone for seeds 0 and 1 (0.917 -> 0.933, 0.878 -> 0.925, 180 validation scans). This holds
+    seed 1 to half its gain, a margin of four validation scans."""
+    from benchmarks.semi_supervised import run, split_digits
+
+    labelled, pool = split_digits(tmp_path / "digits", per_class=8, seed=1)
+    alone = run(labelled, None, None, seed=1, epochs=100, batch_size=16, ratio=3, run_dir=tmp_path / "alone")
+    semi = run(labelled, pool, {"pseudo_label_threshold": 0.8}, seed=1, epochs=100, batch_size=16, ratio=3,
+               run_dir=tmp_path / "semi")
+    assert semi["accuracy"] >= alone["accuracy"] + 0.02, (alone, semi)
+    assert semi["pseudo_label_accuracy"] > 0.9  # what it taught itself was mostly right
