@@ -1,5 +1,5 @@
-"""MLflow runs: the run's files as artifacts (:class:`MlflowArtifacts`), and MLflow's file store allowed for a run
-that asks for it (:func:`allow_file_store`).
+"""MLflow runs: the run's files as artifacts (:class:`MlflowArtifacts`), and the check that MLflow's file store is
+allowed where a run asks for it (:func:`check_file_store`).
 
 Lightning's ``MLFlowLogger`` logs the metrics, the hyper-parameters and, with ``log_model``, the checkpoints; the files
 the app writes into the run directory (``report.html``, ``config.yaml``, the per-image and per-class CSVs, exports)
@@ -9,8 +9,6 @@ reach the MLflow run here, once the fit has ended and the report is written.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_convnext.errors import UserError
 from lit_convnext.private_api.lightning import mlflow_log_model
 
 #: MLflow 3 refuses its file store (``file:`` tracking URIs, and Lightning's default ``file:<save_dir>``) unless
@@ -34,20 +33,19 @@ def is_file_store(tracking_uri: str | None) -> bool:
     return not tracking_uri or tracking_uri.startswith(("file:", "/", "."))
 
 
-@contextmanager
-def allow_file_store(tracking_uri: str | None) -> Iterator[None]:
-    """MLflow's file store allowed for the duration of the block when ``tracking_uri`` names one, with one line
-    that says so; the environment is as it was afterwards."""
-    if not is_file_store(tracking_uri) or os.environ.get(FILE_STORE_SWITCH):
-        yield
+def check_file_store(tracking_uri: str | None) -> None:
+    """One line when ``tracking_uri`` names MLflow's file store: that it is used (the ``lit-convnext`` command allows
+    it for its own process, :func:`lit_convnext.cli.entry.main`), or, in a process that has not allowed it (a
+    user's program), what to set; the library never changes the process's environment itself."""
+    if not is_file_store(tracking_uri):
         return
-    rank_zero_info(f"MLflow's file store ({tracking_uri or 'file:<save_dir>'}) is in maintenance mode in MLflow 3: "
-                   f"used for this run ({FILE_STORE_SWITCH}=true); sqlite:///mlflow.db is MLflow's recommended store")
-    os.environ[FILE_STORE_SWITCH] = "true"
-    try:
-        yield
-    finally:
-        os.environ.pop(FILE_STORE_SWITCH, None)
+    store = tracking_uri or "file:<save_dir>"
+    if not os.environ.get(FILE_STORE_SWITCH):
+        raise UserError(f"MLflow 3 keeps runs in its file store ({store}) only when {FILE_STORE_SWITCH}=true is set: "
+                        f"set it in the environment, or pass --trainer.logger.init_args.tracking_uri "
+                        "sqlite:///mlflow.db (MLflow's recommended store)")
+    rank_zero_info(f"MLflow's file store ({store}) is in maintenance mode in MLflow 3: used for this run "
+                   f"({FILE_STORE_SWITCH}=true); sqlite:///mlflow.db is MLflow's recommended store")
 
 
 def mlflow_client(tracking_uri: str | None, experiment_name: str, save_dir: str = "runs") -> tuple[Any, str]:
@@ -55,6 +53,7 @@ def mlflow_client(tracking_uri: str | None, experiment_name: str, save_dir: str 
     created if it does not exist: the ``tune`` command's parent run lives there."""
     from mlflow.tracking import MlflowClient
 
+    check_file_store(tracking_uri)
     client = MlflowClient(tracking_uri or f"file:{save_dir}")
     experiment = client.get_experiment_by_name(experiment_name)
     return client, experiment.experiment_id if experiment else client.create_experiment(experiment_name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 import sys
 import warnings
 from typing import NoReturn
@@ -37,16 +38,23 @@ subcommands (`lit-convnext SUBCOMMAND --help` lists each one's options):
 """
 
 
+#: MLflow 3 keeps runs in its file store (``file:`` tracking URIs, Lightning's default) only where this variable is set
+#: (``lit_convnext.callbacks.mlflow_artifacts.check_file_store``); the command sets it for its own process.
+MLFLOW_FILE_STORE_SWITCH = "MLFLOW_ALLOW_FILE_STORE"
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lit-convnext`` and ``python -m lit_convnext``; ``args`` allows in-process use.
 
-    Without ``args`` the process is the command's: only then are the garbage collector and the warning format set,
-    for that process. With ``args`` (a test, a user's program) nothing outside the command's own scope changes.
+    Without ``args`` the process is the command's: only then are the garbage collector, the warning format and
+    MLflow's file-store switch set, for that process. With ``args`` (a test, a user's program) nothing outside the
+    command's own scope changes.
     """
     ends_process = args is None
     if ends_process:
         gc.disable()  # while the imports run: see settle_the_imports
         show_warnings_as_one_line()
+        os.environ.setdefault(MLFLOW_FILE_STORE_SWITCH, "true")  # asked for by a file: tracking URI, said in one line
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in COMMANDS:
         run_command(argv[0], argv[1:], ends_process=ends_process)

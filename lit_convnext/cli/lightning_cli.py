@@ -10,7 +10,6 @@ same program.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 import pickle
@@ -28,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_convnext.model.backbone import check_model_name, pretrained_off
 from lit_convnext.callbacks import CompactProgressBar, DataWaitMonitor, ResumableModelCheckpoint, TimeBudget
 from lit_convnext.callbacks.batch_size import AUTO
-from lit_convnext.callbacks.mlflow_artifacts import allow_file_store, is_file_store
+from lit_convnext.callbacks.mlflow_artifacts import check_file_store, is_file_store
 from lit_convnext.callbacks.run import LR_MONITOR_OPTIONS
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
@@ -88,8 +87,7 @@ class ConvNeXtCLI(CLIHooks):
 
     def __init__(self, *args, only_subcommand: str | None = None, **kwargs) -> None:
         self._only_subcommand = only_subcommand
-        # The filters added while parsing and running, and the logger's environment, end with this CLI's run.
-        with warnings.catch_warnings(), contextlib.ExitStack() as self._run_scope:
+        with warnings.catch_warnings():  # the filters added while parsing and running end with this CLI's run
             super().__init__(*args, **kwargs)
 
     def subcommands(self) -> dict[str, set[str]]:
@@ -225,12 +223,13 @@ class ConvNeXtCLI(CLIHooks):
 
     def _follow_mlflow_file_store(self, config, tracking_uri: str | None) -> None:
         """MLflow 3 refuses its file store unless asked for it: a ``file:`` tracking URI (or none: Lightning's
-        default is ``file:<save_dir>``) is the user's request, allowed for this run with one line. That store keeps
+        default is ``file:<save_dir>``) is the user's request: used with one line where the process allows it
+        (:func:`~lit_convnext.callbacks.mlflow_artifacts.check_file_store`), else one line saying how. That store keeps
         each metric as a file, so ``val/f1`` and the per-class ``val/f1/<class>`` cannot both be kept: the per-class
         curves are left out, with one line (the per-class CSVs stay; a sqlite:/// store keeps the curves)."""
         if not is_file_store(tracking_uri):
             return
-        self._run_scope.enter_context(allow_file_store(tracking_uri))
+        check_file_store(tracking_uri)
         report = config.get("class_report")
         if report is not None and report.get("log_per_class"):
             report.log_per_class = False

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lit_convnext.callbacks.mlflow_artifacts import FILE_STORE_SWITCH
+from lit_convnext.cli.entry import MLFLOW_FILE_STORE_SWITCH
 from tests.helpers import FAST, fit_args, one_line_error
 
 mlflow = pytest.importorskip("mlflow", reason="the `mlflow` extra is not installed")
@@ -37,25 +39,44 @@ def only_run(client, experiment: str = "lightning_logs"):
 
 @pytest.mark.slow  # two one-epoch fits (~20 s)
 @pytest.mark.parametrize("store", ["file", "sqlite"])
-def test_a_new_users_tracking_uris_run(store: str, image_root: Path, tmp_path: Path) -> None:
+def test_a_new_users_tracking_uris_run(store: str, image_root: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from lit_convnext.cli.entry import main
 
     uri = f"file://{tmp_path / 'mlruns'}" if store == "file" else f"sqlite:///{tmp_path / 'mlflow.db'}"
-    main(fit_args(image_root, "--trainer.logger", "MLFlowLogger", "--trainer.logger.init_args.tracking_uri", uri))
-    client = mlflow.MlflowClient(uri) if store == "sqlite" else None
-    if client is None:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-            client = mlflow.MlflowClient(uri)
-            run = only_run(client)
-            files = artifacts(client, run.info.run_id)
-    else:
-        run = only_run(client)
-        files = artifacts(client, run.info.run_id)
+    args = fit_args(image_root, "--trainer.logger", "MLFlowLogger", "--trainer.logger.init_args.tracking_uri", uri)
+    monkeypatch.delenv(FILE_STORE_SWITCH, raising=False)
+    if store == "file":
+        # In a user's program the library does not change the process's environment: one line says what to set
+        # (the `lit-convnext` command sets it for its own process: test_the_command_allows_the_file_store_for_itself).
+        line = one_line_error(capsys, args)
+        assert f"{FILE_STORE_SWITCH}=true" in line and "sqlite:///mlflow.db" in line
+        assert FILE_STORE_SWITCH not in os.environ
+        monkeypatch.setenv(FILE_STORE_SWITCH, "true")
+    main(args)
+    client = mlflow.MlflowClient(uri)
+    run = only_run(client)
+    files = artifacts(client, run.info.run_id)
     assert "val/acc1" in run.data.metrics and "lr" in run.data.params
     assert {"report.html", "config.yaml", "val_predictions.csv", "val_per_class.csv"} <= files
-    assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # allowed for the run only
     assert (Path("runs/version_0/config.yaml")).is_file()  # the run's own directory, as without a logger
+
+
+def test_the_command_allows_the_file_store_for_itself() -> None:
+    """The console entry (no ``args``: the process is the command's) sets MLflow's switch; a call with ``args`` does
+    not."""
+    probe = ("import os, sys\n"
+             "from lit_convnext.cli.entry import main\n"
+             "for args in ([\"--help\"], None):\n"
+             "    sys.argv = [\"lit-convnext\", \"--help\"]\n"
+             "    try:\n"
+             "        main(args)\n"
+             "    except SystemExit:\n"
+             "        print('switch:', os.environ.get(%r))\n" % FILE_STORE_SWITCH)
+    env = {key: value for key, value in os.environ.items() if key != FILE_STORE_SWITCH}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
+    assert [line for line in out.splitlines() if line.startswith("switch:")] == ["switch: None", "switch: true"]
+    assert FILE_STORE_SWITCH == MLFLOW_FILE_STORE_SWITCH
 
 
 @pytest.mark.slow  # builds the model and data before the logger (~3 s)
