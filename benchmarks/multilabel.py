@@ -114,8 +114,10 @@ def run_plain(labels: Path, epochs: int, seed: int, size: int) -> float:
     torch.manual_seed(seed)
     rows = list(csv.DictReader(labels.open()))
     classes = sorted({c for row in rows for c in row["labels"].split(";")}, key=int)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    net = timm.create_model("convnext_atto", pretrained=False, num_classes=len(classes))
+    config = timm.data.resolve_model_data_config(net)  # the weights' normalisation, as a timm user would take it
+    mean = torch.tensor(config["mean"]).view(3, 1, 1)
+    std = torch.tensor(config["std"]).view(3, 1, 1)
 
     def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = [row for row in rows if row["split"] == split]
@@ -130,7 +132,6 @@ def run_plain(labels: Path, epochs: int, seed: int, size: int) -> float:
         return images, targets
 
     (x, y), (vx, vy) = load("train"), load("val")
-    net = timm.create_model("convnext_atto", pretrained=False, num_classes=len(classes))
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
     steps = epochs * -(-len(x) // 64)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps)

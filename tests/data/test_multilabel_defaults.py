@@ -3,18 +3,17 @@ line says what changed, and the app holds a plain timm loop on 2x2 digit grids (
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
-import torch
 
 from lit_convnext import ConvNeXtClassifier, ImageFolderDataModule
 from lit_convnext.data.transforms import TASK_AUGMENTATION, TrainAugmentation
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
+from benchmarks.multilabel import run_plain
 from tests.helpers import REPO, TINY_MODEL, lightning_info_lines
 
 #: How far below the plain loop's val/map the app may end on the small task of the slow test: measured 0.05 below
@@ -48,43 +47,6 @@ def _digit_grids(root: Path, train: int, val: int) -> Path:
     return module.main(root, {"train": train, "val": val})
 
 
-def _plain_loop(labels: Path, epochs: int, size: int) -> float:
-    """BCE, AdamW 1e-3 one-cycle, no augmentation, the whole image resized: the issue's plain timm loop."""
-    import numpy as np
-    import timm
-    import torch.nn.functional as F
-    from PIL import Image
-    from torchmetrics.classification import MultilabelAveragePrecision
-
-    rows = list(csv.DictReader(labels.open()))
-    classes = sorted({c for row in rows for c in row["labels"].split(";")})
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-
-    def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        chosen = [row for row in rows if row["split"] == split]
-        images = torch.stack([(torch.from_numpy(np.asarray(
-            Image.open(labels.parent / row["path"]).convert("RGB").resize((size, size), Image.BICUBIC),
-            dtype=np.float32) / 255).permute(2, 0, 1) - mean) / std for row in chosen])
-        targets = torch.tensor([[float(c in row["labels"].split(";")) for c in classes] for row in chosen])
-        return images, targets
-
-    (x, y), (vx, vy) = load("train"), load("val")
-    net = timm.create_model(TINY_MODEL, pretrained=False, num_classes=len(classes))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=epochs * -(-len(x) // 64))
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x)).split(64):
-            loss = F.binary_cross_entropy_with_logits(net(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    net.eval()
-    with torch.no_grad():
-        scores = net(vx).sigmoid()
-    return float(MultilabelAveragePrecision(len(classes), average="macro")(scores, vy.int()))
-
-
 @pytest.mark.slow  # two short trainings from scratch: a minute or two on 2 CPU cores
 def test_the_multilabel_quickstart_holds_a_plain_loop(tmp_path: Path) -> None:
     import yaml
@@ -92,8 +54,7 @@ def test_the_multilabel_quickstart_holds_a_plain_loop(tmp_path: Path) -> None:
     labels = _digit_grids(tmp_path / "grids", train=256, val=128)
     config = yaml.safe_load((REPO / "configs" / "multilabel_quickstart.yaml").read_text())
     epochs, size = 8, config["model"]["image_size"]
-    torch.manual_seed(0)
-    plain = _plain_loop(labels, epochs, size)
+    plain = run_plain(labels, epochs, seed=0, size=size)
     pl.seed_everything(0, verbose=False)
     data = ImageFolderDataModule(labels=labels, batch_size=config["data"]["batch_size"], num_workers=0,
                                  augmentation=TrainAugmentation(**config["data"]["augmentation"]))
