@@ -18,7 +18,8 @@ from lit_convnext.inference import formats, verify
 from tests.helpers import make_folder, one_line_error
 
 needs_litert = pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None,
-                                  reason="litert-torch is not in the test extra (see pyproject.toml)")
+                                  reason="litert-torch is not installed: .ci/run puts it beside the test venv "
+                                         "(it pins older pydantic than the test extra allows)")
 
 
 def test_unknown_suffix_lists_every_supported_format(fitted: dict[str, Path], tmp_path: Path,
