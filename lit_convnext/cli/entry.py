@@ -20,7 +20,7 @@ from lit_convnext.errors import UserError
 from lit_convnext.cli.terminal import show_warnings_as_one_line
 
 HELP = """\
-usage: lit-convnext [-h] {fit,validate,test,predict,tune,doctor,export,serve,report,suggest} ...
+usage: lit-convnext [-h] {fit,validate,test,predict,tune,doctor,export,serve,report,suggest,optimize} ...
 
 Fine-tune ConvNeXt (V1 and V2) on a folder of images with timm and PyTorch Lightning.
 
@@ -35,6 +35,7 @@ subcommands (`lit-convnext SUBCOMMAND --help` lists each one's options):
   serve      answer HTTP requests with a checkpoint's predictions (needs the `serve` extra)
   report     rebuild a run's report.html from its run directory and a checkpoint
   suggest    list the images of an unlabelled pool to label next, best first (active learning)
+  optimize   write a data folder as a litdata streaming dataset (local or s3://) for fit --data.root (`stream` extra)
 """
 
 

@@ -11,4 +11,5 @@ COMMANDS: dict[str, str] = {
     "serve": "lit_convnext.commands.serve:serve",
     "report": "lit_convnext.commands.report:report",
     "suggest": "lit_convnext.commands.suggest:suggest",
+    "optimize": "lit_convnext.commands.optimize:optimize",
 }

@@ -33,6 +33,7 @@ from lit_convnext.data.transforms import (
 )
 from lit_convnext.errors import UserError
 from lit_convnext.ranges import NonNegativeInt, OpenFraction, PositiveInt
+from lit_convnext.data.streaming import OptimizedDataset, is_optimized, remote_url
 from lit_convnext.data.samplers import added_classes, balanced_sampler, eval_sampler, replay_groups, replay_sampler
 from lit_convnext.data.unlabeled import TwoViewImages, UnlabeledPool, find_unlabeled_images, unlabeled_sampler
 
@@ -59,6 +60,8 @@ class ImageFolderDataModule(LightningDataModule):
         root: Folder with ``train/`` (and optionally ``val/``, ``test/``), each holding one sub-folder per
             class; or a folder of class sub-folders, from which a stratified validation split is drawn.
             Not needed for ``predict``. With ``labels``: the folder the file's relative paths start from.
+            Or a dataset written by ``lit-convnext optimize`` (a directory or ``s3://bucket/prefix``), streamed
+            with litdata (:mod:`lit_convnext.data.streaming`; the ``stream`` extra).
         labels: A ``.csv`` (with a header) or ``.jsonl`` label file instead of class folders: a ``path`` column and
             a ``label`` (one class) or ``labels`` column (multi-label), optionally ``split`` (train/val/test).
             Relative paths start at ``root``, or at the file's folder when ``root`` is not given.
@@ -100,6 +103,8 @@ class ImageFolderDataModule(LightningDataModule):
             batch then also holds ``batch_size * unlabeled_ratio`` of them, each in a weak and a strong view
             (see :mod:`lit_convnext.data.unlabeled`).
         unlabeled_ratio: Unlabelled images per labelled image in a training batch.
+        stream_cache_dir: Where the chunks of an ``s3://`` ``root`` are kept locally; ``None``: litdata's default
+            cache directory.
     """
 
     def __init__(
@@ -124,6 +129,7 @@ class ImageFolderDataModule(LightningDataModule):
         reduced_decode: bool = True,
         unlabeled_root: Path | None = None,
         unlabeled_ratio: PositiveInt = 1,
+        stream_cache_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser() if root is not None else None
@@ -154,6 +160,15 @@ class ImageFolderDataModule(LightningDataModule):
         self.preprocessing: dict[str, Any] | None = None
         self._splits: FolderSplits | None = None
         self.datasets: dict[str, Dataset] = {}
+        self.stream_cache_dir = Path(stream_cache_dir).expanduser() if stream_cache_dir is not None else None
+        self._stream: OptimizedDataset | None = None
+
+    @property
+    def stream(self) -> OptimizedDataset | None:
+        """The optimized dataset that ``root`` names (metadata read once), or ``None`` for a folder."""
+        if self._stream is None and is_optimized(self.root):
+            self._stream = OptimizedDataset.open(self.root, self.stream_cache_dir)
+        return self._stream
 
     @property
     def num_workers(self) -> int:
@@ -165,6 +180,8 @@ class ImageFolderDataModule(LightningDataModule):
     @property
     def splits(self) -> FolderSplits:
         """The scanned folder (done once, on first use)."""
+        if self._splits is None and self.stream is not None:
+            self._splits = self.stream.splits
         if self._splits is None and self.labels is not None:
             self._splits = read_label_splits(self.labels, self.root, self.label_separator, self.val_fraction,
                                              self.split_seed, self.split_manifest)
@@ -199,7 +216,7 @@ class ImageFolderDataModule(LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """What the run was trained on, kept in every checkpoint (Lightning stores it under this class's name):
         ``suggest`` leaves these images out of a pool of unlabelled ones. Resuming does not read it back."""
-        return {"root": str(self.root.resolve()) if self.root is not None else None,
+        return {"root": (remote_url(self.root) or str(self.root.resolve())) if self.root is not None else None,
                 "labels": str(self.labels.resolve()) if self.labels is not None else None,
                 "label_separator": self.label_separator}
 
@@ -219,7 +236,7 @@ class ImageFolderDataModule(LightningDataModule):
         decoding every file at the same time, each with its own worker processes; the waiting processes leave the
         machine's cores to this check. A single process checks in ``setup`` only."""
         trainer = self.trainer
-        if not self.check_files or self._no_data or trainer is None or trainer.world_size <= 1:
+        if not self.check_files or self._no_data or trainer is None or trainer.world_size <= 1 or self.stream:
             return
         names = CHECKED_SPLITS.get(trainer.state.fn.value if trainer.state.fn is not None else "", ())
         paths = [sample.path for name in names for sample in getattr(self.splits, name)]
@@ -236,6 +253,9 @@ class ImageFolderDataModule(LightningDataModule):
             self.datasets["predict"] = UnlabeledImages(self._predict_paths(), eval_transform, eval_size)
             return
         splits = self.splits
+        if self.stream is not None:
+            self._setup_stream(stage, preprocessing, eval_transform)
+            return
         self._drop_bad_files(CHECKED_SPLITS.get(stage, ()))
         if stage == "fit":
             if isinstance(self.batch_size, int) and len(splits.train) < self.batch_size:  # else auto: found later
@@ -269,6 +289,32 @@ class ImageFolderDataModule(LightningDataModule):
                                 + ("rows with split 'test'" if self.labels else f"{self.root}/test/<class>/...")
                                 + " to run `test`")
             self.datasets["test"] = self._labeled(splits.test, eval_transform, eval_size)
+
+    def _setup_stream(self, stage: str, preprocessing: dict[str, Any], eval_transform: Any) -> None:
+        """The datasets of an optimized dataset (:mod:`lit_convnext.data.streaming`): its files were checked when it
+        was written, its splits drawn then."""
+        unsupported = {"--data.unlabeled_root": self.unlabeled_root is not None,
+                       f"--data.sampler {self.sampler}": self.sampler in ("balanced", "replay"),
+                       "--data.near_duplicates": self.near_duplicates}
+        named = [name for name, used in unsupported.items() if used]
+        if named:
+            raise UserError(f"{', '.join(named)} cannot be used with the optimized dataset {self.stream.root}: "
+                            "train from the original folder for it")
+        if stage == "fit":
+            if isinstance(self.batch_size, int) and len(self.splits.train) < self.batch_size:
+                raise UserError(f"only {len(self.splits.train)} training images in {self.stream.root} but "
+                                f"--data.batch_size is {self.batch_size}: lower the batch size")
+            if not self.splits.val:
+                raise UserError(f"{self.stream.root} has no validation split: write it again with "
+                                "`lit-convnext optimize` from a folder with val/ images or with --val_fraction")
+            augmentation = self._task_augmentation()
+            train_transform = build_train_transform(preprocessing, augmentation) if augmentation.enabled \
+                else eval_transform
+            self.datasets["train"] = self.stream.train_dataset(train_transform, self.split_seed)
+        for split in ("val",) if stage in ("fit", "validate") else ("test",) if stage == "test" else ():
+            if split == "test" and not self.splits.test:
+                raise UserError(f"{self.stream.root} has no test split: there was none where it was optimized from")
+            self.datasets[split] = self.stream.eval_dataset(split, eval_transform)
 
     @property
     def class_counts(self) -> list[int] | None:
@@ -375,6 +421,9 @@ class ImageFolderDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         workers = self.num_workers
+        if split == "train" and self.stream is not None:
+            return self.stream.train_loader(self.datasets["train"], self.batch_size, workers,
+                                            self.pin_memory if self.pin_memory is not None else torch.cuda.is_available())
         sampler = None
         if split == "train" and self.sampler == "balanced":
             sampler, shuffle = balanced_sampler(self.datasets["train"].targets, self.split_seed), False
