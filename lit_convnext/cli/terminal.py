@@ -99,6 +99,9 @@ def hide_library_advice(evaluating: bool) -> None:
     warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)` but `Trainer\(barebones=True\)`")
     # Resuming inside an epoch: the checkpoint callback says what happens to that epoch's data, in numbers.
     warnings.filterwarnings("ignore", message=MID_EPOCH_RESUME_WARNING)
+    # A streaming dataset (--data.root from `lit-convnext optimize`) is an IterableDataset with a length: litdata gives
+    # each loader worker its own chunks, so that length is exact, as Lightning's warning asks.
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     hide_pillow_file_warnings()  # the file checks before the run report them per file
     if evaluating:
         # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters when

@@ -213,7 +213,9 @@ class IndexedSplit(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
-        raw = self.stream[index]
+        # A slice makes litdata keep whole chunks in its cache (an int reads the item's bytes alone, again every
+        # epoch): the evaluation splits are read once per validation
+        raw = self.stream[index:index + 1][0]
         if int(raw["index"]) != index:
             raise UserError(f"item {index} of {self.stream.input_dir.url or self.stream.input_dir.path} holds image "
                             f"{raw['index']}: the dataset was not written by `lit-convnext optimize`; write it again")
