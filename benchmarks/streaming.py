@@ -3,10 +3,10 @@ and what each costs before the first epoch: the folder's scan and first file che
 
 A folder of small JPEGs (10 colour classes) is generated once into ``~/.cache/lit-convnext-bench/`` (not committed).
 Each pass builds a fresh loader over the training split with the evaluation transform at ``--size`` px (the least
-work per image, so reading and decoding show) and times ``--per_pass`` images; the passes alternate between the
-three sources and the table gives each one's median.
+work per image, so reading and decoding show), then with the recipe's training transform, and times ``--per_pass``
+images; the passes alternate between the three sources and the table gives each one's median.
 
-    python benchmarks/streaming.py                          # 100,000 images: generation once, then ~15 minutes
+    python benchmarks/streaming.py                          # 100,000 images: generation once, then ~20 minutes on 2 cores
     python benchmarks/streaming.py --count 5000 --per_pass 2000 --repeats 1   # a quick look
 """
 
@@ -43,15 +43,16 @@ def make_folder(root: Path, count: int, size: int) -> Path:
     return root
 
 
-def eval_transform(size: int):
+def transforms(size: int) -> dict:
+    """The evaluation transform and the recipe's training transform (RandAugment, erasing) at ``size`` px."""
     import timm
     from timm.data import resolve_model_data_config
 
-    from lit_convnext.data.transforms import build_eval_transform
+    from lit_convnext.data.transforms import TrainAugmentation, build_eval_transform, build_train_transform
 
     config = dict(resolve_model_data_config(timm.create_model("convnext_atto", pretrained=False)))
     config["input_size"] = (3, size, size)
-    return build_eval_transform(config)
+    return {"evaluation": build_eval_transform(config), "training": build_train_transform(config, TrainAugmentation())}
 
 
 def images_per_second(loader, limit: int) -> float:
@@ -102,28 +103,32 @@ def main() -> None:
             sizes[storage] = sum(f.stat().st_size for f in (out / "train").glob("*.bin"))
             streams[storage] = OptimizedDataset.open(out)
 
-        transform = eval_transform(args.size)
         targets = splits.targets(splits.train)
-        rates: dict[str, list[float]] = {"folder": [], "optimized, encoded": [], "optimized, decoded": []}
+        sources = ("folder", "optimized, encoded", "optimized, decoded")
+        rates: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.repeats):
-            folder_data = LabeledImages([s.path for s in splits.train], targets, transform)
-            loader = DataLoader(folder_data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                                drop_last=True)
-            rates["folder"].append(images_per_second(loader, args.per_pass))
-            for storage, stream in streams.items():
-                loader = stream.train_loader(stream.train_dataset(transform, 0), args.batch_size, args.workers, False)
-                rates[f"optimized, {storage}"].append(images_per_second(loader, args.per_pass))
+            for kind, transform in transforms(args.size).items():
+                folder_data = LabeledImages([s.path for s in splits.train], targets, transform)
+                loader = DataLoader(folder_data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                    drop_last=True)
+                rates.setdefault(("folder", kind), []).append(images_per_second(loader, args.per_pass))
+                for storage, stream in streams.items():
+                    loader = stream.train_loader(stream.train_dataset(transform, 0), args.batch_size, args.workers,
+                                                 False)
+                    rates.setdefault((f"optimized, {storage}", kind), []).append(
+                        images_per_second(loader, args.per_pass))
 
         folder_bytes = sum(s.path.stat().st_size for s in splits.train)
         print(f"\n{args.count:,} {args.size} px JPEGs, {len(splits.train):,} in the training split; "
-              f"{args.workers} loader workers, batch {args.batch_size}, evaluation transform; "
+              f"{args.workers} loader workers, batch {args.batch_size}; "
               f"median of {args.repeats} passes of {args.per_pass:,} images\n")
-        print("| source | images/s | training split on disk |")
-        print("|---|---:|---:|")
+        print("| source | images/s, evaluation transform | images/s, training transform | training split on disk |")
+        print("|---|---:|---:|---:|")
         on_disk = {"folder": folder_bytes, "optimized, encoded": sizes["encoded"],
                    "optimized, decoded": sizes["decoded"]}
-        for name, values in rates.items():
-            print(f"| {name} | {statistics.median(values):,.0f} | {on_disk[name] / 1e6:,.0f} MB |")
+        for name in sources:
+            per_kind = [f"{statistics.median(rates[(name, kind)]):,.0f}" for kind in ("evaluation", "training")]
+            print(f"| {name} | {' | '.join(per_kind)} | {on_disk[name] / 1e6:,.0f} MB |")
         print("\n| before the first epoch | seconds |")
         print("|---|---:|")
         for name, seconds in before.items():
