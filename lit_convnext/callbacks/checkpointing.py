@@ -250,6 +250,8 @@ def _say_mid_epoch_resume(trainer: pl.Trainer) -> None:
     batches = trainer.num_training_batches
     if trainer.ckpt_path is None or not math.isfinite(batches) or trainer.global_step == 0:
         return
+    if callable(getattr(trainer.train_dataloader, "load_state_dict", None)):  # restored by Lightning (a stream's)
+        return
     steps = math.ceil(batches / trainer.accumulate_grad_batches)
     done = trainer.global_step % steps
     if done:
