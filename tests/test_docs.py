@@ -158,7 +158,7 @@ def test_other_commands_in_the_docs_name_files_and_extras_that_exist() -> None:
 def known_options() -> dict[str, set[str]]:
     """Each command's options, read from its ``--help``."""
     found: dict[str, set[str]] = {}
-    for command in ("fit", "validate", "predict", "tune", "doctor", "export", "serve", "report", "suggest"):
+    for command in ("fit", "validate", "predict", "tune", "doctor", "export", "serve", "report", "suggest", "optimize"):
         out = io.StringIO()
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
             main([command, "--help"])
@@ -194,7 +194,7 @@ def test_the_options_page_lists_every_option_of_the_apps_own_groups(known_option
     required = {o for o in fit if own.match(o) and o not in groups}
     required |= known_options["predict"] - fit - LIGHTNING_METHOD_OPTIONS
     required |= {option for option in known_options["tune"] if option.startswith("--tune.")}  # the rest is fit's
-    for command in ("doctor", "export", "serve", "report", "suggest"):
+    for command in ("doctor", "export", "serve", "report", "suggest", "optimize"):
         required |= known_options[command] - {"--help", "--config", "--print_config"}
     assert required - documented == set()
 

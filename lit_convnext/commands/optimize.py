@@ -14,7 +14,7 @@ from lit_convnext.ranges import NonNegativeInt, OpenFraction, PositiveInt
 def optimize(root: Path, out: str, labels: Path | None = None, label_separator: str = ";",
              task: Literal["multiclass", "multilabel"] | None = None, val_fraction: OpenFraction = 0.2,
              split_seed: int = 42, split_manifest: Path | None = None,
-             storage: Literal["encoded", "decoded"] = "encoded", short_side: PositiveInt = 256,
+             storage: Literal["encoded", "decoded"] = "decoded", short_side: PositiveInt = 256,
              check_files: bool = True, skip_bad_files: bool = False, workers: NonNegativeInt | None = None) -> int:
     """Write the images of a data folder (or label file) as litdata chunks, split as ``fit`` would split them.
 
@@ -28,11 +28,13 @@ def optimize(root: Path, out: str, labels: Path | None = None, label_separator: 
         val_fraction: As ``fit --data.val_fraction``: the validation share drawn when there is no ``val/``.
         split_seed: As ``fit --data.split_seed``.
         split_manifest: As ``fit --data.split_manifest``: an earlier run's split, reproduced.
-        storage: ``encoded``: each file's bytes as they are (small chunks, decoded while training: measured the
-            faster to write and as fast to train from, docs/streaming.md); ``decoded``: RGB pixels, reduced to
-            ``short_side`` (no decoding while training, but larger chunks).
-        short_side: With ``decoded``: larger images are reduced so that their short side is this many pixels (keep
-            it at least the training resolution divided by the model's crop fraction, e.g. 256 for 224).
+        storage: ``decoded``: RGB pixels, reduced to ``short_side``: no decoding while training, measured 1.5x the
+            training images/s of ``encoded`` on small JPEGs, for chunks 2.6x their size (docs/data.md); ``encoded``:
+            each file's bytes as they are (the smallest chunks, for streaming over a slow network; any
+            ``--model.image_size`` can train from them).
+        short_side: With ``decoded``: larger images are reduced so that their short side is this many pixels: at
+            least the training resolution divided by the model's crop fraction (256 for ConvNeXt at 224), which
+            ``fit`` checks.
         check_files: Decode every file first (as ``fit`` does before training; cached) and stop at bad ones.
         skip_bad_files: Leave undecodable files out (with a warning) instead of stopping.
         workers: Processes writing the chunks; default one per CPU core.

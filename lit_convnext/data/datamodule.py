@@ -300,6 +300,7 @@ class ImageFolderDataModule(LightningDataModule):
         if named:
             raise UserError(f"{', '.join(named)} cannot be used with the optimized dataset {self.stream.root}: "
                             "train from the original folder for it")
+        self.stream.check_resolution(eval_decode_size(preprocessing))
         if stage == "fit":
             if isinstance(self.batch_size, int) and len(self.splits.train) < self.batch_size:
                 raise UserError(f"only {len(self.splits.train)} training images in {self.stream.root} but "

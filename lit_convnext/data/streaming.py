@@ -124,6 +124,15 @@ class OptimizedDataset:
                             f"version {FORMAT_VERSION}: write it again with `lit-convnext optimize` of this version")
         return cls(root, metadata, cache_dir)
 
+    def check_resolution(self, needed: int) -> None:
+        """Pixels stored ``decoded`` must not be fewer than the model's transforms take (``needed``: the short side
+        of the evaluation resize); an upscale of reduced pixels would train on a blur."""
+        short_side = self.metadata.get("short_side")
+        if self.metadata["storage"] == "decoded" and short_side is not None and short_side < needed:
+            raise UserError(f"{self.root} holds images reduced to a short side of {short_side} px, but this model's "
+                            f"transforms take {needed} px: write it again with `lit-convnext optimize --short_side "
+                            f"{needed}` (or --storage encoded), or train at a lower --model.image_size")
+
     def split_dir(self, split: str) -> str:
         return f"{self.root.rstrip('/')}/{split}"
 

@@ -69,6 +69,14 @@ def test_both_storages_keep_pixels_paths_and_split_order(tmp_path: Path) -> None
             assert splits.class_names[target] == val.paths[index].parent.name
 
 
+def test_pixels_stored_smaller_than_the_model_takes_are_refused() -> None:
+    stored = OptimizedDataset("optimized", {"storage": "decoded", "short_side": 64})
+    stored.check_resolution(64)
+    with pytest.raises(UserError, match="reduced to a short side of 64 px, but this model's transforms take 73 px"):
+        stored.check_resolution(73)
+    OptimizedDataset("optimized", {"storage": "encoded", "short_side": None}).check_resolution(512)
+
+
 def test_optimize_refuses_an_out_that_holds_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = make_folder(tmp_path / "data", 2)
     out = tmp_path / "out"
