@@ -31,9 +31,9 @@ pytest.importorskip("litdata", reason="the `stream` extra (in the `test` extra):
 
 
 def _best_accuracy(run: Path) -> float:
-    """val/acc1 of the best checkpoint, from its file name (``best-epoch001-acc1.0000.ckpt``)."""
+    """val/acc1 of the best checkpoint, from its file name (``best-epoch001-acc0.9167.ckpt``)."""
     name = next((run / "checkpoints").glob("best-*.ckpt")).name
-    return float(re.search(r"acc1([0-9.]+)\.ckpt$", name).group(1))
+    return float(re.search(r"-acc([0-9.]+)\.ckpt$", name).group(1))
 
 
 def _val_paths(run: Path) -> list[str]:
