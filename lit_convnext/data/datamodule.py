@@ -236,7 +236,7 @@ class ImageFolderDataModule(LightningDataModule):
         decoding every file at the same time, each with its own worker processes; the waiting processes leave the
         machine's cores to this check. A single process checks in ``setup`` only."""
         trainer = self.trainer
-        if not self.check_files or self._no_data or trainer is None or trainer.world_size <= 1 or self.stream:
+        if not self.check_files or self._no_data or trainer is None or trainer.world_size <= 1 or self.stream is not None:
             return
         names = CHECKED_SPLITS.get(trainer.state.fn.value if trainer.state.fn is not None else "", ())
         paths = [sample.path for name in names for sample in getattr(self.splits, name)]
