@@ -163,3 +163,59 @@ def test_two_nodes_launched_with_the_variables_train_as_one_process_and_write_on
     assert len(list(run.glob("events.out.tfevents.*"))) == 1
     assert run_files(tmp_path / "node0") == run_files(tmp_path / "node1") == []
     assert "Report:" in out0 and "Report:" not in out1 and "Best checkpoint" not in out1
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_on_separate_file_systems_train_as_one_process(
+        tmp_path: Path, nodes: Nodes, one_process: dict[str, Path]) -> None:
+    """``torchrun --nnodes 2`` per node, each node with its own copy of the data, its own cache and its own working
+    directory (``runs/`` relative to it): node 0 holds the whole run, node 1 writes nothing."""
+    port = str(free_port())
+    for rank in (0, 1):
+        node = tmp_path / f"node{rank}"
+        root = images(node / "images") if rank == 0 else shutil.copytree(tmp_path / "node0" / "images",
+                                                                          node / "images")
+        nodes.start([*TORCHRUN, "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", port,
+                     "-m", "lit_convnext", "fit", "--data.root", str(root), *EXACT, *TWO_NODES],
+                    node / "work", node_env(node / "cache"))
+    nodes.wait()
+
+    run = tmp_path / "node0" / "work" / "runs" / "convnext" / "version_0"
+    assert_same_training(run, one_process["run"])
+    assert (run / "report.html").is_file() and len(list((run / "checkpoints").glob("best-*.ckpt"))) == 1
+    assert run_files(tmp_path / "node1" / "work") == []
+
+
+def wait_for_line(log: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_killed_node_is_named_by_the_other_within_a_minute(tmp_path: Path, nodes: Nodes, killed: int) -> None:
+    """SIGKILL one node mid-training: the survivor's next collective fails (gloo sees the closed socket), it finds
+    which node did not answer and exits with one line naming it, instead of a traceback or a hang."""
+    root = images(tmp_path / "images")
+    port = str(free_port())
+    launched = [nodes.start([*LIT, "fit", "--data.root", str(root), *EXACT, *TWO_NODES, "--trainer.max_steps", "100000",
+                             "--trainer.max_epochs", "100000", "--evaluation.enabled", "false"],
+                            tmp_path / f"node{rank}", node_env(tmp_path / f"cache{rank}", MASTER_ADDR="127.0.0.1",
+                                                               MASTER_PORT=port, NODE_RANK=str(rank)))
+                for rank in (0, 1)]
+    wait_for_line(tmp_path / "node0.log", "Effective batch", PROCESS_TIMEOUT)  # training starts next
+    time.sleep(3)
+    os.killpg(launched[killed].pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    survivor = launched[1 - killed]
+    survivor.wait(timeout=PROCESS_TIMEOUT)
+    took = time.monotonic() - killed_at
+    out = (tmp_path / f"node{1 - killed}.log").read_text()
+    assert took < 60, (took, out[-3000:])
+    assert survivor.returncode == 2, out[-3000:]
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if line.startswith("lit-convnext: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"lit-convnext: error: lost node {killed} of 2 "), out[-3000:]
+    assert f"this is node {1 - killed}, global rank {1 - killed}" in errors[0]
