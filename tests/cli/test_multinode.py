@@ -219,3 +219,77 @@ def test_a_killed_node_is_named_by_the_other_within_a_minute(tmp_path: Path, nod
     errors = [line for line in out.splitlines() if line.startswith("lit-convnext: error:")]
     assert len(errors) == 1 and errors[0].startswith(f"lit-convnext: error: lost node {killed} of 2 "), out[-3000:]
     assert f"this is node {1 - killed}, global rank {1 - killed}" in errors[0]
+
+
+def slurm_variables(rank: int, port: int) -> dict[str, str]:
+    """What ``srun`` sets for task ``rank`` of a two-node job with one task per node (both nodes are 127.0.0.1)."""
+    return {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1",
+            "SLURM_NNODES": "2", "SLURM_NODELIST": "127.0.0.1", "SLURM_PROCID": str(rank), "SLURM_NODEID": str(rank),
+            "SLURM_LOCALID": "0", "MASTER_PORT": str(port)}
+
+
+@pytest.fixture
+def clean_launch_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_", "MASTER_", "KUBERNETES_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("NODE_RANK", raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_the_slurm_variables_give_lightning_the_ranks_and_pass_the_launch_check(
+        clean_launch_env: pytest.MonkeyPatch, rank: int) -> None:
+    import lightning.pytorch as pl
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from lit_convnext.cli.cluster import check_launch
+
+    for name, value in slurm_variables(rank, 29876).items():
+        clean_launch_env.setenv(name, value)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, num_nodes=2, strategy="ddp", logger=False)
+    environment = trainer.strategy.cluster_environment
+    assert isinstance(environment, SLURMEnvironment)
+    assert (trainer.global_rank, trainer.node_rank, trainer.local_rank, trainer.world_size) == (rank, rank, 0, 2)
+    assert (environment.main_address, environment.main_port) == ("127.0.0.1", 29876)
+    check_launch(trainer)  # srun set the ranks: no MASTER_ADDR or NODE_RANK needed
+
+
+@pytest.mark.parametrize(("variables", "options", "expected"), [
+    ({}, ["--trainer.num_nodes", "2"],
+     "--trainer.num_nodes 2 without a cluster launcher needs MASTER_ADDR, MASTER_PORT, NODE_RANK set on every node"),
+    ({"MASTER_ADDR": "127.0.0.1", "NODE_RANK": "0"}, ["--trainer.num_nodes", "2"],
+     "--trainer.num_nodes 2 without a cluster launcher needs MASTER_PORT set on every node"),
+    ({"NODE_RANK": "1"}, ["--trainer.num_nodes", "2"], "NODE_RANK=1 is set but MASTER_ADDR is not"),
+    ({"NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, [],
+     "NODE_RANK=1 does not fit --trainer.num_nodes 1"),
+])
+def test_a_multinode_launch_that_would_wait_forever_is_refused_before_training(
+        image_root: Path, clean_launch_env: pytest.MonkeyPatch, variables: dict[str, str], options: list[str],
+        expected: str) -> None:
+    """Without them Lightning takes 127.0.0.1, a random port and node 0, and waits 30 minutes for the other nodes.
+    ``run=False``: the check is at instantiation, so a regression fails here instead of hanging."""
+    from lit_convnext.cli.lightning_cli import build_cli
+    from lit_convnext.errors import UserError
+
+    for name, value in variables.items():
+        clean_launch_env.setenv(name, value)
+    with pytest.raises(UserError) as error:
+        build_cli(["--data.root", str(image_root), *EXACT, "--trainer.strategy", "ddp", *options], run=False)
+    assert str(error.value).startswith(expected), error.value
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_two_nodes_under_simulated_slurm_train_as_one_process(
+        tmp_path: Path, nodes: Nodes, one_process: dict[str, Path]) -> None:
+    """Two tasks with the variables ``srun`` sets (no MASTER_ADDR, no NODE_RANK): Lightning's SLURM environment
+    takes the ranks and the address from them."""
+    root = images(tmp_path / "images")
+    port = free_port()
+    for rank in (0, 1):
+        nodes.start([*LIT, "fit", "--data.root", str(root), *EXACT, *TWO_NODES,
+                     "--trainer.default_root_dir", str(tmp_path / "shared")], tmp_path / f"node{rank}",
+                    node_env(tmp_path / f"cache{rank}", **slurm_variables(rank, port)))
+    out0, _ = nodes.wait()
+    assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" in out0
+    assert_same_training(tmp_path / "shared" / "convnext" / "version_0", one_process["run"])
