@@ -221,6 +221,11 @@ def test_a_killed_node_is_named_by_the_other_within_a_minute(tmp_path: Path, nod
     assert f"this is node {1 - killed}, global rank {1 - killed}" in errors[0]
 
 
+#: docs/clusters.md's SLURM options: Lightning's SLURM environment with auto-requeue on SIGUSR1.
+SLURM_REQUEUE = ["--trainer.plugins", "lightning.pytorch.plugins.environments.SLURMEnvironment",
+                 "--trainer.plugins.auto_requeue", "true", "--trainer.plugins.requeue_signal", "SIGUSR1"]
+
+
 def slurm_variables(rank: int, port: int) -> dict[str, str]:
     """What ``srun`` sets for task ``rank`` of a two-node job with one task per node (both nodes are 127.0.0.1)."""
     return {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1",
@@ -282,14 +287,42 @@ def test_a_multinode_launch_that_would_wait_forever_is_refused_before_training(
 @pytest.mark.slow
 def test_two_nodes_under_simulated_slurm_train_as_one_process(
         tmp_path: Path, nodes: Nodes, one_process: dict[str, Path]) -> None:
-    """Two tasks with the variables ``srun`` sets (no MASTER_ADDR, no NODE_RANK): Lightning's SLURM environment
-    takes the ranks and the address from them."""
+    """Two tasks with the variables ``srun`` sets (no MASTER_ADDR, no NODE_RANK) and docs/clusters.md's
+    auto-requeue plugin: Lightning's SLURM environment takes the ranks and the address from them."""
     root = images(tmp_path / "images")
     port = free_port()
     for rank in (0, 1):
-        nodes.start([*LIT, "fit", "--data.root", str(root), *EXACT, *TWO_NODES,
+        nodes.start([*LIT, "fit", "--data.root", str(root), *EXACT, *TWO_NODES, *SLURM_REQUEUE,
                      "--trainer.default_root_dir", str(tmp_path / "shared")], tmp_path / f"node{rank}",
                     node_env(tmp_path / f"cache{rank}", **slurm_variables(rank, port)))
     out0, _ = nodes.wait()
     assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" in out0
     assert_same_training(tmp_path / "shared" / "convnext" / "version_0", one_process["run"])
+
+
+def test_the_pytorchjob_manifest_gives_each_pod_its_rank(
+        image_root: Path, tmp_path: Path, clean_launch_env: pytest.MonkeyPatch) -> None:
+    """docs/pytorchjob.yaml's command line, in the Worker pod (the variables the training operator sets there):
+    Lightning's KubeflowEnvironment (which it does not detect by itself) takes its rank from them."""
+    import yaml
+    from lightning.pytorch.plugins.environments import KubeflowEnvironment
+
+    from lit_convnext.cli.lightning_cli import build_cli
+
+    job = yaml.safe_load((REPO / "docs" / "pytorchjob.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    pods = sum(spec["replicas"] for spec in replicas.values())
+    command = replicas["Worker"]["template"]["spec"]["containers"][0]["command"]
+    assert command == replicas["Master"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["lit-convnext", "fit"] and command[command.index("--trainer.num_nodes") + 1] == str(pods)
+    config = tmp_path / "run.yaml"  # the manifest's /shared/run.yaml: the base recipe
+    config.write_text((REPO / "configs" / "finetune.yaml").read_text())
+    shared = {"/shared/run.yaml": str(config), "/shared/images": str(image_root), "/shared/runs": str(tmp_path)}
+    for name, value in {"KUBERNETES_PORT": "tcp://10.96.0.1:443", "MASTER_ADDR": "convnext-finetune-master-0",
+                        "MASTER_PORT": "23456", "WORLD_SIZE": "2", "RANK": "1"}.items():
+        clean_launch_env.setenv(name, value)
+    cli = build_cli([shared.get(value, value) for value in command[2:]] + EXACT, run=False)
+    trainer = cli.trainer
+    assert isinstance(trainer.strategy.cluster_environment, KubeflowEnvironment)
+    assert (trainer.global_rank, trainer.node_rank, trainer.world_size) == (1, 1, 2)
