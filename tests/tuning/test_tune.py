@@ -168,3 +168,15 @@ def test_a_killed_search_continues_with_its_study_name(image_root: Path, tmp_pat
     assert after[: len(before)][0] == "COMPLETE"  # the first process's trial is kept
     assert sum(state in ("COMPLETE", "PRUNED", "FAIL") for state in after) == 3  # the budget counts both processes
     assert "Best val/acc1" in done.stdout
+
+
+@pytest.mark.slow  # a search's start-up and four steps of its first trial (~8 s)
+def test_a_new_study_with_a_budget_shorter_than_one_epoch_is_one_line(image_root: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(capsys, tune_args(image_root, "--tune.max_time", "3", "--tune.trials", "5",
+                                            "--data.batch_size", "1", "--trainer.callbacks+",
+                                            "tests.callbacks.test_time_budget.SlowSteps"))
+    assert "--tune.max_time 3 s is shorter than one epoch" in line and "its 24 steps need about" in line, line
+    # One trial was started and stopped a few steps in; no other was tried.
+    with sqlite3.connect("runs/tune/study/study.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM trials").fetchone() == (1,)
