@@ -10,7 +10,8 @@ step. Lightning's Timer stays as the hard stop, should an epoch take far longer 
 
 A budget too short for one epoch is one line a few steps into the first epoch (:class:`BudgetTooShort`): the steps
 measured so far, times the epoch's steps, would not end in it, and Lightning's Timer would stop the run mid-epoch
-with nothing validated. The check only reads the clock, so it costs a budget that fits nothing.
+with nothing validated. The check reads the clock (and, under DDP, broadcasts one flag once): a budget that fits
+pays nothing measurable for it.
 
 The budget counts as Lightning's Timer counts it, from the first training step's loop start (not the file check or
 the sanity validation before it); ``max_epochs`` stays an upper bound (whichever ends first, as in Lightning).
@@ -98,7 +99,7 @@ class TimeBudget(Callback):
             return
         if batch_idx < MEASURED_STEPS:
             return
-        per_step = (now - self._first_step_end) / (batch_idx)
+        per_step = (now - self._first_step_end) / batch_idx
         epoch = (now - self._epoch_start) + per_step * (steps - batch_idx - 1)
         # Every process stops, or none: rank 0's clock decides (the ranks step together).
         short = bool(trainer.strategy.broadcast(epoch > (now - self._epoch_start) + timer.time_remaining(), src=0))
