@@ -7,7 +7,8 @@ a whole batch when one request in it raises, so a bad image must be refused befo
 A model worker that dies (killed, out of memory) is replaced by LitServe (``restart_workers``); ``/health`` answers
 503 until the new one has loaded the model. The requests the dead worker had taken are never answered by LitServe
 (its monitor fails them in the main process, while they wait in the HTTP process), so :class:`Deadline` answers
-every request 504 after ``timeout`` seconds at the latest: no client waits forever.
+every request 504 after ``timeout`` seconds at the latest: no client waits forever. (LitServe keeps its buffer
+entry for each request answered this way, a few hundred bytes, for the life of the HTTP process.)
 """
 
 import asyncio
