@@ -64,6 +64,29 @@ def images_per_second(loader, limit: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def plot(path: Path, sources: tuple[str, ...], rates: dict[tuple[str, str], list[float]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 3.2))
+    height = 0.38
+    for offset, kind in ((-height / 2, "evaluation"), (height / 2, "training")):
+        values = [statistics.median(rates[(name, kind)]) for name in sources]
+        bars = ax.barh([i + offset for i in range(len(sources))], values, height, label=f"{kind} transform")
+        ax.bar_label(bars, fmt="%.0f", padding=3, fontsize=8)
+    ax.set_yticks(range(len(sources)), sources)
+    ax.invert_yaxis()
+    ax.set_xlabel("training images / s (median)")
+    ax.set_title(title, fontsize=10)
+    ax.margins(x=0.12)  # room for the labels
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000)
@@ -73,6 +96,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "lit-convnext-bench")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the images/s as bars into this PNG")
     args = parser.parse_args()
 
     from torch.utils.data import DataLoader
@@ -129,6 +153,8 @@ def main() -> None:
         for name in sources:
             per_kind = [f"{statistics.median(rates[(name, kind)]):,.0f}" for kind in ("evaluation", "training")]
             print(f"| {name} | {' | '.join(per_kind)} | {on_disk[name] / 1e6:,.0f} MB |")
+        if args.plot is not None:
+            plot(args.plot, sources, rates, f"{args.count:,} {args.size} px JPEGs, {args.workers} loader workers")
         print("\n| before the first epoch | seconds |")
         print("|---|---:|")
         for name, seconds in before.items():
