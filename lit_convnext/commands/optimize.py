@@ -28,7 +28,7 @@ def optimize(root: Path, out: str, labels: Path | None = None, label_separator: 
         val_fraction: As ``fit --data.val_fraction``: the validation share drawn when there is no ``val/``.
         split_seed: As ``fit --data.split_seed``.
         split_manifest: As ``fit --data.split_manifest``: an earlier run's split, reproduced.
-        storage: ``decoded``: RGB pixels, reduced to ``short_side``: no decoding while training, measured 1.5x the
+        storage: ``decoded``: RGB pixels, reduced to ``short_side``: no decoding while training, measured 1.6x the
             training images/s of ``encoded`` on small JPEGs, for chunks 2.6x their size (docs/data.md); ``encoded``:
             each file's bytes as they are (the smallest chunks, for streaming over a slow network; any
             ``--model.image_size`` can train from them).
