@@ -224,9 +224,12 @@ class IndexedSplit(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
-        # A slice makes litdata keep whole chunks in its cache (an int reads the item's bytes alone, again every
-        # epoch): the evaluation splits are read once per validation
-        raw = self.stream[index:index + 1][0]
+        if self.stream.cache is None:
+            # litdata sets up its reader on the first read: through a slice, it keeps whole chunks in its cache (an
+            # int would read the item's bytes alone, again at every validation). Slices count in this process's
+            # share under DDP, so the reads themselves go by the global index.
+            self.stream[0:1]
+        raw = self.stream[index]
         if int(raw["index"]) != index:
             raise UserError(f"item {index} of {self.stream.input_dir.url or self.stream.input_dir.path} holds image "
                             f"{raw['index']}: the dataset was not written by `lit-convnext optimize`; write it again")

@@ -230,3 +230,21 @@ def test_optimize_to_and_train_from_an_s3_compatible_server(tmp_path: Path, s3_s
     assert _best_accuracy(run) >= 0.8
     expected = sorted(str(s.path) for s in read_folder_splits(root).val)
     assert _val_paths(run) == expected
+
+
+@pytest.mark.slow  # two DDP processes on CPU: ~30 s
+def test_under_ddp_each_rank_streams_its_own_share(tmp_path: Path) -> None:
+    """24 training images, 2 ranks, 4 per batch: each rank reads its own 12 (3 steps an epoch, not 6), and the
+    validation images are each measured once, gathered from both ranks."""
+    root = tmp_path / "images"
+    make_folder(root / "train", 8)
+    make_folder(root / "val", 3, seed=500)
+    write_optimized(read_folder_splits(root), "multiclass", str(tmp_path / "optimized"), "encoded", 256, 1, {})
+    args = fit_args(tmp_path / "optimized", "--data.batch_size", "4", "--trainer.strategy", "ddp",
+                    "--trainer.devices", "2")
+    done = subprocess.run([sys.executable, "-m", "lit_convnext", *args], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = Path("runs/convnext/version_0")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert _val_paths(run) == sorted(str(s.path) for s in read_folder_splits(root).val)
