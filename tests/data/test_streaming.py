@@ -114,7 +114,7 @@ def test_an_s3_root_without_credentials(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ImageFolderDataModule(root=Path("s3://bucket/digits")).class_names
 
 
-@pytest.mark.slow  # two fits and litdata's writer processes: ~20 s
+@pytest.mark.slow  # two fits and litdata's writer processes: ~12 s
 def test_a_streaming_run_trains_as_well_as_the_folder_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from lit_convnext.cli.entry import main
 
@@ -130,7 +130,7 @@ def test_a_streaming_run_trains_as_well_as_the_folder_run(tmp_path: Path, capsys
     assert stream_acc >= 0.8 and abs(stream_acc - folder_acc) <= 0.2, (folder_acc, stream_acc)
 
 
-@pytest.mark.slow  # two fits: ~15 s
+@pytest.mark.slow  # two fits: ~7 s
 def test_a_stream_resumes_inside_an_epoch_where_it_stopped(tmp_path: Path) -> None:
     """The checkpoint saved mid-epoch holds litdata's loader position; the resumed run finishes that epoch (3 more
     steps of 6) from there, without the folder loader's 'new shuffle' message."""
@@ -211,7 +211,7 @@ def s3_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         thread.join(timeout=10)
 
 
-@pytest.mark.slow  # a server and two CLI processes: ~60 s
+@pytest.mark.slow  # a server and two CLI processes: ~40 s
 def test_optimize_to_and_train_from_an_s3_compatible_server(tmp_path: Path, s3_server: dict[str, str]) -> None:
     root = make_folder(tmp_path / "data", 12)
     env = {**os.environ, **s3_server, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
