@@ -399,6 +399,7 @@ class ImageFolderDataModule(LightningDataModule):
             num_workers=workers,
             pin_memory=self._pin,
             persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=ignore_sigterm if workers > 0 else None,
             # Its own generator for the workers' base seed: iterating an evaluation loader leaves the training
             # RNG as it was, so a resumed run's draws do not depend on whether a validation ran in between.
             generator=torch.Generator(),

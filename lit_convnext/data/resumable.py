@@ -105,7 +105,8 @@ class SeededSamples(Dataset):
 
 
 def ignore_sigterm(worker_id: int) -> None:
-    """Loader workers ignore SIGTERM: a cloud's pre-emption or SLURM's time limit sends it to every process of the
-    job, and a worker that died of it would end the run with a DataLoader error before the main process saved
-    ``last.ckpt``. The workers still end with the main process (the loader stops them; they also watch it)."""
+    """Loader workers (training and evaluation) ignore SIGTERM: a cloud's pre-emption or SLURM's time limit sends
+    it to every process of the job, and a worker that died of it would end the run with a DataLoader error before
+    the main process saved ``last.ckpt``. The workers still end with the main process (the loader stops them; they
+    also watch it)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
