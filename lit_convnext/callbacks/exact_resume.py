@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_convnext.private_api.lightning import restore_train_loader_position
+from lit_convnext.errors import UserError
+from lit_convnext.private_api.lightning import pending_train_loader_states, restore_train_loader_position
 
 
 def collect_random_state() -> dict[str, Any]:
@@ -58,6 +59,36 @@ def set_random_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def saved_workers(state: dict[str, Any]) -> int | None:
+    """The ``num_workers`` of the ``StatefulDataLoader`` that saved ``state`` (``None``: another kind of loader)."""
+    if "_snapshot" in state:
+        return int(state["_snapshot"]["_main_snapshot"]["_num_workers"])
+    return 0 if "_num_yielded" in state else None
+
+
+def check_loader_workers(trainer: pl.Trainer) -> None:
+    """torchdata resumes a loader's position only with the ``num_workers`` it was saved with (another count fails
+    deep in the loader). At an epoch's end there is no position to keep: the saved one is left out and the next
+    epoch starts whole. Inside an epoch, one line says which count to resume with."""
+    states = pending_train_loader_states(trainer)
+    if not states:
+        return
+    loaders = trainer.train_dataloader
+    loaders = list(loaders.values()) if isinstance(loaders, dict) else [loaders]
+    saved = [saved_workers(state) for state in states]
+    now = [getattr(loader, "num_workers", None) for loader in loaders]
+    if len(saved) != len(now) or all(a is None or a == b for a, b in zip(saved, now)):
+        return
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    if progress.processed in (0, trainer.num_training_batches):
+        states.clear()
+        return
+    raise UserError(f"the checkpoint was saved inside epoch {trainer.current_epoch} ({progress.processed} of its "
+                    f"{trainer.num_training_batches} batches done) by a training loader with {saved[0]} workers, "
+                    f"and this run has {now[0]}: resume with --data.num_workers {saved[0]} (a loader's position "
+                    "inside an epoch resumes only with the workers it was saved with)")
+
+
 class ExactResume(Callback):
     """Keeps the main process's RNG states in each checkpoint; on a resume, restores them and the training loaders'
     position (see the module docstring)."""
@@ -72,6 +103,7 @@ class ExactResume(Callback):
         self._to_restore = state_dict
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_loader_workers(trainer)
         restore_train_loader_position(trainer)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,

@@ -440,11 +440,11 @@ class ImageFolderDataModule(LightningDataModule):
 
     @property
     def run_seed(self) -> int:
-        """The seed of the training order and augmentation: the run's (``seed_everything``, which Lightning keeps
-        in ``PL_GLOBAL_SEED``), else drawn once; kept in the checkpoint, so a resumed run draws with it again."""
+        """The seed of the training order and augmentation: the run's (``seed_everything``, which Lightning keeps in
+        ``PL_GLOBAL_SEED``), else 0 as for Lightning's own distributed sampler, so that every process of a run
+        draws the same order; kept in the checkpoint, so a resumed run draws with it again."""
         if self._run_seed is None:
-            seed = os.environ.get("PL_GLOBAL_SEED")
-            self._run_seed = int(seed) if seed is not None else int(torch.randint(2**31 - 1, ()).item())
+            self._run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         return self._run_seed
 
     def _replay_sampler(self) -> Sampler | None:

@@ -10,8 +10,9 @@ to restore how far the epoch got.
 Why a seed per sample rather than the loader workers' RNG states: a worker's RNG depends on every image that
 worker transformed before, and the ``StatefulDataLoader`` keeps no worker RNG; restoring it would need each
 worker's state saved in step with the batches it had prefetched, and would still change with ``num_workers``.
-A seed per draw makes the augmentation independent of which worker (or the main process) transforms the image,
-so a run resumed with another ``--data.num_workers`` draws the same batches too.
+A seed per draw makes the augmentation independent of which worker (or the main process) transforms the image
+and of what that process drew before. (torchdata restores a loader's position only with the ``num_workers`` it
+was saved with: a run resumes with the same ``--data.num_workers``.)
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
     PrivateMember(_CHECKPOINT, "_last_global_step_saved", None, "lightning.CheckpointHooks.last_global_step_saved"),
     PrivateMember(_CHECKPOINT, "_last_checkpoint_saved", None, "lightning.CheckpointHooks.last_checkpoint_saved"),
     PrivateMember("lightning.pytorch.loops.fit_loop._FitLoop", "_combined_loader_states_to_load", None,
-                  "lightning.restore_train_loader_position"),
+                  "lightning.pending_train_loader_states"),
     PrivateMember("lightning.pytorch.loops.fit_loop._FitLoop", "_combined_loader", None,
                   "lightning.restore_train_loader_position"),
     PrivateMember("lightning.pytorch.loops.fit_loop._FitLoop", "_data_fetcher", None,

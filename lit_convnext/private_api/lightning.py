@@ -18,6 +18,7 @@ __all__ = [
     "averaged_model",
     "callback_keys",
     "mlflow_log_model",
+    "pending_train_loader_states",
     "restore_train_loader_position",
     "set_callback_keys",
     "subcommand_parser",
@@ -129,18 +130,24 @@ class CheckpointHooks(ModelCheckpoint):
 
 
 # ------------------------------------------------------------------------------------------- Lightning: FitLoop
+def pending_train_loader_states(trainer: pl.Trainer) -> list[dict]:
+    """The training loaders' states a resumed checkpoint holds and Lightning has not loaded yet (the list itself:
+    clearing it leaves them unloaded)."""
+    return trainer.fit_loop._combined_loader_states_to_load
+
+
 def restore_train_loader_position(trainer: pl.Trainer) -> None:
-    """Give the training loaders the position a resumed checkpoint holds, when Lightning has not.
+    """Give the training loaders of a resumed fit the position and epoch of its checkpoint, when Lightning has not.
 
     Lightning loads the loaders' ``state_dict`` when it first sets them up. ``trainer.estimated_stepping_batches``
     (the lr schedule's length, in ``configure_optimizers``) sets them up earlier, before the checkpoint is
     restored, and Lightning then keeps the saved position unused (Lightning issue #20550): the resumed epoch would
-    start again from its first batch. Here the position is loaded, the samplers are given the restored epoch,
-    and the loader's iterator (which had already fetched a batch from the start) is made again, as Lightning's
-    own path does. Call it in ``on_train_start``; it does nothing where there is no position left to load.
+    start again from its first batch, drawn as epoch 0. Here the position is loaded, the samplers are given the
+    restored epoch, and the loader's iterator (which had already fetched a batch) is made again, as Lightning's
+    own path does. Call it in ``on_train_start``; a fit that does not resume is left alone.
     """
     fit_loop = trainer.fit_loop
-    if not fit_loop._combined_loader_states_to_load or fit_loop._combined_loader is None:
+    if not fit_loop.restarting or fit_loop._combined_loader is None or fit_loop._data_fetcher is None:
         return
     fit_loop._load_combined_loader_states()
     for loader in fit_loop._combined_loader.flattened:

@@ -287,3 +287,24 @@ def test_save_last_link_gives_the_latest_epoch_too(image_root: Path, monkeypatch
         fit_and_record(args, monkeypatch)
     last = Path("runs/convnext/version_0/checkpoints/last.ckpt")
     assert not last.is_symlink() and torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_resuming_with_other_loader_workers_says_which_inside_an_epoch_and_goes_on_at_its_end(
+        image_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """torchdata restores a loader's position only with the worker count it was saved with."""
+    inside = [*fit_args(image_root)[:-4], "--trainer.max_epochs", "1", "--checkpoint.every_n_train_steps", "2"]
+    main(inside)  # last.ckpt at step 2 of 3 (the deferred best-k save of step 2 is Lightning's to make)
+    assert saved_step(LAST) == 2
+    with pytest.raises(SystemExit):
+        main([*inside, "--data.num_workers", "1", "--ckpt_path", "last"])
+    assert ("the checkpoint was saved inside epoch 0 (2 of its 3 batches done) by a training loader with 0 workers, "
+            "and this run has 1: resume with --data.num_workers 0") in capsys.readouterr().err
+
+    monkeypatch.chdir(Path.cwd().parent)
+    at_end = [*fit_args(image_root)[:-4], "--trainer.max_epochs", "1"]
+    main(at_end)
+    assert saved_step(LAST) == 3
+    fit_and_record([*at_end, "--trainer.max_epochs", "2", "--data.num_workers", "1", "--ckpt_path", "last"],
+                   monkeypatch)
+    assert saved_step(LAST) == 6  # from an epoch's end: the next epoch starts whole, with 1 worker
