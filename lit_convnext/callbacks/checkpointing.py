@@ -25,6 +25,12 @@ checkpoint records, is known before it is first written). The later removal of t
 whole, and the next ``last.ckpt`` replaces the link. Lightning's own ``save_last="link"`` (a symbolic link to
 the newest saved checkpoint, an older best one after an epoch that did not improve) works the same way, with a
 warning that says so.
+
+Every ``last.ckpt`` is a point a run resumes from exactly, inside an epoch too (the loader's position and the
+random state are in it: :mod:`lit_convnext.data.resumable`, :mod:`lit_convnext.callbacks.exact_resume`). So a
+step- or time-triggered save (``every_n_train_steps``, ``train_time_interval``) before the first validation, which
+Lightning defers whole to that validation, writes ``last.ckpt`` at its step; and SIGTERM writes one before the
+process exits.
 """
 
 from __future__ import annotations

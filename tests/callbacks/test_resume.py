@@ -61,15 +61,6 @@ def start_fit(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def wait_for_last_ckpt(proc: subprocess.Popen, min_step: int = 0) -> None:
-    """Wait until last.ckpt holds a step >= ``min_step`` (or the process ends)."""
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if LAST.exists() and (not min_step or saved_step(LAST) >= min_step):
-            return
-        time.sleep(0.02)
-
-
 def saved_step(path: Path) -> int:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
@@ -77,17 +68,17 @@ def saved_step(path: Path) -> int:
         return -1
 
 
-def kill_after_first_last_ckpt(args: list[str]) -> int:
-    """Run ``lit_convnext fit`` in a subprocess, SIGKILL it (and its loader workers) once last.ckpt exists;
-    return that checkpoint's step."""
-    proc = start_fit(args)
-    wait_for_last_ckpt(proc)
+def kill_at_step(args: list[str], step: int, marker: Path) -> None:
+    """Run ``lit_convnext fit`` in a subprocess and SIGKILL it (and its loader workers) right after optimizer step
+    ``step``, once that step's last.ckpt is written."""
+    proc = start_fit([*args, "--trainer.callbacks+=tests.callbacks.pause.PauseAtStep", "--trainer.callbacks.step",
+                      str(step), "--trainer.callbacks.marker", str(marker)])
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert LAST.exists(), proc.stderr.read().decode()[-2000:]
-    killed_at = torch.load(LAST, map_location="cpu", weights_only=True)["global_step"]
-    assert killed_at % 3 != 0 and killed_at < 6  # a mid-epoch checkpoint of an unfinished run
-    return killed_at
+    _, err = proc.communicate()
+    assert saved_step(LAST) == step, err.decode()[-2000:]
 
 
 def final_weights() -> dict[str, torch.Tensor]:
@@ -118,7 +109,7 @@ def test_fit_killed_mid_epoch_resumes_to_the_same_weights(image_root: Path, tmp_
     ``--ckpt_path last``: the same images in the same order, augmented alike in every loader worker, the same
     Mixup/CutMix draws, EMA, lr schedule and best-k bookkeeping: bit-identical final weights."""
     args = [*fit_args(image_root), *EXACT]
-    kill_after_first_last_ckpt(args)
+    kill_at_step(args, 2, tmp_path / "at_step_2")  # step 2 of 3: before the first validation
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
         resumed = fit_and_record([*args, "--ckpt_path", "last"], monkeypatch)
@@ -140,23 +131,26 @@ def test_fit_killed_mid_epoch_resumes_to_the_same_weights(image_root: Path, tmp_
 @pytest.mark.slow
 def test_sigterm_saves_last_ckpt_exits_cleanly_and_resumes_exactly(image_root: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGTERM to the whole job (main process and loader workers) inside the second epoch: ``last.ckpt`` is
-    written at the step the run stopped at (no step checkpoints here: the epoch's own is at step 3), the process
-    exits with status 0, and ``--ckpt_path last`` ends with the uninterrupted run's weights."""
+    """SIGTERM to the whole job (main process and loader workers) after step 4, inside the second epoch: the batch
+    in progress ends, ``last.ckpt`` is written at step 5 (no step checkpoints here: the epoch's own is at step 3),
+    the process exits with status 0, and ``--ckpt_path last`` ends with the uninterrupted run's weights."""
     args = [*fit_args(image_root)[:-4], *EXACT]  # checkpoints at epoch ends only
-    proc = start_fit(args)
-    wait_for_last_ckpt(proc, min_step=3)
+    marker = tmp_path / "at_step_4"
+    proc = start_fit([*args, "--trainer.callbacks+=tests.callbacks.pause.PauseAtStep", "--trainer.callbacks.step", "4",
+                      "--trainer.callbacks.marker", str(marker)])
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()[-2000:]
-    stopped_at = saved_step(LAST)
-    assert stopped_at in (4, 5), err.decode()[-2000:]  # inside the second epoch: written on SIGTERM
-    assert f"SIGTERM received: {LAST} holds step {stopped_at}" in err.decode()
+    assert saved_step(LAST) == 5, err.decode()[-2000:]  # inside the second epoch: written on SIGTERM
+    assert f"SIGTERM received: {LAST} holds step 5" in err.decode()
 
     fit_and_record([*args, "--ckpt_path", "last"], monkeypatch)
     resumed_weights = final_weights()
     reference, reference_weights = reference_run(args, tmp_path, monkeypatch)
-    assert reference["global_step"] == saved_step(Path("runs/convnext/version_0/checkpoints/last.ckpt")) == 6
+    assert reference["global_step"] == saved_step(tmp_path / "cwd" / LAST) == 6
     assert_same_weights(resumed_weights, reference_weights)
 
 
@@ -308,3 +302,23 @@ def test_resuming_with_other_loader_workers_says_which_inside_an_epoch_and_goes_
     fit_and_record([*at_end, "--trainer.max_epochs", "2", "--data.num_workers", "1", "--ckpt_path", "last"],
                    monkeypatch)
     assert saved_step(LAST) == 6  # from an epoch's end: the next epoch starts whole, with 1 worker
+
+
+@pytest.mark.slow
+def test_a_time_interval_writes_last_ckpt_inside_the_first_epoch(image_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train_time_interval`` (here 0: due at every step) before the first validation: Lightning defers the whole
+    save to the validation; last.ckpt is written at the step instead, except where a validation follows at once."""
+    from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
+
+    saved: list[tuple[str, int]] = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def recorded(self, checkpoint, path, *args, **kwargs):
+        saved.append((Path(path).name, checkpoint["global_step"]))
+        return save(self, checkpoint, path, *args, **kwargs)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recorded)
+    monkeypatch.setattr(EvaluationReport, "on_fit_end", lambda *_: None)
+    main([*fit_args(image_root)[:-4], "--trainer.max_epochs", "1", "--checkpoint.train_time_interval", "0:00:00"])
+    assert saved[:2] == [("last.ckpt", 1), ("last.ckpt", 2)]
