@@ -38,6 +38,14 @@ def make_checkpoint(path: Path, model_name: str, image_size: int, num_classes: i
     return path
 
 
+def check_folder(root: Path, rng: np.random.Generator) -> Path:
+    """Four labelled photos of two of the model's classes: ``export`` checks every file on labelled images."""
+    for i in range(4):
+        (root / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        photo_like(320, 240, rng).save(root / str(i % 2) / f"{i}.jpg", quality=90)
+    return root
+
+
 def images_per_second(run, images_per_call: int, seconds: float) -> float:
     run()  # warm-up (allocations, ORT's first-run optimisations)
     calls, start = 0, time.perf_counter()
@@ -55,8 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lit-convnext-inference-"))
     ckpt = make_checkpoint(work / "model.ckpt", args.model, args.image_size)
-    export(ckpt, work / "model.onnx")
     rng = np.random.default_rng(0)
+    export(ckpt, work / "model.onnx", check_dir=check_folder(work / "check", rng))
     photos_ = [photo_like(640, 480, rng) for _ in range(32)]
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}; {args.model} at "

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import struct
+import urllib.error
+import urllib.request
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from lit_convnext.inference.client import post_image
 from tests.helpers import write_image
 
 #: Files that cannot be read as images at all, with a word their reason contains.
@@ -221,3 +226,44 @@ def build_corpus(root: Path, structural_problems: bool = True) -> dict[str, Path
         write_image(root / "val" / "only_in_val" / "img0.png", (30, 200, 40))
         shutil.copy(root / "train" / "blue" / "img0.png", root / "val" / "blue" / "copy of train.png")
     return files
+
+
+def header_only(data: bytes | bytearray, width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` around the small picture ``data`` (CRC fixed)."""
+    png = bytearray(data)
+    struct.pack_into(">II", png, 16, width, height)
+    _fix_png_crc(png, 8)
+    return bytes(png)
+
+
+def bad_uploads(good_jpeg: bytes) -> dict[str, tuple[bytes | None, str, int, str]]:
+    """What clients get wrong when they upload to ``serve``, by kind: ``(body, field, status, detail fragment)``.
+
+    ``body`` None is a POST with no body at all; the statuses assume the server's default limits or tighter ones
+    down to ``--max_megapixels 1``; ``good_jpeg`` (a real photo, at least a few kB) is cut and mislabelled.
+    """
+    small = _rgb((16, 16), (50, 50, 200), 4)
+    bomb = _encoded(small, "JPEG")  # 20000 x 20000 in its header, as write_bombs' bomb.jpg
+    sof = bomb.index(b"\xff\xc0")
+    struct.pack_into(">HH", bomb, sof + 5, 20000, 20000)
+    return {
+        "not an image": (b"plain text, not an image", "image", 400, "not an image file"),
+        "truncated JPEG": (good_jpeg[: len(good_jpeg) // 2], "image", 400, "not a readable image"),
+        "huge dimensions": (header_only(_encoded(small, "PNG"), 7000, 7000), "image", 413,
+                            "7000x7000 = 49000000 pixels"),
+        "decompression bomb": (bytes(bomb), "image", 413, "decompression bomb"),
+        "empty file": (b"", "image", 400, "not an image file"),
+        "empty body": (None, "image", 400, "multipart/form-data file field named 'image'"),
+        "wrong field": (good_jpeg, "file", 400, "field named 'image'"),
+    }
+
+
+def send_upload(url: str, body: bytes | None, field: str = "image", timeout: float = 60.0) -> tuple[int, Any]:
+    """POST one of :func:`bad_uploads` (or a good image): the HTTP status and the JSON answer."""
+    if body is not None:
+        return post_image(url, body, field=field, timeout=timeout)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, b"", method="POST"), timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")

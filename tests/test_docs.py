@@ -36,9 +36,11 @@ FOREIGN_OPTIONS = {
     "--blr", "--layer_decay_type",  # ConvNeXt-V2's official fine-tuning script, compared with in docs/recipes.md
     "--nnodes", "--nproc_per_node", "--node_rank", "--master_addr", "--master_port",  # torchrun
     "--nodes", "--ntasks-per-node", "--gpus-per-node", "--cpus-per-task", "--time",  # #SBATCH lines
+    "--ntasks", "--signal", "--requeue",  # #SBATCH lines of docs/clusters.md
 }
 #: Options whose value is a class (``class_path``): their init arguments are not listed by ``--help``.
-CLASS_OPTIONS = ("--trainer.logger", "--trainer.callbacks", "--optimizer", "--lr_scheduler")
+CLASS_OPTIONS = ("--trainer.logger", "--trainer.callbacks", "--optimizer", "--lr_scheduler", "--trainer.plugins",
+                 "--trainer.strategy")
 #: Arguments of Lightning's own ``Trainer.validate``/``predict`` that the app adds nothing to (``--help`` has them).
 LIGHTNING_METHOD_OPTIONS = {"--return_predictions", "--verbose", "--weights_only"}
 

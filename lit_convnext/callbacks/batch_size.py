@@ -3,9 +3,10 @@ optimizer is built, so the learning rate is scaled by the batch the run uses (``
 
 Lightning's ``BatchSizeFinder`` (through its ``Tuner``, binary search) does the search; Lightning refuses it under
 DDP (#20994) and runs it inside ``fit`` after the optimizer exists. So :class:`AutoBatchSize` runs it in its
-``setup`` hook, on a one-device probe Trainer of this process's device with a fresh copy of the model. Under DDP it
-refuses in one line for now (a probe Trainer inside the DDP processes hung in a two-rank CPU trial). Without a CUDA
-device there is no out-of-memory error to search for: the batch is :data:`CPU_BATCH_SIZE`, said in one line.
+``setup`` hook, on a one-device probe Trainer of this process's device with a fresh copy of the model. Under DDP each
+rank probes its own device (the probe's metrics do not synchronise: the ranks' searches try different sizes) and the
+ranks take the smallest batch found. Without a CUDA device there is no out-of-memory error to search for: the batch
+is :data:`CPU_BATCH_SIZE`, said in one line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import Metric
 
 from lit_convnext.errors import UserError
 from lit_convnext.ranges import PositiveInt
@@ -31,6 +33,10 @@ AUTO = "auto"
 def searches_memory(trainer: pl.Trainer) -> bool:
     """Whether the run's device reports running out of memory (CUDA), which the search needs."""
     return isinstance(trainer.accelerator, CUDAAccelerator)
+
+
+def _not_distributed() -> bool:
+    return False
 
 
 class AutoBatchSize(Callback):
@@ -54,13 +60,11 @@ class AutoBatchSize(Callback):
             rank_zero_info(f"--data.batch_size auto: no CUDA device to measure, so the default batch "
                            f"{CPU_BATCH_SIZE} is used (pass a number to choose another).")
             return
-        if trainer.world_size > 1:
-            # A one-device probe Trainer inside a DDP process hung in a CPU (gloo) trial of two ranks; until a probe
-            # that starts before the processes do exists, refuse rather than hang.
-            raise UserError(f"--data.batch_size auto is not supported yet with {trainer.world_size} processes: find the "
-                            "batch on one device (`fit --data.batch_size auto --trainer.devices 1 --trainer.max_steps "
-                            "1` prints it) and pass that number")
         found = self._probe(trainer, pl_module, data)
+        if trainer.world_size > 1:
+            # Every rank probed its own device; all ranks run the same batch, so the smallest device decides.
+            found = int(trainer.strategy.reduce(torch.tensor(float(found), device=trainer.strategy.root_device),
+                                                reduce_op="min"))
         hparams = pl_module.hparams
         if (hparams.get("mixup_alpha", 0) > 0 or hparams.get("cutmix_alpha", 0) > 0) and found % 2:
             found -= 1  # Mixup/CutMix pair images within the batch
@@ -68,15 +72,24 @@ class AutoBatchSize(Callback):
             raise UserError("--data.batch_size auto: not even one image per step fits in the GPU's memory: lower "
                             "--model.image_size, use --trainer.precision bf16-mixed or a smaller --model.model_name")
         data.batch_size = found
+        where = f" on the fullest of the {trainer.world_size} devices" if trainer.world_size > 1 else ""
         rank_zero_info(f"--data.batch_size auto: {found} images per device, the largest batch that trained "
-                       f"{self.steps_per_trial} steps without running out of memory (Lightning's BatchSizeFinder, "
-                       "binary search); the learning rate is scaled by it.")
+                       f"{self.steps_per_trial} steps without running out of memory{where} (Lightning's "
+                       "BatchSizeFinder, binary search); the learning rate is scaled by it.")
 
     def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, data: pl.LightningDataModule) -> int:
         """Lightning's binary search on this process's device, with copies of the model and datamodule (the run's
         own stay attached to the run's Trainer; the copy's weights do not matter, only their memory)."""
         # Mixup off: it would refuse the odd sizes the search tries (the result is made even), and costs no memory.
-        model = type(pl_module)(**{**pl_module.hparams, "pretrained": False, "mixup_alpha": 0.0, "cutmix_alpha": 0.0})
+        # LightningCLI adds its own ``_instantiator`` / ``_class_path`` to hparams: no constructor arguments.
+        arguments = {k: v for k, v in pl_module.hparams.items() if not k.startswith("_")}
+        model = type(pl_module)(**{**arguments, "pretrained": False, "mixup_alpha": 0.0, "cutmix_alpha": 0.0})
+        for metric in model.modules():
+            if isinstance(metric, Metric):
+                # Under DDP the world's process group is initialised, and torchmetrics would gather the probe's
+                # metrics across ranks whose searches try different sizes: mismatched collectives, a hang. Each
+                # rank's probe is its own.
+                metric.distributed_available_fn = _not_distributed
         probe_data = copy.copy(data)
         probe_data.batch_size = 2
         device = trainer.strategy.root_device

@@ -8,6 +8,11 @@ the last one (the end-of-fit analysis); it then ends training after those epochs
 re-plans the warm-up + cosine (:func:`lit_convnext.model.optim.build_scheduler`) to reach ``min_lr`` at their last
 step. Lightning's Timer stays as the hard stop, should an epoch take far longer than the ones measured.
 
+A budget too short for one epoch is one line a few steps into the first epoch (:class:`BudgetTooShort`): the steps
+measured so far, times the epoch's steps, would not end in it, and Lightning's Timer would stop the run mid-epoch
+with nothing validated. The check reads the clock (and, under DDP, broadcasts one flag once): a budget that fits
+pays nothing measurable for it.
+
 The budget counts as Lightning's Timer counts it, from the first training step's loop start (not the file check or
 the sanity validation before it); ``max_epochs`` stays an upper bound (whichever ends first, as in Lightning).
 """
@@ -27,6 +32,20 @@ from lit_convnext.ranges import NonNegativeFloat
 
 #: An epoch is planned as this much longer than the longest one measured: the shared machine's noise.
 EPOCH_MARGIN = 1.1
+#: The first epoch's steps timed before the budget is compared with one epoch (the first step, slower, is not
+#: counted in the rate).
+MEASURED_STEPS = 3
+
+
+class BudgetTooShort(UserError):
+    """The time budget cannot hold one training epoch, as measured over the first steps of the first one."""
+
+    def __init__(self, budget: float, epoch: float, steps: int, option: str = "--trainer.max_time") -> None:
+        self.budget, self.epoch, self.steps = budget, epoch, steps
+        super().__init__(f"{option} {budget:.0f} s is shorter than one epoch: the first steps took "
+                         f"{epoch / steps:.2f} s each, so its {steps} steps need about {epoch:.0f} s before any "
+                         f"validation; give at least {2 * epoch + 10:.0f} s, or train fewer or smaller images "
+                         "(--model.image_size)")
 
 
 class TimeBudget(Callback):
@@ -47,6 +66,7 @@ class TimeBudget(Callback):
         self._longest_epoch = 0.0
         self._validation = 0.0
         self._planned: int | None = None
+        self._first_step_end: float | None = None
 
     @staticmethod
     def timer(trainer: pl.Trainer) -> Timer | None:
@@ -64,6 +84,27 @@ class TimeBudget(Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if trainer.current_epoch != 0 or batch_idx > MEASURED_STEPS or self._epoch_start is None:
+            return
+        timer = self.timer(trainer)
+        steps = trainer.num_training_batches
+        if timer is None or not math.isfinite(steps) or steps <= MEASURED_STEPS + 1:
+            return
+        now = time.monotonic()
+        if batch_idx == 0:
+            self._first_step_end = now
+            return
+        if batch_idx < MEASURED_STEPS:
+            return
+        per_step = (now - self._first_step_end) / batch_idx
+        epoch = (now - self._epoch_start) + per_step * (steps - batch_idx - 1)
+        # Every process stops, or none: rank 0's clock decides (the ranks step together).
+        short = bool(trainer.strategy.broadcast(epoch > (now - self._epoch_start) + timer.time_remaining(), src=0))
+        if short:
+            raise BudgetTooShort(timer.time_elapsed() + timer.time_remaining(), epoch, int(steps))
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validation_start = time.monotonic()

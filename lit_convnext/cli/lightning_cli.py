@@ -35,6 +35,7 @@ from lit_convnext.callbacks.checkpointing import (BEST_BY, newest_last_checkpoin
                                                   run_version)
 from lit_convnext.data import ImageFolderDataModule
 from lit_convnext.data.labels import data_task
+from lit_convnext.cli.cluster import check_launch, lost_node_message, lost_nodes
 from lit_convnext.cli.messages import fail, option_error, out_of_memory_message
 from lit_convnext.errors import UserError
 from lit_convnext.cli.terminal import (LIGHTNING_INFO_LOGGER, RESTORING_LINE, DropLines, hide_library_advice,
@@ -298,6 +299,7 @@ class ConvNeXtCLI(CLIHooks):
             reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
             raise UserError(f"--trainer.logger {logger.class_path.rsplit('.', 1)[-1]} could not be built: {reason} "
                             "(check its init_args, or pass --trainer.logger false)") from err
+        check_launch(self.trainer)  # before a multi-node launch that would wait for nodes that never come
         if self.subcommand in ("validate", "test") and not self.config[self.subcommand].get("ckpt_path"):
             self._check_head_fits(self.config[self.subcommand].model.pretrained)
 
@@ -327,6 +329,11 @@ class ConvNeXtCLI(CLIHooks):
         except torch.cuda.OutOfMemoryError as err:
             raise UserError(out_of_memory_message(subcommand, self.datamodule.batch_size,
                                                   self.trainer.accumulate_grad_batches)) from err
+        except RuntimeError as err:  # a collective that failed because a node died: name it instead of a traceback
+            nodes = lost_nodes(self.trainer) if self.trainer.num_nodes > 1 else []
+            if not nodes:
+                raise
+            raise UserError(lost_node_message(self.trainer, nodes, err)) from err
 
 
 def keeps_run_dirs(logger) -> bool:

@@ -34,7 +34,8 @@ def serve(
         accelerator: Where the model runs.
         max_upload_mb: Largest request body accepted (413 above).
         max_megapixels: Largest image accepted, in millions of pixels (413 above; also stops decompression bombs).
-        timeout: Seconds before a request that waited in the queue is answered 504.
+        timeout: Seconds within which every request is answered: 504 after that (a busy server, or a model worker
+            that died holding the request; LitServe starts a new worker, ``/health`` answers 503 until it is ready).
     """
     if not Path(ckpt_path).is_file():
         raise UserError(f"model {ckpt_path} does not exist: pass a .ckpt or an exported .onnx/.xml/.tflite with --ckpt_path")

@@ -19,8 +19,11 @@ from __future__ import annotations
 import csv
 import json
 import re
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -236,8 +239,9 @@ class EvaluationReport(Callback):
                             callback.rewrite_validation(trainer, model, kept[1], kept[2])
             else:
                 rank_zero_info(f"Validating the best checkpoint again for the end-of-fit analysis: {best}")
-                with log_filter(LIGHTNING_INFO_LOGGER, DropLines(*RESTORE_LINES)):
-                    trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+                with log_filter(LIGHTNING_INFO_LOGGER, DropLines(*RESTORE_LINES)), \
+                        _on_every_rank(trainer, best) as readable:
+                    trainer.validate(model, datamodule=datamodule, ckpt_path=readable, verbose=False)
         finally:
             self._final, self._final_checkpoint = False, None
         validated = time.perf_counter()
@@ -262,6 +266,24 @@ class EvaluationReport(Callback):
 #: Lightning's lines about restoring a checkpoint: while the analysis validates the best one they would read as a
 #: restart of training, so the analysis says what it does in its own line instead.
 RESTORE_LINES = (RESTORING_LINE, LOADED_WEIGHTS_LINE)
+
+
+@contextmanager
+def _on_every_rank(trainer: pl.Trainer, path: str) -> Iterator[str]:
+    """A path to the checkpoint ``path`` that this rank can read: ``path`` itself where every rank can (one node, or
+    a shared file system); on nodes with file systems of their own, rank 0's copy sent to the others and kept in a
+    temporary file for the block (Lightning's ``validate(ckpt_path=...)`` reads it on every rank)."""
+    if trainer.world_size == 1 or trainer.strategy.reduce_boolean_decision(Path(path).is_file(), all=True):
+        yield path
+        return
+    content = trainer.strategy.broadcast(_load_checkpoint(path) if trainer.is_global_zero else None)
+    if trainer.is_global_zero:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="lit-convnext-best-") as folder:
+        copy = Path(folder) / Path(path).name
+        torch.save(content, copy)
+        yield str(copy)
 
 
 def _load_checkpoint(path: str | Path) -> dict[str, Any]:

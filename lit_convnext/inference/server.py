@@ -3,9 +3,17 @@
 LitServe batches concurrent requests (``max_batch_size``, ``batch_timeout``), runs the model in worker processes
 and answers ``GET /health``. Uploads are checked in the HTTP process by :class:`UploadCheck` first: LitServe fails
 a whole batch when one request in it raises, so a bad image must be refused before it can join a batch.
+
+A model worker that dies (killed, out of memory) is replaced by LitServe (``restart_workers``); ``/health`` answers
+503 until the new one has loaded the model. The requests the dead worker had taken are never answered by LitServe
+(its monitor fails them in the main process, while they wait in the HTTP process), so :class:`Deadline` answers
+every request 504 after ``timeout`` seconds at the latest: no client waits forever. (LitServe keeps its buffer
+entry for each request answered this way, a few hundred bytes, for the life of the HTTP process.)
 """
 
+import asyncio
 import io
+import os
 import logging
 import warnings
 from pathlib import Path
@@ -113,6 +121,39 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
+class Deadline:
+    """ASGI middleware: answer a ``POST`` to ``path`` with a JSON 504 when the app has not started its answer within
+    ``seconds`` (a busy server, or a model worker that died with the request while LitServe replaces it).
+
+    Args:
+        app: The wrapped application.
+        path: The prediction route.
+        seconds: Longest a request waits for its answer.
+    """
+
+    def __init__(self, app: ASGIApp, path: str = "/predict", seconds: float = 30.0) -> None:
+        self.app, self.path, self.seconds = app, path, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, receive, send_and_note), self.seconds)
+        except asyncio.TimeoutError:
+            if started:  # an answer is half sent: the connection is closed, no second status line can follow
+                raise
+            await _error(504, f"no answer within the server's --timeout of {self.seconds:g} s (busy, or its model "
+                              "worker was restarted); retry", scope, receive, send)
+
+
 async def _error(status: int, message: str, scope: Scope, receive: Receive, send: Send) -> None:
     await JSONResponse({"detail": message}, status_code=status)(scope, receive, send)
 
@@ -142,6 +183,7 @@ class ClassifierAPI(ls.LitAPI):
             log.addHandler(handler)
             log.setLevel(logging.INFO)
         self.predictor = load_predictor(self.model_path, device=device)
+        log.info("model worker ready on %s (pid %d)", device, os.getpid())
 
     # Annotated with ``Request`` (no postponed annotations in this module): LitServe then hands over the parsed form.
     def decode_request(self, request: Request) -> Image.Image:
@@ -171,11 +213,14 @@ def build_server(model_path: Path, *, top_k: int = 5, max_batch_size: int = 8, b
                  workers_per_device: int = 1, accelerator: str = "auto", max_bytes: int = 20_000_000,
                  max_pixels: int = 40_000_000, timeout: float = 30.0,
                  decode_size: int | None = None) -> ls.LitServer:
-    """The LitServer for ``model_path`` with the upload check in front of ``/predict``."""
+    """The LitServer for ``model_path`` with the upload check and the answer deadline in front of ``/predict``, and
+    dead model workers replaced."""
     api = ClassifierAPI(model_path, top_k=top_k, max_pixels=max_pixels, max_batch_size=max_batch_size,
                         batch_timeout=batch_timeout)
+    # Starlette runs the last middleware added outermost: the deadline also covers the upload check.
     return ls.LitServer(
-        api, accelerator=accelerator, workers_per_device=workers_per_device, timeout=timeout,
+        api, accelerator=accelerator, workers_per_device=workers_per_device, timeout=timeout, restart_workers=True,
         middlewares=[(UploadCheck, {"path": api.api_path, "max_bytes": max_bytes, "max_pixels": max_pixels,
-                                    "decode_size": decode_size})],
+                                    "decode_size": decode_size}),
+                     (Deadline, {"path": api.api_path, "seconds": timeout})],
     )

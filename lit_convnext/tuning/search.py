@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from lit_convnext.callbacks.checkpointing import BEST_BY
+from lit_convnext.callbacks.time_budget import BudgetTooShort
 from lit_convnext.data.labels import data_task
 from lit_convnext.errors import UserError
 from lit_convnext.tuning import space as spaces
@@ -227,9 +228,13 @@ class Search:
         self.study.set_user_attr("fit_args", self.fit_args)
         self.study.set_user_attr("monitor", self.monitor)
         self.mlflow = MlflowParent.of(self.config, study_name, self.study)
+        #: Set when the first trial's budget could not hold one epoch: the search ends with this line.
+        self.too_short: UserError | None = None
 
     def _check_budget(self) -> None:
-        """A time budget shorter than one epoch of the study's earlier trials would only start a trial to stop it."""
+        """A time budget shorter than one epoch of the study's earlier trials would only start a trial to stop it.
+        (A new study has no epoch to compare with: its first trial times its first steps, and a budget that cannot
+        hold the epoch they predict ends the search in one line, :class:`BudgetTooShort`.)"""
         if self.max_time is None:
             return
         epochs = [t.user_attrs["epoch_seconds"] for t in self.study.get_trials(deepcopy=False)
@@ -259,6 +264,12 @@ class Search:
         with optuna_lines(), self.mlflow:
             self.study.optimize(self.objective, n_trials=remaining, timeout=self.max_time, callbacks=stop,
                                 catch=(UserError,), gc_after_trial=True)
+        if self.too_short is not None:
+            raise self.too_short
+
+    def completed_before(self, trial: Any) -> bool:
+        """Whether a trial other than ``trial`` trained at least one whole epoch in this study."""
+        return any(t.number != trial.number and t.intermediate_values for t in self.study.get_trials(deepcopy=False))
 
     def objective(self, trial: Any) -> float:
         import optuna
@@ -273,6 +284,20 @@ class Search:
         started = time.monotonic()
         try:
             cli = lightning_command(args, callbacks=[pruning_callback(trial, self.monitor)])
+        except BudgetTooShort as err:
+            # What is left of the budget holds no epoch, and no later trial has more: the search ends. The study
+            # keeps the measured epoch, for a resume's check.
+            trial.set_user_attr("epoch_seconds", err.epoch)
+            trial.set_user_attr("error", str(err))
+            self.study.stop()
+            if self.completed_before(trial):
+                print(f"Trial {trial.number} stopped: the {err.budget:.0f} s left of the search's budget hold no "
+                      f"epoch ({err.epoch:.0f} s); the search ends")
+            elif self.max_time is not None and self.config["trainer"].get("max_time") is None:
+                self.too_short = BudgetTooShort(self.max_time, err.epoch, err.steps, "--tune.max_time")
+            else:  # the user's own --trainer.max_time
+                self.too_short = err
+            raise
         except UserError as err:
             trial.set_user_attr("error", str(err))
             print(f"Trial {trial.number} failed: {err}")

@@ -96,3 +96,28 @@ def test_auto_under_ddp_on_the_cpu_takes_the_default_on_every_rank(image_root: P
     assert done.returncode == 0, out[-3000:]
     assert "no CUDA device to measure, so the default batch 32" in out
     assert "Effective batch 64 (32 per device x 2 device(s)" in out
+
+
+@pytest.mark.slow  # two DDP processes on CPU (gloo), each with its own binary search: about a minute
+def test_auto_under_ddp_probes_every_rank_and_takes_the_smallest(image_root: Path) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.callbacks.ddp_memory_probe import FITS
+    from tests.helpers import REPO
+
+    make_folder(image_root / "train", 16)  # 48 images: room above the sizes that fit
+    # The module stands in for a GPU on every rank (the launcher re-runs it): rank 1 runs out above 9 images, rank 0
+    # above 20, so rank 0's own search alone would pick about twice the batch that rank 1 can hold.
+    done = subprocess.run([sys.executable, "-m", "tests.callbacks.ddp_memory_probe",
+                           *fit_args(image_root, "--data.batch_size", "auto", "--trainer.strategy", "ddp",
+                                     "--trainer.devices", "2")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    found = int(re.search(r"--data.batch_size auto: (\d+) images per device", out).group(1))
+    assert int(FITS[1] * 0.9) <= found <= FITS[1] < FITS[0]
+    assert "on the fullest of the 2 devices" in out
+    assert f"Effective batch {2 * found} ({found} per device x 2 device(s)" in out  # the lr is scaled by both

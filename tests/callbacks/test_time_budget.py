@@ -59,3 +59,28 @@ def test_without_max_time_the_run_keeps_its_epochs(image_root: Path) -> None:
     from lightning.pytorch import Trainer
 
     assert TimeBudget.timer(Trainer(logger=False, enable_checkpointing=False)) is None
+
+
+class SlowSteps(Callback):
+    """Each training step takes at least 0.2 s more, so an epoch's length does not depend on the machine's load."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(0.2)
+
+
+#: 24 images one at a time: an epoch of 24 steps, at least 4.8 s with SlowSteps.
+ONE_IMAGE_STEPS = ["--data.batch_size", "1", "--trainer.callbacks+", "tests.callbacks.test_time_budget.SlowSteps"]
+
+
+@pytest.mark.slow  # a fit's start-up and four steps (~5 s)
+def test_a_budget_shorter_than_one_epoch_is_one_line_after_a_few_steps(image_root: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    start = time.monotonic()
+    line = one_line_error(capsys, fit_args(image_root, "--trainer.max_time", "00:00:00:03", "--trainer.max_epochs", "5",
+                                           *ONE_IMAGE_STEPS))
+    assert "--trainer.max_time 3 s is shorter than one epoch" in line and "its 24 steps need about" in line, line
+    assert "give at least" in line
+    epoch = float(line.split("need about ")[1].split(" s")[0])
+    assert epoch >= 4.8  # the measured steps' rate, times the epoch's steps
+    assert not list(Path("runs").rglob("best-*.ckpt"))  # it stopped in the first epoch, nothing validated
+    assert time.monotonic() - start < 60

@@ -168,3 +168,50 @@ def test_a_killed_search_continues_with_its_study_name(image_root: Path, tmp_pat
     assert after[: len(before)][0] == "COMPLETE"  # the first process's trial is kept
     assert sum(state in ("COMPLETE", "PRUNED", "FAIL") for state in after) == 3  # the budget counts both processes
     assert "Best val/acc1" in done.stdout
+
+
+@pytest.mark.slow  # a search's start-up and four steps of its first trial (~8 s)
+def test_a_new_study_with_a_budget_shorter_than_one_epoch_is_one_line(image_root: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(capsys, tune_args(image_root, "--tune.max_time", "3", "--tune.trials", "5",
+                                            "--data.batch_size", "1", "--trainer.callbacks+",
+                                            "tests.callbacks.test_time_budget.SlowSteps"))
+    assert "--tune.max_time 3 s is shorter than one epoch" in line and "its 24 steps need about" in line, line
+    # One trial was started and stopped a few steps in; no other was tried.
+    with sqlite3.connect("runs/tune/study/study.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM trials").fetchone() == (1,)
+
+
+def _search_whose_trials_run_out_of_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    """A search over an in-memory study whose trials' fits stop on a budget that holds no epoch (no training)."""
+    from lit_convnext.callbacks.time_budget import BudgetTooShort
+    from lit_convnext.cli import lightning_cli
+    from lit_convnext.tuning.search import MlflowParent, Search
+
+    def too_short(args, callbacks=None):
+        raise BudgetTooShort(40, 90.0, 30)
+
+    monkeypatch.setattr(lightning_cli, "lightning_command", too_short)
+    search = Search.__new__(Search)  # the attributes __init__ sets from a parsed command line
+    search.study = optuna.create_study(direction="maximize")
+    search.fit_args, search.space, search.root, search.monitor = [], {}, tmp_path, "val/acc1"
+    search.trials, search.max_time, search.config = 5, 100.0, {"trainer": {}}
+    search.mlflow, search.too_short, search.study_name = MlflowParent(), None, "study"
+    return search
+
+
+@pytest.mark.slow  # imports the CLI's modules (~2 s on 2 cores)
+def test_a_budget_holding_no_epoch_ends_the_search_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # A new study: its first trial's measured epoch does not fit --tune.max_time, which is one line.
+    search = _search_whose_trials_run_out_of_time(tmp_path, monkeypatch)
+    with pytest.raises(UserError, match=r"^--tune.max_time 100 s is shorter than one epoch: .* about 90 s"):
+        search.run()
+    trials = search.study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL"] and trials[0].user_attrs["epoch_seconds"] == 90.0
+    # A study with a trained epoch: a late trial finding no room left ends the search without an error.
+    search = _search_whose_trials_run_out_of_time(tmp_path, monkeypatch)
+    search.study.add_trial(optuna.trial.create_trial(value=0.5, intermediate_values={0: 0.5}))
+    search.run()
+    assert [t.state.name for t in search.study.get_trials()] == ["COMPLETE", "FAIL"]
+    assert "hold no epoch (90 s); the search ends" in capsys.readouterr().out
