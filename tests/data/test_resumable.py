@@ -59,7 +59,8 @@ def test_seeded_random_leaves_the_callers_rngs_as_they_were() -> None:
     after = collect_random_state()
     assert torch.equal(after["torch"], before["torch"]) and after["python"]["gauss"] == before["python"]["gauss"]
     assert torch.equal(after["python"]["state"], before["python"]["state"])
-    assert torch.equal(after["numpy"]["keys"], before["numpy"]["keys"]) and after["numpy"]["pos"] == before["numpy"]["pos"]
+    assert torch.equal(after["numpy"]["keys"], before["numpy"]["keys"])
+    assert after["numpy"]["pos"] == before["numpy"]["pos"]
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)], ids=["main process", "workers"])
