@@ -25,11 +25,16 @@ checkpoint records, is known before it is first written). The later removal of t
 whole, and the next ``last.ckpt`` replaces the link. Lightning's own ``save_last="link"`` (a symbolic link to
 the newest saved checkpoint, an older best one after an epoch that did not improve) works the same way, with a
 warning that says so.
+
+Every ``last.ckpt`` is a point a run resumes from exactly, inside an epoch too (the loader's position and the
+random state are in it: :mod:`lit_convnext.data.resumable`, :mod:`lit_convnext.callbacks.exact_resume`). So a
+step- or time-triggered save (``every_n_train_steps``, ``train_time_interval``) before the first validation, which
+Lightning defers whole to that validation, writes ``last.ckpt`` at its step; and SIGTERM writes one before the
+process exits.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
@@ -41,6 +46,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_convnext.errors import UserError
 from lit_convnext.private_api.lightning import CheckpointHooks
@@ -113,6 +119,31 @@ class ResumableModelCheckpoint(CheckpointHooks):
         super().on_train_epoch_end(trainer, pl_module)
         self._save_last_when_missed(trainer, due)
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        deferred_before = self.save_deferred_to_validation
+        self.save_deferred_to_validation = False  # to see whether this batch's step or time save is deferred
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        deferred_now = self.save_deferred_to_validation
+        self.save_deferred_to_validation = deferred_before or deferred_now
+        # Before the first validation there is no monitored metric, and Lightning defers the whole save, last.ckpt
+        # included, to the validation: a run killed in its first epoch had nothing to resume from. last.ckpt is
+        # written now (the best-k file still waits for the metric); not when a validation follows this batch,
+        # which writes both at this step.
+        if (deferred_now and self.save_last is True and not self.should_skip_saving_checkpoint(trainer)
+                and not _validation_follows(trainer, batch_idx)):
+            self.save_last_checkpoint(trainer, self.monitor_candidates(trainer))
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """On SIGTERM (a cloud's pre-emption notice, SLURM before the time limit) write ``last.ckpt`` at the step
+        the run stopped at. Lightning's signal connector turns the signal into ``SIGTERMException`` at the end of
+        the batch being trained, so the checkpoint is a whole step; the process then exits with status 0."""
+        if not isinstance(exception, SIGTERMException) or not self.save_last or trainer.sanity_checking:
+            return
+        self.save_last_checkpoint(trainer, self.monitor_candidates(trainer))
+        rank_zero_info(f"SIGTERM received: {self.last_model_path} holds step {trainer.global_step}; "
+                       "`--ckpt_path last` goes on from there")
+
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if not trainer.sanity_checking:
@@ -162,7 +193,6 @@ class ResumableModelCheckpoint(CheckpointHooks):
         self._restored_metrics = {}
         self._validated = False
         self._planned_last = self._last_path_before_the_first_save(trainer)
-        _say_mid_epoch_resume(trainer)
 
     def _last_path_before_the_first_save(self, trainer: pl.Trainer) -> str:
         """``last.ckpt``'s path for the checkpoints saved before it is first written (a resumed run has it).
@@ -203,6 +233,15 @@ class ResumableModelCheckpoint(CheckpointHooks):
             rank_zero_info(f"Last checkpoint: {self.last_model_path}")
 
 
+def _validation_follows(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether a validation runs right after training batch ``batch_idx`` (the epoch's last, or at
+    ``val_check_interval``), so that a save deferred to it is made at this step."""
+    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        return True
+    every = trainer.val_check_batch
+    return isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """Make ``target`` a hard link to ``source`` (a copy where the filesystem has no hard links), replacing it
     atomically like :class:`AtomicCheckpointIO`'s writes."""
@@ -240,25 +279,6 @@ def next_run_dir(root: Path) -> Path:
 def run_version(checkpoint: Path) -> str:
     """The version directory name (``version_3``) that holds ``.../version_3/checkpoints/x.ckpt``."""
     return checkpoint.parent.parent.name
-
-
-def _say_mid_epoch_resume(trainer: pl.Trainer) -> None:
-    """A resume from a checkpoint saved inside an epoch (``every_n_train_steps``, a pre-emption): the loader cannot
-    restart where it stopped, so the rest of that epoch is drawn from a new shuffle (Lightning's loop counts the
-    batches already done). Said in numbers, instead of Lightning's advice to make the dataloader resumable
-    (``lit_convnext.cli.terminal.MID_EPOCH_RESUME_WARNING``)."""
-    batches = trainer.num_training_batches
-    if trainer.ckpt_path is None or not math.isfinite(batches) or trainer.global_step == 0:
-        return
-    if callable(getattr(trainer.train_dataloader, "load_state_dict", None)):  # restored by Lightning (a stream's)
-        return
-    steps = math.ceil(batches / trainer.accumulate_grad_batches)
-    done = trainer.global_step % steps
-    if done:
-        rank_zero_info(f"Resuming inside epoch {trainer.current_epoch} ({done} of its {steps} steps done): its "
-                       f"remaining {steps - done} steps draw from a new shuffle of the training images, so some are "
-                       "seen twice in this epoch and others not at all; later epochs are whole (a checkpoint saved "
-                       "at an epoch's end resumes without this)")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -21,6 +21,7 @@ from lit_convnext.callbacks.loss_guard import FiniteLossGuard
 from lit_convnext.callbacks.mlflow_artifacts import MlflowArtifacts
 from lit_convnext.callbacks.old_classes import OldClassAccuracy
 from lit_convnext.callbacks.pseudo_labels import PseudoLabelReport
+from lit_convnext.callbacks.exact_resume import ExactResume
 from lit_convnext.callbacks.time_budget import TimeBudget
 from lit_convnext.evaluation.class_report import PerClassReport
 from lit_convnext.evaluation.end_of_fit import EvaluationReport
@@ -35,6 +36,7 @@ def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list
 
     ``fit``: :class:`FiniteLossGuard`, :class:`PretrainedLoadReport`, :class:`TimeBudget` (inert without
     ``max_time``), :class:`AutoBatchSize` (inert unless the datamodule's ``batch_size`` is ``auto``),
+    :class:`ExactResume` (the loader position and RNG states a resumed run goes on with),
     :class:`EvaluationReport`,
     :class:`PerClassReport`, :class:`DataWaitMonitor`, :class:`OldClassAccuracy` (measures only when
     ``--model.pretrained`` weights gained classes by name), a :class:`LearningRateMonitor` when the Trainer has a
@@ -44,13 +46,13 @@ def missing_run_callbacks(trainer: pl.Trainer, task: str = "multiclass") -> list
     is the user's and stays; none without ``enable_checkpointing``). ``validate`` and ``test``: the two reports
     (per-image and per-class files). ``predict``: none (a file is written only by a ``PredictionWriter`` given to the
     Trainer). ``barebones``, which times the loop alone, gets none of the reports and monitors; the loss guard,
-    the time budget, the batch-size search and the load report stay.
+    the time budget, the batch-size search, the exact resume and the load report stay.
     A run without one of them gives the Trainer an instance turned off, e.g. ``EvaluationReport(enabled=False)``.
     """
     fn = trainer.state.fn
     wanted: list[Callback] = []
     if fn == TrainerFn.FITTING:
-        wanted += [FiniteLossGuard(), PretrainedLoadReport(), TimeBudget(), AutoBatchSize()]
+        wanted += [FiniteLossGuard(), PretrainedLoadReport(), TimeBudget(), AutoBatchSize(), ExactResume()]
     if fn in (TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING) and not trainer.barebones:
         wanted += [EvaluationReport(), PerClassReport()]
     if fn == TrainerFn.FITTING and not trainer.barebones:

@@ -69,11 +69,6 @@ def show_warnings_as_one_line() -> None:
     warnings.formatwarning = format_warning
 
 
-#: Lightning's warning when a run resumes from a mid-epoch checkpoint: the checkpoint callback says what it means
-#: (``lit_convnext.callbacks.checkpointing``).
-MID_EPOCH_RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
-
-
 def hide_library_advice(evaluating: bool) -> None:
     """Leave out the library warnings that give a user of the app nothing to act on (scope it with
     ``warnings.catch_warnings``); ``evaluating``: the command only evaluates weights (validate, test, predict)."""
@@ -97,11 +92,11 @@ def hide_library_advice(evaluating: bool) -> None:
     warnings.filterwarnings("ignore", message=r"Precision (bf)?16-mixed is not supported by the model summary")
     # Under --trainer.barebones Lightning drops every self.log call, and says so: the user asked for exactly that.
     warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)` but `Trainer\(barebones=True\)`")
-    # Resuming inside an epoch: the checkpoint callback says what happens to that epoch's data, in numbers.
-    warnings.filterwarnings("ignore", message=MID_EPOCH_RESUME_WARNING)
     # A streaming dataset (--data.root from `lit-convnext optimize`) is an IterableDataset with a length: litdata gives
     # each loader worker its own chunks, so that length is exact, as Lightning's warning asks.
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    # torchdata's StatefulDataLoader (the resumable training loader) calls a torch function torch deprecates.
+    warnings.filterwarnings("ignore", message=r"'set_vital' is deprecated")
     hide_pillow_file_warnings()  # the file checks before the run report them per file
     if evaluating:
         # Lightning asks for the callbacks that wrote a checkpoint whenever one is restored; that matters when

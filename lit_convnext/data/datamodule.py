@@ -8,6 +8,7 @@ the weights and stores it in the checkpoint; this module reads it from the attac
 
 import importlib.util
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,9 @@ from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
+# Imported with the module: Lightning records a loader's arguments (to rebuild it with a distributed sampler) only
+# for DataLoader classes that exist when it calls train_dataloader().
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lit_convnext.checks.bad_files import BAD_FILES_NAME, check_samples
 from lit_convnext.data.datasets import LabeledImages, UnlabeledImages
@@ -34,6 +38,7 @@ from lit_convnext.data.transforms import (
 from lit_convnext.errors import UserError
 from lit_convnext.ranges import NonNegativeInt, OpenFraction, PositiveInt
 from lit_convnext.data.streaming import OptimizedDataset, is_optimized, remote_url
+from lit_convnext.data.resumable import EpochSeededSampler, SeededSamples, ignore_sigterm
 from lit_convnext.data.samplers import added_classes, balanced_sampler, eval_sampler, replay_groups, replay_sampler
 from lit_convnext.data.unlabeled import TwoViewImages, UnlabeledPool, find_unlabeled_images, unlabeled_sampler
 
@@ -169,6 +174,7 @@ class ImageFolderDataModule(LightningDataModule):
         if self._stream is None and is_optimized(self.root):
             self._stream = OptimizedDataset.open(self.root, self.stream_cache_dir)
         return self._stream
+        self._run_seed: int | None = None
 
     @property
     def num_workers(self) -> int:
@@ -215,10 +221,16 @@ class ImageFolderDataModule(LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """What the run was trained on, kept in every checkpoint (Lightning stores it under this class's name):
-        ``suggest`` leaves these images out of a pool of unlabelled ones. Resuming does not read it back."""
+        ``suggest`` leaves these images out of a pool of unlabelled ones. Resuming reads back only the seed of
+        the training order and augmentation (:attr:`run_seed`)."""
         return {"root": (remote_url(self.root) or str(self.root.resolve())) if self.root is not None else None,
                 "labels": str(self.labels.resolve()) if self.labels is not None else None,
-                "label_separator": self.label_separator}
+                "label_separator": self.label_separator,
+                "run_seed": self._run_seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("run_seed") is not None:  # absent in checkpoints written before it was kept
+            self._run_seed = int(state_dict["run_seed"])
 
     @property
     def _no_data(self) -> bool:
@@ -420,30 +432,70 @@ class ImageFolderDataModule(LightningDataModule):
         write_split_manifest(run_dir / SPLIT_MANIFEST_NAME, base, self.splits)
         log.info("validation split (%d images) written to %s", len(self.splits.val), run_dir / SPLIT_MANIFEST_NAME)
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
+        if split == "train":
+            return self._train_loader()
         workers = self.num_workers
-        if split == "train" and self.stream is not None:
-            return self.stream.train_loader(self.datasets["train"], self.batch_size, workers,
-                                            self.pin_memory if self.pin_memory is not None else torch.cuda.is_available())
         sampler = None
-        if split == "train" and self.sampler == "balanced":
-            sampler, shuffle = balanced_sampler(self.datasets["train"].targets, self.split_seed), False
-        elif split == "train" and self.sampler in ("auto", "replay"):
-            sampler = self._replay_sampler()
-            shuffle = sampler is None
-        elif split in ("val", "test"):  # each image on exactly one device, so multi-device metrics count it once
+        if split in ("val", "test"):  # each image on exactly one device, so multi-device metrics count it once
             sampler = eval_sampler(self.datasets[split], self.trainer)
-        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
-            drop_last=split == "train",  # equal-size training batches (see check_mixup_batch in model.classifier)
             num_workers=workers,
-            pin_memory=pin,
+            pin_memory=self._pin,
             persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=ignore_sigterm if workers > 0 else None,
+            # Its own generator for the workers' base seed: iterating an evaluation loader leaves the training
+            # RNG as it was, so a resumed run's draws do not depend on whether a validation ran in between.
+            generator=torch.Generator(),
         )
+
+    @property
+    def _pin(self) -> bool:
+        return self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+
+    def _train_loader(self) -> DataLoader:
+        """The labelled training loader (see :meth:`_resumable_loader`); an optimized dataset's is litdata's own
+        (resumable too)."""
+        if self.stream is not None:
+            return self.stream.train_loader(self.datasets["train"], self.batch_size, self.num_workers, self._pin)
+        order = None
+        if self.sampler == "balanced":
+            order = balanced_sampler(self.datasets["train"].targets, self.split_seed)
+        elif self.sampler in ("auto", "replay"):
+            order = self._replay_sampler()
+        return self._resumable_loader(self.datasets["train"], self.batch_size, order)
+
+    def _resumable_loader(self, dataset: Dataset, batch_size: int, order: Sampler | None) -> DataLoader:
+        """A training loader resumable mid-epoch: torchdata's ``StatefulDataLoader``, whose position Lightning
+        saves in every checkpoint, over :class:`~lit_convnext.data.resumable.EpochSeededSampler`'s ``(index, seed)``
+        draws in ``order`` (``None``: a shuffle); see :mod:`lit_convnext.data.resumable`."""
+        # The epoch the loader's first iteration draws: Lightning creates it before it calls set_epoch, and a
+        # resumed run starts inside (or at the end of) the checkpoint's epoch.
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        workers = self.num_workers
+        return StatefulDataLoader(
+            SeededSamples(dataset),
+            batch_size=batch_size,
+            sampler=EpochSeededSampler(len(dataset), self.run_seed, epoch, order),
+            drop_last=True,  # equal-size training batches (see check_mixup_batch in model.classifier)
+            num_workers=workers,
+            pin_memory=self._pin,
+            persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=ignore_sigterm if workers > 0 else None,
+            generator=torch.Generator(),  # the workers' base seed, unused (each draw has its seed): see _loader
+        )
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of the training order and augmentation: the run's (``seed_everything``, which Lightning keeps in
+        ``PL_GLOBAL_SEED``), else 0 as for Lightning's own distributed sampler, so that every process of a run
+        draws the same order; kept in the checkpoint, so a resumed run draws with it again."""
+        if self._run_seed is None:
+            self._run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return self._run_seed
 
     def _replay_sampler(self) -> Sampler | None:
         """The replay sampler when the model's pretrained head gained classes and the folder holds images of both
@@ -468,7 +520,7 @@ class ImageFolderDataModule(LightningDataModule):
         return replay_sampler(is_new, self.split_seed)
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
-        labelled = self._loader("train", shuffle=True)
+        labelled = self._loader("train")
         if UNLABELED not in self.datasets:
             return labelled
         return CombinedLoader({"labeled": labelled, "unlabeled": self._unlabeled_loader(len(labelled))},
@@ -479,16 +531,8 @@ class ImageFolderDataModule(LightningDataModule):
         dataset = self.datasets[UNLABELED]
         batch_size = self.batch_size * self.unlabeled_ratio
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        workers = self.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=unlabeled_sampler(len(dataset), labelled_batches, batch_size, world_size),
-            drop_last=True,
-            num_workers=workers,
-            pin_memory=self.pin_memory if self.pin_memory is not None else torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and workers > 0,
-        )
+        order = unlabeled_sampler(len(dataset), labelled_batches, batch_size, world_size)
+        return self._resumable_loader(dataset, batch_size, order)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

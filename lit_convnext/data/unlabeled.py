@@ -101,9 +101,10 @@ class TwoViewImages(_ImageFiles):
 def unlabeled_sampler(pool_size: int, labelled_batches: int, batch_size: int, world_size: int) -> RandomSampler:
     """Draws enough unlabelled images for every labelled batch of an epoch on every device (a few more, so the
     labelled loader, not this one, ends the epoch), reshuffling the pool each time it is used up: an epoch is one
-    pass over the labelled images however large the unlabelled folder is."""
+    pass over the labelled images however large the unlabelled folder is. Its own generator: the training loader
+    re-seeds it every epoch (:class:`~lit_convnext.data.resumable.EpochSeededSampler`)."""
     return RandomSampler(range(pool_size), replacement=False,
-                         num_samples=(labelled_batches + world_size) * batch_size)
+                         num_samples=(labelled_batches + world_size) * batch_size, generator=torch.Generator())
 
 
 def split_training_batch(batch: LabeledBatch | dict[str, Any]) -> tuple[LabeledBatch, UnlabeledBatch | None]:

@@ -44,6 +44,9 @@ from lit_convnext.ranges import (
 from lit_convnext.model.tally import TrainingTally
 from lit_convnext.text import preview
 
+#: Where a checkpoint keeps the training step's tally (:class:`TrainingTally`).
+TALLY_KEY = "training_tally"
+
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 #: Keyword arguments of ``torch.compile`` for ``--model.compile`` (tests swap in a fast backend).
@@ -534,11 +537,14 @@ class ConvNeXtClassifier(ClassifierOutputs, LightningModule):
         checkpoint["calibration"] = dict(self.calibration)
         if self.load_report:  # a resumed fit reads no pretrained file: what it started from (classes added) is here
             checkpoint["pretrained_load_report"] = self.load_report
+        checkpoint[TALLY_KEY] = self._training_tally.state_dict()  # a save inside an epoch: its loss so far
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adopt the checkpoint's calibration, and its classes and task when the model has no classes (predict); refuse
         a checkpoint trained on other classes or for another task (a checkpoint keeps its task)."""
         self.calibration = dict(checkpoint.get("calibration") or {})
+        if checkpoint.get(TALLY_KEY) is not None:
+            self._training_tally.load_state_dict(checkpoint[TALLY_KEY], self.device)
         if self.load_report is None and checkpoint.get("pretrained_load_report"):
             self.load_report = checkpoint["pretrained_load_report"]
         hparams = checkpoint.get("hyper_parameters", {})

@@ -75,3 +75,21 @@ class TrainingTally:
         self._epoch_sum, self._epoch_images = None, 0
         self._window_sum, self._window_images, self._window_closed_at = None, 0, None
         return mean
+
+    # ------------------------------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        """What is kept so far (a checkpoint inside an epoch holds it, so a resumed epoch's loss and metrics count
+        the batches before the save too)."""
+        return {"logits": [(logits.cpu(), targets.cpu()) for logits, targets in self._logits],
+                "window_sum": self._window_sum, "window_images": self._window_images,
+                "window_closed_at": self._window_closed_at, "epoch_sum": self._epoch_sum,
+                "epoch_images": self._epoch_images}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Take :meth:`state_dict`'s values back, the tensors onto ``device``."""
+        self._logits = [(logits.to(device), targets.to(device)) for logits, targets in state["logits"]]
+        self._kept = sum(logits.numel() for logits, _ in self._logits)
+        self._window_sum = state["window_sum"].to(device) if state["window_sum"] is not None else None
+        self._epoch_sum = state["epoch_sum"].to(device) if state["epoch_sum"] is not None else None
+        self._window_images, self._epoch_images = state["window_images"], state["epoch_images"]
+        self._window_closed_at = state["window_closed_at"]

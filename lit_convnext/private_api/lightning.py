@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -17,6 +18,8 @@ __all__ = [
     "averaged_model",
     "callback_keys",
     "mlflow_log_model",
+    "pending_train_loader_states",
+    "restore_train_loader_position",
     "set_callback_keys",
     "subcommand_parser",
 ]
@@ -115,6 +118,41 @@ class CheckpointHooks(ModelCheckpoint):
     @last_checkpoint_saved.setter
     def last_checkpoint_saved(self, path: str) -> None:
         self._last_checkpoint_saved = path
+
+    @property
+    def save_deferred_to_validation(self) -> bool:
+        """A step- or time-triggered save waits for the next validation (the monitored metric is missing or due)."""
+        return self._defer_save_until_validation
+
+    @save_deferred_to_validation.setter
+    def save_deferred_to_validation(self, deferred: bool) -> None:
+        self._defer_save_until_validation = deferred
+
+
+# ------------------------------------------------------------------------------------------- Lightning: FitLoop
+def pending_train_loader_states(trainer: pl.Trainer) -> list[dict]:
+    """The training loaders' states a resumed checkpoint holds and Lightning has not loaded yet (the list itself:
+    clearing it leaves them unloaded)."""
+    return trainer.fit_loop._combined_loader_states_to_load
+
+
+def restore_train_loader_position(trainer: pl.Trainer) -> None:
+    """Give the training loaders of a resumed fit the position and epoch of its checkpoint, when Lightning has not.
+
+    Lightning loads the loaders' ``state_dict`` when it first sets them up. ``trainer.estimated_stepping_batches``
+    (the lr schedule's length, in ``configure_optimizers``) sets them up earlier, before the checkpoint is
+    restored, and Lightning then keeps the saved position unused (Lightning issue #20550): the resumed epoch would
+    start again from its first batch, drawn as epoch 0. Here the position is loaded, the samplers are given the
+    restored epoch, and the loader's iterator (which had already fetched a batch) is made again, as Lightning's
+    own path does. Call it in ``on_train_start``; a fit that does not resume is left alone.
+    """
+    fit_loop = trainer.fit_loop
+    if not fit_loop.restarting or fit_loop._combined_loader is None or fit_loop._data_fetcher is None:
+        return
+    fit_loop._load_combined_loader_states()
+    for loader in fit_loop._combined_loader.flattened:
+        _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
+    iter(fit_loop._data_fetcher)
 
 
 # --------------------------------------------------------------------------------- Lightning: WeightAveraging

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_convnext.callbacks.batch_size import AutoBatchSize
+from lit_convnext.callbacks.exact_resume import ExactResume
 from lit_convnext.callbacks.time_budget import TimeBudget
 from lit_convnext.callbacks import DataWaitMonitor, FiniteLossGuard, ResumableModelCheckpoint
 from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
@@ -88,7 +89,7 @@ def _types(callbacks: list) -> set[str]:
 def test_the_model_adds_only_the_callbacks_the_trainer_lacks(tmp_path: Path) -> None:
     fit = _trainer(TrainerFn.FITTING, default_root_dir=tmp_path)
     added = missing_run_callbacks(fit)
-    assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "TimeBudget", "AutoBatchSize",
+    assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "TimeBudget", "AutoBatchSize", "ExactResume",
                              "EvaluationReport", "PerClassReport", "DataWaitMonitor", "OldClassAccuracy",
                              "LearningRateMonitor", "ResumableModelCheckpoint"}
     [checkpoint] = [c for c in added if isinstance(c, ModelCheckpoint)]  # replaces Lightning's default one
@@ -100,14 +101,14 @@ def test_the_model_adds_only_the_callbacks_the_trainer_lacks(tmp_path: Path) -> 
     # Instances given to the Trainer (as the command line's are) stay; a user's own checkpoint callback too.
     given = [PerClassReport(plot=False), EvaluationReport(enabled=False), ModelCheckpoint(monitor="val/loss")]
     added = missing_run_callbacks(_trainer(TrainerFn.FITTING, logger=False, callbacks=given))
-    assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "TimeBudget", "AutoBatchSize",
+    assert _types(added) == {"FiniteLossGuard", "PretrainedLoadReport", "TimeBudget", "AutoBatchSize", "ExactResume",
                              "DataWaitMonitor", "OldClassAccuracy"}  # no logger: no lr monitor
 
     unchecked = missing_run_callbacks(_trainer(TrainerFn.FITTING, logger=False, enable_checkpointing=False))
     assert not [c for c in unchecked if isinstance(c, ModelCheckpoint)]
     barebones = _trainer(TrainerFn.FITTING, barebones=True)
     assert _types(missing_run_callbacks(barebones)) == {"FiniteLossGuard", "PretrainedLoadReport", "TimeBudget",
-                                                         "AutoBatchSize"}
+                                                         "AutoBatchSize", "ExactResume"}
     for stage in (TrainerFn.VALIDATING, TrainerFn.TESTING):
         assert _types(missing_run_callbacks(_trainer(stage, logger=False))) == {"EvaluationReport", "PerClassReport"}
     assert missing_run_callbacks(_trainer(TrainerFn.PREDICTING, logger=False)) == []
@@ -123,7 +124,7 @@ def test_the_command_line_callbacks_are_not_doubled(image_root: Path, monkeypatc
     [trainer] = seen
     kinds = [type(c) for c in trainer.callbacks]
     for kind in (FiniteLossGuard, EvaluationReport, PerClassReport, DataWaitMonitor, ResumableModelCheckpoint,
-                 LearningRateMonitor, TimeBudget, AutoBatchSize):
+                 LearningRateMonitor, TimeBudget, AutoBatchSize, ExactResume):
         assert kinds.count(kind) == 1, kind
     assert next(c for c in trainer.callbacks if isinstance(c, EvaluationReport)).enabled is False
     assert not [c for c in trainer.callbacks if type(c) is ModelCheckpoint]

@@ -1,9 +1,8 @@
-"""Resume after SIGKILL mid-epoch with ``fit --ckpt_path last``: same steps, lr and checkpoints as an uninterrupted run."""
+"""Resume after SIGKILL or SIGTERM mid-epoch with ``fit --ckpt_path last``: the same weights, steps, lr and
+checkpoints as an uninterrupted run."""
 
 from __future__ import annotations
 
-import copy
-import logging
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from tests.helpers import REPO, TINY_MODEL
 
 
 def fit_args(root: Path) -> list[str]:
-    # 24 training images / batch 8 = 3 optimizer steps per epoch, 6 in all; last.ckpt every 2 steps (first at 4).
+    # 24 training images / batch 8 = 3 optimizer steps per epoch, 6 in all; last.ckpt every 2 steps (first at 2).
     return ["fit", "--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--data.root", str(root),
             "--model.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
             "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--progress_bar.refresh_rate", "0",
@@ -49,84 +48,110 @@ def fit_and_record(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict:
     }
 
 
-def kill_after_first_last_ckpt(args: list[str]) -> int:
-    """Run ``lit_convnext fit`` in a subprocess, SIGKILL it once last.ckpt exists; return that checkpoint's step."""
+#: What makes a training batch random: loader workers, RandAugment (the default), Mixup/CutMix and the EMA.
+EXACT = ["--data.num_workers", "2", "--model.mixup_alpha", "0.8", "--model.cutmix_alpha", "1.0",
+         "--trainer.callbacks+=lit_convnext.callbacks.ema.EMA", "--trainer.callbacks.decay", "0.9"]
+LAST = Path("runs/convnext/version_0/checkpoints/last.ckpt")
+
+
+def start_fit(args: list[str]) -> subprocess.Popen:
+    """``python -m lit_convnext fit`` in a process group of its own, as a job's processes are."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "lit_convnext", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "lit_convnext", *args], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = Path("runs/convnext/version_0/checkpoints/last.ckpt")
+
+
+def saved_step(path: Path) -> int:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+    except Exception:  # noqa: BLE001 - read while being replaced: try again
+        return -1
+
+
+def kill_at_step(args: list[str], step: int, marker: Path) -> None:
+    """Run ``lit_convnext fit`` in a subprocess and SIGKILL it (and its loader workers) right after optimizer step
+    ``step``, once that step's last.ckpt is written."""
+    proc = start_fit([*args, "--trainer.callbacks+=tests.callbacks.pause.PauseAtStep", "--trainer.callbacks.step",
+                      str(step), "--trainer.callbacks.marker", str(marker)])
     deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert last.exists(), proc.stderr.read().decode()[-2000:]
-    killed_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
-    assert killed_at % 3 != 0 and killed_at < 6  # a mid-epoch checkpoint of an unfinished run
-    return killed_at
+    os.killpg(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate()
+    assert saved_step(LAST) == step, err.decode()[-2000:]
 
 
-@pytest.mark.slow
-def test_fit_resumes_the_newest_run_after_sigkill(image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
-    killed_at = kill_after_first_last_ckpt(fit_args(image_root))
-    with warnings.catch_warnings(record=True) as shown, caplog.at_level(logging.INFO, "lit_convnext"):
-        warnings.simplefilter("always")
-        resumed = fit_and_record([*fit_args(image_root), "--ckpt_path", "last"], monkeypatch)
-    assert sorted(p.name for p in Path("runs/convnext").iterdir()) == ["version_0"]  # logged into the same run
-    # What a mid-epoch resume does to that epoch's data, in numbers, instead of Lightning's advice to developers.
-    done = killed_at % 3
-    assert (f"Resuming inside epoch {killed_at // 3} ({done} of its 3 steps done): its remaining {3 - done} steps draw "
-            "from a new shuffle") in caplog.text
-    assert not [w for w in shown if "dataloader is not resumable" in str(w.message)]
+def final_weights() -> dict[str, torch.Tensor]:
+    """The weights in last.ckpt: the EMA average (``state_dict``) and the raw weights."""
+    saved = torch.load(LAST, map_location="cpu", weights_only=True)
+    return {**{f"ema.{k}": v for k, v in saved["state_dict"].items()},
+            **{f"raw.{k}": v for k, v in saved["current_model_state"].items()}}
 
+
+def assert_same_weights(resumed: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    assert resumed.keys() == reference.keys()
+    differ = [name for name in reference if not torch.equal(resumed[name], reference[name])]
+    assert not differ, f"{len(differ)} of {len(reference)} tensors differ, e.g. {differ[:3]}"
+
+
+def reference_run(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict]:
+    """The same fit, never interrupted, in a directory of its own: its final state and weights."""
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     monkeypatch.chdir(reference_dir)
-    reference = fit_and_record(fit_args(image_root), monkeypatch)
+    return fit_and_record(args, monkeypatch), final_weights()
 
+
+@pytest.mark.slow
+def test_fit_killed_mid_epoch_resumes_to_the_same_weights(image_root: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL inside the first epoch (at its first step checkpoint, made before any validation), then
+    ``--ckpt_path last``: the same images in the same order, augmented alike in every loader worker, the same
+    Mixup/CutMix draws, EMA, lr schedule and best-k bookkeeping: bit-identical final weights."""
+    args = [*fit_args(image_root), *EXACT]
+    kill_at_step(args, 2, tmp_path / "at_step_2")  # step 2 of 3: before the first validation
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        resumed = fit_and_record([*args, "--ckpt_path", "last"], monkeypatch)
+    assert sorted(p.name for p in Path("runs/convnext").iterdir()) == ["version_0"]  # logged into the same run
+    assert not [w for w in shown if "dataloader is not resumable" in str(w.message)]
+    resumed_weights = final_weights()
+
+    reference, reference_weights = reference_run(args, tmp_path, monkeypatch)
     assert resumed["global_step"] == reference["global_step"] == 6
     assert resumed["epoch"] == reference["epoch"]
-    assert resumed["lr"] == pytest.approx(reference["lr"], rel=1e-9)
+    assert resumed["lr"] == reference["lr"]
     # The same best-k bookkeeping: the monitored val/acc1 of the last validation is part of the checkpoint.
     for key in ("best_k", "best_score", "best_path", "files"):
         assert resumed[key] == reference[key], key
     assert len(reference["best_k"]) == 2 and resumed["best_exists"] and resumed["best_k_exist"]
+    assert_same_weights(resumed_weights, reference_weights)
 
 
 @pytest.mark.slow
-def test_ema_resumes_after_sigkill_from_the_checkpoints_average(image_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The resumed run starts from the killed run's average, raw weights and update count exactly, and goes on
-    counting from there. (Its raw weights then follow another trajectory than an uninterrupted run's: a
-    mid-epoch resume replays neither the epoch's shuffle nor the augmentation RNG.)"""
-    from lit_convnext.callbacks.ema import EMA
+def test_sigterm_saves_last_ckpt_exits_cleanly_and_resumes_exactly(image_root: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM to the whole job (main process and loader workers) after step 4, inside the second epoch: the batch
+    in progress ends, ``last.ckpt`` is written at step 5 (no step checkpoints here: the epoch's own is at step 3),
+    the process exits with status 0, and ``--ckpt_path last`` ends with the uninterrupted run's weights."""
+    args = [*fit_args(image_root)[:-4], *EXACT]  # checkpoints at epoch ends only
+    marker = tmp_path / "at_step_4"
+    proc = start_fit([*args, "--trainer.callbacks+=tests.callbacks.pause.PauseAtStep", "--trainer.callbacks.step", "4",
+                      "--trainer.callbacks.marker", str(marker)])
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert saved_step(LAST) == 5, err.decode()[-2000:]  # inside the second epoch: written on SIGTERM
+    assert f"SIGTERM received: {LAST} holds step 5" in err.decode()
 
-    args = [*fit_args(image_root), "--trainer.callbacks+=lit_convnext.callbacks.ema.EMA", "--trainer.callbacks.decay", "0.9"]
-    killed_at = kill_after_first_last_ckpt(args)
-    saved = torch.load("runs/convnext/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
-
-    restored: dict = {}
-    load = EMA.on_load_checkpoint
-
-    def recording(self, trainer, pl_module, checkpoint) -> None:
-        load(self, trainer, pl_module, checkpoint)
-        # What the callback would save right after the restore: its average, the model's raw weights, the count.
-        now: dict = {"state_dict": pl_module.state_dict()}
-        self.on_save_checkpoint(trainer, pl_module, now)
-        restored.update(copy.deepcopy(now))  # the run goes on updating these tensors in place
-
-    monkeypatch.setattr(EMA, "on_load_checkpoint", recording)
     fit_and_record([*args, "--ckpt_path", "last"], monkeypatch)
-
-    for key in ("state_dict", "current_model_state", "averaging_state"):
-        assert restored[key].keys() == saved[key].keys(), key
-        assert all(torch.equal(restored[key][name], saved[key][name]) for name in saved[key]), key
-    assert not torch.equal(saved["state_dict"]["net.head.fc.weight"], saved["current_model_state"]["net.head.fc.weight"])
-    assert int(saved["averaging_state"]["n_averaged"]) == killed_at
-    resumed = torch.load("runs/convnext/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
-    assert resumed["global_step"] == 6
-    assert int(resumed["averaging_state"]["n_averaged"]) == 6  # one update per step, before and after the kill
-    assert next(v for k, v in resumed["callbacks"].items() if k.startswith("EMA")) == {"latest_update_step": 6}
+    resumed_weights = final_weights()
+    reference, reference_weights = reference_run(args, tmp_path, monkeypatch)
+    assert reference["global_step"] == saved_step(tmp_path / "cwd" / LAST) == 6
+    assert_same_weights(resumed_weights, reference_weights)
 
 
 def test_ckpt_path_last_without_a_previous_run_says_so(capsys, image_root: Path) -> None:
@@ -256,3 +281,44 @@ def test_save_last_link_gives_the_latest_epoch_too(image_root: Path, monkeypatch
         fit_and_record(args, monkeypatch)
     last = Path("runs/convnext/version_0/checkpoints/last.ckpt")
     assert not last.is_symlink() and torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_resuming_with_other_loader_workers_says_which_inside_an_epoch_and_goes_on_at_its_end(
+        image_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """torchdata restores a loader's position only with the worker count it was saved with."""
+    inside = [*fit_args(image_root)[:-4], "--trainer.max_epochs", "1", "--checkpoint.every_n_train_steps", "2"]
+    main(inside)  # last.ckpt at step 2 of 3 (the deferred best-k save of step 2 is Lightning's to make)
+    assert saved_step(LAST) == 2
+    with pytest.raises(SystemExit):
+        main([*inside, "--data.num_workers", "1", "--ckpt_path", "last"])
+    assert ("the checkpoint was saved inside epoch 0 (2 of its 3 batches done) by a training loader with 0 workers, "
+            "and this run has 1: resume with --data.num_workers 0") in capsys.readouterr().err
+
+    monkeypatch.chdir(Path.cwd().parent)
+    at_end = [*fit_args(image_root)[:-4], "--trainer.max_epochs", "1"]
+    main(at_end)
+    assert saved_step(LAST) == 3
+    fit_and_record([*at_end, "--trainer.max_epochs", "2", "--data.num_workers", "1", "--ckpt_path", "last"],
+                   monkeypatch)
+    assert saved_step(LAST) == 6  # from an epoch's end: the next epoch starts whole, with 1 worker
+
+
+@pytest.mark.slow
+def test_a_time_interval_writes_last_ckpt_inside_the_first_epoch(image_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train_time_interval`` (here 0: due at every step) before the first validation: Lightning defers the whole
+    save to the validation; last.ckpt is written at the step instead, except where a validation follows at once."""
+    from lit_convnext.callbacks.checkpointing import AtomicCheckpointIO
+
+    saved: list[tuple[str, int]] = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def recorded(self, checkpoint, path, *args, **kwargs):
+        saved.append((Path(path).name, checkpoint["global_step"]))
+        return save(self, checkpoint, path, *args, **kwargs)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recorded)
+    monkeypatch.setattr(EvaluationReport, "on_fit_end", lambda *_: None)
+    main([*fit_args(image_root)[:-4], "--trainer.max_epochs", "1", "--checkpoint.train_time_interval", "0:00:00"])
+    assert saved[:2] == [("last.ckpt", 1), ("last.ckpt", 2)]

@@ -51,7 +51,7 @@ def test_training_batches_carry_both_views_of_unlabeled_images(tmp_path: Path) -
     datamodule.preprocessing = PREPROCESSING
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
-    labelled_batches = len(datamodule._loader("train", shuffle=True))
+    labelled_batches = len(datamodule._loader("train"))
     batches = list(iter(loader))
     assert len(batches) == labelled_batches  # an epoch is one pass over the labelled images
     (images, targets), unlabeled = split_training_batch(batches[0][0] if isinstance(batches[0], tuple) else batches[0])

@@ -39,10 +39,17 @@ INSTANCES: dict[str, Any] = {
     "lightning.pytorch.cli.LightningArgumentParser": lambda: LightningArgumentParser(exit_on_error=False),
     "lightning.pytorch.callbacks.ModelCheckpoint": ModelCheckpoint,
     "lightning.pytorch.callbacks.WeightAveraging": WeightAveraging,
+    "lightning.pytorch.loops.fit_loop._FitLoop": lambda: _trainer().fit_loop,
     "torch._dynamo.eval_frame.OptimizedModule": lambda: torch.compile(torch.nn.Linear(1, 1)),  # compiles when called
     # A tracking server's URL: the logger is built without a store on disk and without connecting.
     "lightning.pytorch.loggers.MLFlowLogger": lambda: _mlflow_logger("http://127.0.0.1:9"),
 }
+
+
+def _trainer() -> Any:
+    from lightning.pytorch import Trainer
+
+    return Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 
 
 def _mlflow_logger(tracking_uri: str) -> Any:
