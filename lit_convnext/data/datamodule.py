@@ -167,6 +167,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self.stream_cache_dir = Path(stream_cache_dir).expanduser() if stream_cache_dir is not None else None
         self._stream: OptimizedDataset | None = None
+        self._run_seed: int | None = None
 
     @property
     def stream(self) -> OptimizedDataset | None:
@@ -174,7 +175,6 @@ class ImageFolderDataModule(LightningDataModule):
         if self._stream is None and is_optimized(self.root):
             self._stream = OptimizedDataset.open(self.root, self.stream_cache_dir)
         return self._stream
-        self._run_seed: int | None = None
 
     @property
     def num_workers(self) -> int:
