@@ -317,7 +317,6 @@ class FileChecker:
         self.workers = workers or _cpu_count()
         self._store = CheckCache(STORED_FIELDS) if cache else None
         self._paths: list[str] = []
-        self._absolute: list[str] = []
         self._known: dict[str, tuple[int, int, tuple]] = {}  # absolute path -> cached (size, mtime_ns, row)
         self._waiting: list[Job] = []  # not yet handed to a worker
         self._parts: list[tuple[int, Any]] = []  # (files, answers or a future of them), in order
@@ -341,8 +340,7 @@ class FileChecker:
         if self._store is not None and paths:
             self._known.update(self._store.lookup(absolute, self.header_only))
         known = self._known
-        self._paths += paths
-        self._absolute += absolute
+        self._paths += paths  # the absolute paths are made again in `results`: cheaper than holding them all
         self._waiting += [(path, *known[key][:2]) if key in known else (path, -1, -1)
                           for path, key in zip(paths, absolute)]
         # Worker processes pay off from a few chunks on; fewer files are checked here, in `results`.
@@ -388,9 +386,9 @@ class FileChecker:
         while parts:  # each task leaves the queue as it is used: its answers are freed once turned into results
             count, work = parts.popleft()
             answers = work.result() if isinstance(work, Future) else _check_jobs(work, self.header_only)
-            for answer in answers:
-                path, key = self._paths[index], self._absolute[index]
-                index += 1
+            paths = self._paths[index : index + count]
+            index += count
+            for path, key, answer in zip(paths, _absolute_paths(paths), answers):
                 if answer is None:
                     results.append(FileCheck(path, *_from_row(self._known[key][2])))
                     continue
