@@ -17,10 +17,12 @@ writing a million of them takes a minute or two. Then, each as its own process, 
   cleanlab's label issues and ``report.html`` (``EvaluationReport._finish`` and ``build_report``).
 
 For each: seconds (whole process; per image), and peak memory: the resident set of the main process and of its
-largest worker. Every case runs ``--rounds`` times, the median is kept. ``--plot`` draws both on log-log axes.
+largest worker. Every case runs ``--rounds`` times (``predict`` and the analysis ``--model_rounds``), the median is
+kept. ``--plot`` draws both on log-log axes.
 
 Usage: ``python benchmarks/scaling.py [--sizes 10000 100000 1000000] [--rounds 3] [--model_max 100000]
-[--plot docs/scaling.png] [--json scaling.json]``.
+[--model_rounds 1] [--operations ...] [--plot docs/scaling.png] [--json benchmarks/scaling_results.json]``
+(``--json`` merges into the file's figures, so sizes can be measured in separate runs).
 """
 
 from __future__ import annotations
@@ -227,57 +229,68 @@ def measure(operation: str, root: Path, ckpt: Path, cache_dir: Path) -> dict[str
 
 # ------------------------------------------------------------------------------------------------- output
 def plot(results: dict, path: Path, title: str) -> None:
+    """Seconds and peak memory against the folder's size, log-log: a flat cost per image is a line of slope 1."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
     for operation in OPERATIONS:
-        points = sorted((int(n), r) for n, cases in results.items() for op, r in cases.items() if op == operation)
+        points = sorted((int(n), cases[operation]) for n, cases in results.items() if operation in cases)
         if not points:
             continue
         sizes = [n for n, _ in points]
         style = "--" if operation.startswith("naive") else "-"
-        left.plot(sizes, [r["wall"] for _, r in points], style, marker="o", label=operation)
-        right.plot(sizes, [max(r["rss_mb"], r["worker_rss_mb"]) for _, r in points], style, marker="o",
+        line, = left.plot(sizes, [r["seconds"] for _, r in points], style, marker="o", label=operation)
+        right.plot(sizes, [r["rss_mb"] for _, r in points], style, marker="o", color=line.get_color(),
                    label=operation)
     sizes = sorted(int(n) for n in results)
+    left.plot(sizes, [n * 1e-4 for n in sizes], ":", color="grey", label="slope 1: 100 µs per image")
+    right.plot(sizes, [n * 1e-3 for n in sizes], ":", color="grey", label="slope 1: 1 KiB per image")
     for axis in (left, right):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("images in the folder")
         axis.grid(True, which="both", alpha=0.3)
-    # A slope-1 guide: a cost per image that stays flat runs parallel to it.
-    left.plot(sizes, [n * 1e-4 for n in sizes], ":", color="grey", label="linear (100 µs per image)")
-    left.set_ylabel("seconds (whole process)")
-    left.set_title("Time")
-    right.set_ylabel("peak resident memory, MiB (largest process)")
+    left.set_ylabel("seconds (the operation, after start-up)")
+    left.set_title("Time: parallel to the grey line = the same cost per image")
+    right.set_ylabel("peak resident memory of the main process, MiB")
     right.set_title("Peak memory")
     left.legend(fontsize=8)
+    right.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def table(results: dict) -> str:
+    """Markdown: per operation and size, µs per image (the operation's seconds / images) and peak memory of the
+    main process (its largest worker's in brackets), then the doctor's speed against the naive loop."""
     sizes = sorted(results, key=int)
-    lines = ["| operation | " + " | ".join(f"{int(n):,} images" for n in sizes) + " | µs per image (largest) |",
-             "|---|" + "---|" * (len(sizes) + 1)]
+    lines = ["| operation | " + " | ".join(f"{int(n):,} images" for n in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
     for operation in OPERATIONS:
         cells = []
-        last = None
         for n in sizes:
             r = results[n].get(operation)
             if r is None:
                 cells.append("not measured")
                 continue
-            cells.append(f"{r['wall']:.1f} s, {r['rss_mb']:.0f} MiB" + (f" (+{r['worker_rss_mb']:.0f})"
-                                                                         if r["worker_rss_mb"] > 1 else ""))
-            last = r["wall"] / int(n) * 1e6
-        lines.append(f"| {operation} | " + " | ".join(cells) + f" | {last:.0f} |" if last is not None else "")
-    return "\n".join(line for line in lines if line)
+            workers = f" (+{r['worker_rss_mb']:.0f})" if r["worker_rss_mb"] > 1 else ""
+            cells.append(f"{r['seconds'] / int(n) * 1e6:.0f} µs, {r['rss_mb']:.0f} MiB{workers}")
+        if any(cell != "not measured" for cell in cells):
+            lines.append(f"| {operation} | " + " | ".join(cells) + " |")
+    speeds = []
+    for n in sizes:
+        cases = results[n]
+        if "naive loop (1 process)" in cases and "doctor, first run" in cases:
+            speeds.append(f"{cases['naive loop (1 process)']['wall'] / cases['doctor, first run']['wall']:.2f}x")
+        else:
+            speeds.append("")
+    lines.append("| doctor's first run against the naive loop (whole processes) | " + " | ".join(speeds) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -289,6 +302,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--rounds", type=int, default=3, help="runs per case; the median is kept")
     parser.add_argument("--model_max", type=int, default=100_000, help="largest folder for predict and end-of-fit")
+    parser.add_argument("--model_rounds", type=int, default=1, help="runs of predict and end-of-fit (minutes each)")
     parser.add_argument("--operations", nargs="+", default=list(OPERATIONS), choices=OPERATIONS)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "lit-convnext-bench")
     parser.add_argument("--plot", type=Path, default=None)
@@ -302,7 +316,7 @@ def main() -> None:
             if operation in MODEL_CASES and count > args.model_max:
                 continue
             runs = []
-            for round_ in range(args.rounds):
+            for round_ in range(args.model_rounds if operation in MODEL_CASES else args.rounds):
                 with tempfile.TemporaryDirectory() as check_cache:
                     if operation.endswith("cached"):  # the first run fills the cache the measured run reads
                         measure(operation, root, ckpt, Path(check_cache))

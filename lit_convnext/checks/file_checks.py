@@ -24,6 +24,7 @@ import io
 import json
 import operator
 import os
+import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -265,6 +266,9 @@ _stored_values = operator.attrgetter(*STORED_FIELDS)
 #: empty) and of the flags (kept as integers).
 _LIST_FIELDS = [i for i, f in enumerate(fields(FileCheck)[1:]) if f.default == ()]
 _BOOL_FIELDS = [i for i, f in enumerate(fields(FileCheck)[1:]) if isinstance(f.default, bool)]
+#: Positions of the fields that take a few values over a whole folder ("PNG", "RGB"): SQLite hands back a new string
+#: per row, interned so that a million cached results share them.
+_FEW_VALUES = [STORED_FIELDS.index(name) for name in ("format", "mode")]
 
 
 def _to_row(values: tuple) -> tuple:
@@ -282,6 +286,9 @@ def _from_row(row: tuple) -> list:
         values[i] = tuple(json.loads(values[i])) if values[i] else ()
     for i in _BOOL_FIELDS:
         values[i] = bool(values[i])
+    for i in _FEW_VALUES:
+        if values[i] is not None:
+            values[i] = sys.intern(values[i])
     return values
 
 

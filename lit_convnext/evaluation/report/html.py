@@ -2,8 +2,8 @@
 
 Everything is read from the files the run wrote (config, TensorBoard events or a CSVLogger's ``metrics.csv``,
 CSVs, ``val_calibration.json``), so ``lit-convnext report RUN_DIR`` rebuilds the same page later. Tables and
-galleries are capped so the page stays fast at 1,000 classes and 100,000 validation images; the CSVs beside it
-hold everything.
+galleries are capped so the page stays fast at 1,000 classes and a million validation images (the per-image CSV is
+read in one pass, keeping only the gallery's rows); the CSVs beside it hold everything.
 """
 
 from __future__ import annotations
