@@ -16,8 +16,10 @@ writing a million of them takes a minute or two. Then, each as its own process, 
   the folder (synthetic logits: the validation pass itself is ``predict``'s cost): calibration, the per-image CSV,
   cleanlab's label issues and ``report.html`` (``EvaluationReport._finish`` and ``build_report``).
 
-For each: seconds (whole process; per image), and peak memory: the resident set of the main process and of its
-largest worker. Every case runs ``--rounds`` times (``predict`` and the analysis ``--model_rounds``), the median is
+For each: wall seconds (whole process, and the operation alone after start-up), CPU seconds of the operation (its
+process and workers: the cost whatever else a shared machine runs) and peak memory: the resident set of the main
+process and of its largest worker (a forked worker's counts the pages it still shares with the main process).
+Every case runs ``--rounds`` times (``predict`` and the analysis ``--model_rounds``), the median is
 kept. ``--plot`` draws both on log-log axes.
 
 Usage: ``python benchmarks/scaling.py [--sizes 10000 100000 1000000] [--rounds 3] [--model_max 100000]
@@ -135,6 +137,7 @@ def checkpoint(cache: Path, root: Path) -> Path:
 def child(operation: str, root: Path, ckpt: Path, result: Path) -> None:
     """Run ``operation`` in this process; write its seconds and peak memory to ``result``."""
     start = time.perf_counter()
+    cpu_start = _cpu()
     code = 0
     try:
         if operation == "scan":
@@ -146,7 +149,7 @@ def child(operation: str, root: Path, ckpt: Path, result: Path) -> None:
             from lit_convnext.data.folders import read_folder_splits
 
             splits = read_folder_splits(root)
-            start = time.perf_counter()  # the check alone: the scan is measured above
+            start, cpu_start = time.perf_counter(), _cpu()  # the check alone: the scan is measured above
             check_samples(splits.train + splits.val, "train", skip=False, workers=2)
         elif operation.startswith("naive"):
             sys.argv = ["naive", str(root)]
@@ -162,15 +165,22 @@ def child(operation: str, root: Path, ckpt: Path, result: Path) -> None:
                             "--output", f"{tmp}/predictions.csv"]
                 _console()
         elif operation.startswith("end-of-fit"):
-            start = _end_of_fit(root, ckpt)
+            start, cpu_start = _end_of_fit(root, ckpt)
         else:
             raise SystemExit(f"unknown operation {operation}")
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else 1
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu() - cpu_start
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    result.write_text(json.dumps({"seconds": seconds, "rss_mb": own, "worker_rss_mb": workers, "code": code}))
+    result.write_text(json.dumps({"seconds": seconds, "cpu": cpu, "rss_mb": own, "worker_rss_mb": workers,
+                                  "code": code}))
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished workers: what the operation cost whatever the load."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 def _console() -> None:
@@ -180,9 +190,10 @@ def _console() -> None:
     main()
 
 
-def _end_of_fit(root: Path, ckpt: Path) -> float:
+def _end_of_fit(root: Path, ckpt: Path) -> tuple[float, float]:
     """What :meth:`EvaluationReport.analyse_fit` does once the best checkpoint's validation logits are kept; returns
-    when the analysis started (after the imports, the listing and the model's loading: a fit has done them)."""
+    when the analysis started and the CPU time then (after the imports, the listing and the model's loading: a fit
+    has done them)."""
     import torch
 
     from lit_convnext.data.folders import iter_images
@@ -198,7 +209,7 @@ def _end_of_fit(root: Path, ckpt: Path) -> float:
     logits[torch.arange(len(paths)), targets] += 2.0  # a model right about 80% of the time
     model = ConvNeXtClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, pretrained=False)
     model.eval()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         temperature = fit_temperature(logits, targets)
@@ -209,7 +220,7 @@ def _end_of_fit(root: Path, ckpt: Path) -> float:
         write_predictions(run_dir / "val_predictions.csv", paths, list(model.class_names), probabilities, targets, 5)
         write_label_issues(run_dir / "val_label_issues.csv", paths, list(model.class_names), probabilities, targets)
         build_report(run_dir, model)
-    return start
+    return start, cpu_start
 
 
 def measure(operation: str, root: Path, ckpt: Path, cache_dir: Path) -> dict[str, float]:
@@ -229,7 +240,8 @@ def measure(operation: str, root: Path, ckpt: Path, cache_dir: Path) -> dict[str
 
 # ------------------------------------------------------------------------------------------------- output
 def plot(results: dict, path: Path, title: str) -> None:
-    """Seconds and peak memory against the folder's size, log-log: a flat cost per image is a line of slope 1."""
+    """CPU seconds (what the operation costs whatever else the shared machine runs) and peak memory against the
+    folder's size, log-log: a flat cost per image is a line of slope 1."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,7 +254,7 @@ def plot(results: dict, path: Path, title: str) -> None:
             continue
         sizes = [n for n, _ in points]
         style = "--" if operation.startswith("naive") else "-"
-        line, = left.plot(sizes, [r["seconds"] for _, r in points], style, marker="o", label=operation)
+        line, = left.plot(sizes, [r.get("cpu", r["seconds"]) for _, r in points], style, marker="o", label=operation)
         right.plot(sizes, [r["rss_mb"] for _, r in points], style, marker="o", color=line.get_color(),
                    label=operation)
     sizes = sorted(int(n) for n in results)
@@ -253,7 +265,7 @@ def plot(results: dict, path: Path, title: str) -> None:
         axis.set_yscale("log")
         axis.set_xlabel("images in the folder")
         axis.grid(True, which="both", alpha=0.3)
-    left.set_ylabel("seconds (the operation, after start-up)")
+    left.set_ylabel("CPU seconds of the operation (workers included)")
     left.set_title("Time: parallel to the grey line = the same cost per image")
     right.set_ylabel("peak resident memory of the main process, MiB")
     right.set_title("Peak memory")
@@ -266,8 +278,9 @@ def plot(results: dict, path: Path, title: str) -> None:
 
 
 def table(results: dict) -> str:
-    """Markdown: per operation and size, µs per image (the operation's seconds / images) and peak memory of the
-    main process (its largest worker's in brackets), then the doctor's speed against the naive loop."""
+    """Markdown: per operation and size, µs per image (the operation's wall seconds / images, then its CPU seconds,
+    workers included / images) and peak memory of the main process (its largest worker's after a plus), then the
+    doctor's speed against the naive loop."""
     sizes = sorted(results, key=int)
     lines = ["| operation | " + " | ".join(f"{int(n):,} images" for n in sizes) + " |",
              "|---|" + "---|" * len(sizes)]
@@ -279,7 +292,8 @@ def table(results: dict) -> str:
                 cells.append("not measured")
                 continue
             workers = f" (+{r['worker_rss_mb']:.0f})" if r["worker_rss_mb"] > 1 else ""
-            cells.append(f"{r['seconds'] / int(n) * 1e6:.0f} µs, {r['rss_mb']:.0f} MiB{workers}")
+            cpu = f" / {r['cpu'] / int(n) * 1e6:.0f}" if "cpu" in r else ""
+            cells.append(f"{r['seconds'] / int(n) * 1e6:.0f}{cpu} µs, {r['rss_mb']:.0f} MiB{workers}")
         if any(cell != "not measured" for cell in cells):
             lines.append(f"| {operation} | " + " | ".join(cells) + " |")
     speeds = []
@@ -321,13 +335,13 @@ def main() -> None:
                     if operation.endswith("cached"):  # the first run fills the cache the measured run reads
                         measure(operation, root, ckpt, Path(check_cache))
                     runs.append(measure(operation, root, ckpt, Path(check_cache)))
-            keep = {key: statistics.median(r[key] for r in runs) for key in ("wall", "seconds", "rss_mb",
+            keep = {key: statistics.median(r[key] for r in runs) for key in ("wall", "seconds", "cpu", "rss_mb",
                                                                                "worker_rss_mb")}
             keep["walls"] = [r["wall"] for r in runs]
             results.setdefault(str(count), {})[operation] = keep
             print(f"{count:>9,} {operation:24s} {keep['wall']:8.2f} s whole process ({keep['seconds']:.2f} s in the "
-                  f"operation, {keep['wall'] / count * 1e6:6.1f} µs/image), peak {keep['rss_mb']:.0f} MiB "
-                  f"(workers {keep['worker_rss_mb']:.0f} MiB)", flush=True)
+                  f"operation, {keep['seconds'] / count * 1e6:6.1f} µs/image, CPU {keep['cpu'] / count * 1e6:6.1f} "
+                  f"µs/image), peak {keep['rss_mb']:.0f} MiB (workers {keep['worker_rss_mb']:.0f} MiB)", flush=True)
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
     load = os.getloadavg()[0]
