@@ -324,7 +324,7 @@ class FileChecker:
         self.workers = workers or _cpu_count()
         self._store = CheckCache(STORED_FIELDS) if cache else None
         self._paths: list[str] = []
-        self._known: dict[str, tuple[int, int, tuple]] = {}  # absolute path -> cached (size, mtime_ns, row)
+        self._known: dict[str, tuple] = {}  # absolute path -> cached row (its size and mtime go to the worker)
         self._waiting: list[Job] = []  # not yet handed to a worker
         self._parts: list[tuple[int, Any]] = []  # (files, answers or a future of them), in order
         self._unfinished = 0  # index in _parts of the first task that may not be done yet
@@ -344,11 +344,10 @@ class FileChecker:
         """Queue more files (their cached results are looked up now, with one query)."""
         paths = [os.fspath(p) for p in paths]
         absolute = _absolute_paths(paths)
-        if self._store is not None and paths:
-            self._known.update(self._store.lookup(absolute, self.header_only))
-        known = self._known
+        found = self._store.lookup(absolute, self.header_only) if self._store is not None and paths else {}
+        self._known.update((key, entry[2]) for key, entry in found.items())
         self._paths += paths  # the absolute paths are made again in `results`: cheaper than holding them all
-        self._waiting += [(path, *known[key][:2]) if key in known else (path, -1, -1)
+        self._waiting += [(path, *found[key][:2]) if key in found else (path, -1, -1)
                           for path, key in zip(paths, absolute)]
         # Worker processes pay off from a few chunks on; fewer files are checked here, in `results`.
         if self.workers > 1 and (self._pool is not None or len(self._waiting) >= 2 * CHUNK):
@@ -397,7 +396,7 @@ class FileChecker:
             index += count
             for path, key, answer in zip(paths, _absolute_paths(paths), answers):
                 if answer is None:
-                    results.append(FileCheck(path, *_from_row(self._known[key][2])))
+                    results.append(FileCheck(path, *_from_row(self._known[key])))
                     continue
                 size, mtime_ns, values = answer
                 check = FileCheck(path, *values)
