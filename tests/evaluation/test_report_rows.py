@@ -40,3 +40,19 @@ def test_no_errors_says_so(tmp_path: Path) -> None:
     results = read_predictions(write_rows(tmp_path / "val_predictions.csv", [0.1, 0.2], [1, 1]), gallery_size=0)
     assert results.worst == [] and results.errors == 0
     assert "No validation image was misclassified" in _worst_errors(results, ["cat"], model=None)
+
+
+def test_predictions_written_in_blocks_match_one_block(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from lit_convnext.evaluation import end_of_fit
+
+    probabilities = torch.softmax(torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), dim=1)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    paths = [f"img{i}.png" for i in range(8)]
+    end_of_fit.write_predictions(tmp_path / "one.csv", paths, ["a", "b", "c"], probabilities, targets, 2)
+    monkeypatch.setattr(end_of_fit, "ROWS_PER_BLOCK", 3)  # blocks of 3, 3 and 2 rows
+    end_of_fit.write_predictions(tmp_path / "blocks.csv", paths, ["a", "b", "c"], probabilities, targets, 2)
+    rows = (tmp_path / "blocks.csv").read_text().splitlines()
+    assert rows == (tmp_path / "one.csv").read_text().splitlines() and len(rows) == 9
+    assert [row.split(",")[0] for row in rows[1:]] == paths
