@@ -24,6 +24,7 @@ import io
 import json
 import operator
 import os
+import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -265,6 +266,9 @@ _stored_values = operator.attrgetter(*STORED_FIELDS)
 #: empty) and of the flags (kept as integers).
 _LIST_FIELDS = [i for i, f in enumerate(fields(FileCheck)[1:]) if f.default == ()]
 _BOOL_FIELDS = [i for i, f in enumerate(fields(FileCheck)[1:]) if isinstance(f.default, bool)]
+#: Positions of the fields that take a few values over a whole folder ("PNG", "RGB"): SQLite hands back a new string
+#: per row, interned so that a million cached results share them.
+_FEW_VALUES = [STORED_FIELDS.index(name) for name in ("format", "mode")]
 
 
 def _to_row(values: tuple) -> tuple:
@@ -282,6 +286,9 @@ def _from_row(row: tuple) -> list:
         values[i] = tuple(json.loads(values[i])) if values[i] else ()
     for i in _BOOL_FIELDS:
         values[i] = bool(values[i])
+    for i in _FEW_VALUES:
+        if values[i] is not None:
+            values[i] = sys.intern(values[i])
     return values
 
 
@@ -317,8 +324,7 @@ class FileChecker:
         self.workers = workers or _cpu_count()
         self._store = CheckCache(STORED_FIELDS) if cache else None
         self._paths: list[str] = []
-        self._absolute: list[str] = []
-        self._known: dict[str, tuple[int, int, tuple]] = {}  # absolute path -> cached (size, mtime_ns, row)
+        self._known: dict[str, tuple] = {}  # absolute path -> cached row (its size and mtime go to the worker)
         self._waiting: list[Job] = []  # not yet handed to a worker
         self._parts: list[tuple[int, Any]] = []  # (files, answers or a future of them), in order
         self._unfinished = 0  # index in _parts of the first task that may not be done yet
@@ -338,12 +344,10 @@ class FileChecker:
         """Queue more files (their cached results are looked up now, with one query)."""
         paths = [os.fspath(p) for p in paths]
         absolute = _absolute_paths(paths)
-        if self._store is not None and paths:
-            self._known.update(self._store.lookup(absolute, self.header_only))
-        known = self._known
-        self._paths += paths
-        self._absolute += absolute
-        self._waiting += [(path, *known[key][:2]) if key in known else (path, -1, -1)
+        found = self._store.lookup(absolute, self.header_only) if self._store is not None and paths else {}
+        self._known.update((key, entry[2]) for key, entry in found.items())
+        self._paths += paths  # the absolute paths are made again in `results`: cheaper than holding them all
+        self._waiting += [(path, *found[key][:2]) if key in found else (path, -1, -1)
                           for path, key in zip(paths, absolute)]
         # Worker processes pay off from a few chunks on; fewer files are checked here, in `results`.
         if self.workers > 1 and (self._pool is not None or len(self._waiting) >= 2 * CHUNK):
@@ -388,11 +392,11 @@ class FileChecker:
         while parts:  # each task leaves the queue as it is used: its answers are freed once turned into results
             count, work = parts.popleft()
             answers = work.result() if isinstance(work, Future) else _check_jobs(work, self.header_only)
-            for answer in answers:
-                path, key = self._paths[index], self._absolute[index]
-                index += 1
+            paths = self._paths[index : index + count]
+            index += count
+            for path, key, answer in zip(paths, _absolute_paths(paths), answers):
                 if answer is None:
-                    results.append(FileCheck(path, *_from_row(self._known[key][2])))
+                    results.append(FileCheck(path, *_from_row(self._known[key])))
                     continue
                 size, mtime_ns, values = answer
                 check = FileCheck(path, *values)

@@ -68,9 +68,9 @@ def class_folders(split_dir: Path) -> list[Path]:
                   key=lambda p: natural_key(p.name))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
-    """One labelled image: its path and class name."""
+    """One labelled image: its path and class name (slots: a folder of a million images holds a million)."""
 
     path: Path
     class_name: str

@@ -299,6 +299,10 @@ def _gather_rows(pl_module: pl.LightningModule, rows: torch.Tensor) -> torch.Ten
     return torch.cat([part.cpu() for part in gather_all_tensors(rows.to(pl_module.device))])
 
 
+#: Rows of ``val_predictions.csv`` formatted together (see :func:`write_predictions`).
+ROWS_PER_BLOCK = 65_536
+
+
 def write_predictions(path: Path, paths: list[str], names: list[str], probabilities: torch.Tensor,
                       targets: torch.Tensor, top_k: int) -> None:
     """One row per image: path, true, predicted, confidence, loss (-log p(true)), correct, then the top-k."""
@@ -310,10 +314,13 @@ def write_predictions(path: Path, paths: list[str], names: list[str], probabilit
         writer = csv.writer(handle)
         writer.writerow(["path", "true", "predicted", "confidence", "loss", "correct",
                          *(f"{col}_{r}" for r in range(1, k + 1) for col in ("class", "probability"))])
-        for row, (p, t, ps, cs, nll) in enumerate(zip(paths, targets.tolist(), top_p.tolist(), top_c.tolist(),
-                                                      loss.tolist())):
-            top = [item for c, q in zip(cs, ps) for item in (names[c], f"{q:.6f}")]
-            writer.writerow([p, names[t], names[cs[0]], f"{ps[0]:.6f}", f"{nll:.6f}", int(cs[0] == t), *top])
+        # Rows become Python lists a block at a time: at a million images the whole top-k as lists is 300 MB.
+        for start in range(0, len(paths), ROWS_PER_BLOCK):
+            block = slice(start, start + ROWS_PER_BLOCK)
+            for p, t, ps, cs, nll in zip(paths[block], targets[block].tolist(), top_p[block].tolist(),
+                                         top_c[block].tolist(), loss[block].tolist()):
+                top = [item for c, q in zip(cs, ps) for item in (names[c], f"{q:.6f}")]
+                writer.writerow([p, names[t], names[cs[0]], f"{ps[0]:.6f}", f"{nll:.6f}", int(cs[0] == t), *top])
 
 
 #: cleanlab's warning about one class with too few examples (it names the class by index).

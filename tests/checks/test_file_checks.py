@@ -152,3 +152,32 @@ def test_orientation_is_read_where_the_loader_reads_it(tmp_path: Path, orientati
     Image.new("RGB", (40, 20)).save(plain)
     assert not check_file(plain).exif_rotated and (check_file(plain).width, check_file(plain).height) == (40, 20)
 
+
+
+def test_cache_queries_grow_with_batches_not_with_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder of a million files costs one cache lookup per batch added and one write per STORE_BATCH results:
+    a query per file (or a re-read per batch) would make the check grow faster than the folder."""
+    folder = make_folder(tmp_path / "data", 20)  # 60 files in 3 class folders
+    batches = [sorted(str(p) for p in (folder / name).iterdir()) for name in ("red", "green", "blue")]
+    calls: dict[str, list[int]] = {"lookup": [], "store": []}
+    lookup, store = CheckCache.lookup, CheckCache.store
+
+    def counted_lookup(self: CheckCache, paths: list[str], header_only: bool) -> dict:
+        calls["lookup"].append(len(paths))
+        return lookup(self, paths, header_only)
+
+    def counted_store(self: CheckCache, entries: list, header_only: bool) -> None:
+        entries = list(entries)
+        calls["store"].append(len(entries))
+        store(self, entries, header_only)
+
+    monkeypatch.setattr(CheckCache, "lookup", counted_lookup)
+    monkeypatch.setattr(CheckCache, "store", counted_store)
+    monkeypatch.setattr(file_checks, "STORE_BATCH", 25)
+    with file_checks.FileChecker(workers=1) as checker:
+        for batch in batches:
+            checker.add(batch)
+        results = checker.results()
+    assert [r.path for r in results] == [p for batch in batches for p in batch] and not any(r.error for r in results)
+    assert calls["lookup"] == [20, 20, 20]
+    assert sum(calls["store"]) == 60 and len(calls["store"]) <= 60 // 25 + 1

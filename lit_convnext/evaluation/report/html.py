@@ -2,18 +2,22 @@
 
 Everything is read from the files the run wrote (config, TensorBoard events or a CSVLogger's ``metrics.csv``,
 CSVs, ``val_calibration.json``), so ``lit-convnext report RUN_DIR`` rebuilds the same page later. Tables and
-galleries are capped so the page stays fast at 1,000 classes and 100,000 validation images; the CSVs beside it
-hold everything.
+galleries are capped so the page stays fast at 1,000 classes and a million validation images (the per-image CSV is
+read in one pass, keeping only the gallery's rows); the CSVs beside it hold everything.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import heapq
 import html
 import importlib.util
+import itertools
 import json
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +58,18 @@ def build_report(run_dir: Path, model: Any = None, gallery_size: int = 24,
     if not predictions_csv.is_file():
         raise UserError(f"{predictions_csv} not found: the report needs the per-image results of the run; "
                         f"run `lit-convnext validate --config {run_dir / 'config.yaml'} --ckpt_path CKPT` into it")
-    rows = _read_csv(predictions_csv)
-    names = list(model.class_names) if model is not None else _class_names(run_dir, rows)
+    results = read_predictions(predictions_csv, gallery_size)
+    names = list(model.class_names) if model is not None else _class_names(run_dir, results)
     scalars = logged_scalars(run_dir)  # read once: the TensorBoard event files are the largest input
     sections = [
-        ("Summary", _summary(run_dir, rows, names, model, scalars)),
+        ("Summary", _summary(run_dir, results, names, model, scalars)),
         ("Training curves", _curves(scalars)),
         ("Per-class results", _per_class(run_dir)),
         ("Confusion matrix", _confusion(run_dir)),
         ("Most confused pairs", _pairs(run_dir)),
         ("Calibration", _calibration(run_dir)),
         *([("Teacher and student", _teacher(run_dir))] if (run_dir / COMPARISON).is_file() else []),
-        ("Worst errors", _worst_errors(rows, names, model, gallery_size)),
+        ("Worst errors", _worst_errors(results, names, model)),
         ("Suspected label errors", _label_issues(run_dir, gallery_size)),
         ("Augmented training batch", _mosaic(run_dir)),
         ("Files", _files()),
@@ -91,11 +95,45 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _class_names(run_dir: Path, rows: list[dict[str, str]]) -> list[str]:
+@dataclass
+class ValidationResults:
+    """What the report uses of ``val_predictions.csv``: counts, the class names seen and the ``worst``
+    misclassified rows (highest loss first, as many as the gallery shows). Read in one pass without keeping the
+    other rows: the file has a row per validation image, and a million rows as dicts would take gigabytes."""
+
+    images: int = 0
+    correct: int = 0
+    errors: int = 0
+    names: set[str] = field(default_factory=set)
+    worst: list[dict[str, str]] = field(default_factory=list)
+
+
+def read_predictions(path: Path, gallery_size: int) -> ValidationResults:
+    """:class:`ValidationResults` of a ``val_predictions.csv``."""
+    results = ValidationResults()
+
+    def misclassified(rows: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
+        for row in rows:
+            results.images += 1
+            results.names.update((row["true"], row["predicted"]))
+            if row["correct"] == "0":
+                results.errors += 1
+                yield row
+            else:
+                results.correct += 1
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        # nlargest keeps only gallery_size rows; ties stay in file order, as a stable sort would leave them
+        results.worst = heapq.nlargest(gallery_size, misclassified(csv.DictReader(handle)),
+                                       key=lambda row: float(row["loss"]))
+    return results
+
+
+def _class_names(run_dir: Path, results: ValidationResults) -> list[str]:
     per_class = run_dir / "val_per_class.csv"
     if per_class.is_file():
         return [row["class"] for row in _read_csv(per_class)]
-    return sorted({row["true"] for row in rows} | {row["predicted"] for row in rows})
+    return sorted(results.names)
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -130,18 +168,18 @@ def _img(data: bytes, mime: str = "image/png", css: str = "figure", alt: str = "
     return f'<img class="{css}" alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
 
-def _summary(run_dir: Path, rows: list[dict[str, str]], names: list[str], model: Any,
+def _summary(run_dir: Path, results: ValidationResults, names: list[str], model: Any,
              scalars: dict[str, list[tuple[int, float]]]) -> str:
     config: dict[str, Any] = {}
     if (run_dir / "config.yaml").is_file():
         config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     data, mdl, trainer = (config.get(k) or {} for k in ("data", "model", "trainer"))
-    accuracy = sum(int(r["correct"]) for r in rows) / max(1, len(rows))
+    accuracy = results.correct / max(1, results.images)
     best = sorted((run_dir / "checkpoints").glob("best-*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
     items: list[list[Any]] = [
         ["data", str(data.get("root", "?"))],
         ["classes", f"{len(names)}: {preview(names, 12)}"],
-        ["validation images", len(rows)],
+        ["validation images", results.images],
         ["model", f"{mdl.get('model_name', getattr(model, 'hparams', {}).get('model_name', '?'))}, "
                   f"pretrained={mdl.get('pretrained', '?')}, image size {mdl.get('image_size') or 'pretrained'}"],
         ["recipe", f"{trainer.get('max_epochs', '?')} epochs, batch {data.get('batch_size', '?')}, lr {mdl.get('lr', '?')}, "
@@ -296,13 +334,13 @@ def _card(picture: bytes | None, overlay: Image.Image | None, lines: list[str], 
     return f'<div class=card>{images}<br>{text}<br><span class=note>{html.escape(path)}</span></div>'
 
 
-def _worst_errors(rows: list[dict[str, str]], names: list[str], model: Any, size: int) -> str:
-    errors = sorted((r for r in rows if r["correct"] == "0"), key=lambda r: -float(r["loss"]))
-    if not errors:
+def _worst_errors(results: ValidationResults, names: list[str], model: Any) -> str:
+    if not results.errors:
         return "<p>No validation image was misclassified.</p>"
-    shown = errors[:size]
+    shown = results.worst
     overlays: list[Image.Image | None] = [None] * len(shown)
-    note = f"{len(shown)} of {len(errors)} misclassified images, highest loss first (all in val_predictions.csv). "
+    note = (f"{len(shown)} of {results.errors} misclassified images, highest loss first (all in "
+            "val_predictions.csv). ")
     if model is None:
         note += "Pass a checkpoint to `lit-convnext report --ckpt_path` for class-activation overlays."
     elif not cam_available():
@@ -333,8 +371,11 @@ def _label_issues(run_dir: Path, size: int) -> str:
                     "<code>validate</code> lists them in val_label_issues.csv.</p>")
         return ("<p class=note>val_label_issues.csv is missing: the label-issue search was off "
                 "(<code>--evaluation.label_issues</code>), or cleanlab was not installed when the run was made.</p>")
-    rows = _read_csv(path)
-    if not rows:
+    with path.open(newline="", encoding="utf-8") as handle:  # the gallery's rows kept, the others counted
+        reader = csv.DictReader(handle)
+        rows = list(itertools.islice(reader, size))
+        total = len(rows) + sum(1 for _ in reader)
+    if not total:
         return "<p>cleanlab found no likely label errors in the validation split.</p>"
     cards = [
         _card(_picture(r["path"]), None,
@@ -342,9 +383,9 @@ def _label_issues(run_dir: Path, size: int) -> str:
                f"({float(r['given_probability']):.1%})",
                f"model believes <b>{html.escape(r['suggested'])}</b> ({float(r['suggested_probability']):.1%})"],
               r["path"])
-        for r in rows[:size]
+        for r in rows
     ]
-    return (f"<p class=note>{len(cards)} of {len(rows)} images whose label cleanlab (confident learning on the "
+    return (f"<p class=note>{len(cards)} of {total} images whose label cleanlab (confident learning on the "
             "validation probabilities) flags as likely wrong, most likely first; all in val_label_issues.csv.</p>"
             f"<div class=gallery>{''.join(cards)}</div>")
 
