@@ -47,9 +47,9 @@ def export(ckpt_path: Path, output: Path, use_ema: bool = True, fp16: bool = Fal
         calibration_dir: Images INT8 is calibrated on (class sub-folders or plain images); default: the run's
             validation images.
         check_dir: Labelled images (class sub-folders) every export is checked on; default: the run's validation
-            images.
-        max_accuracy_drop: An INT8 export losing more top-1 accuracy than this many points (against the
-            checkpoint, on the check images) is not written.
+            images (the only choice for a multi-label model: class folders cannot hold its label sets).
+        max_accuracy_drop: An INT8 export losing more top-1 accuracy (multi-label: mAP) than this many points
+            (against the checkpoint, on the check images) is not written.
     """
     from lit_convnext.inference import formats
 
@@ -90,6 +90,10 @@ def export(ckpt_path: Path, output: Path, use_ema: bool = True, fp16: bool = Fal
     from lit_convnext.inference.images import folder_images, load_tensors, validation_images
 
     names = list(class_names)
+    if check_dir and hparams.get("task") == "multilabel":
+        # Class folders hold one label per image, so they cannot say which other labels an image lacks.
+        raise UserError(f"--check_dir takes class folders (one label per image), but {ckpt_path} is a multi-label "
+                        "model: leave --check_dir out to check it on its run's validation images (its label file)")
     checks = folder_images(check_dir, names, "check") if check_dir else validation_images(ckpt_path, names)
     calib = None
     if int8:
@@ -129,6 +133,8 @@ def _export_model(fmt: Any, net: nn.Module, output: Path, hparams: dict[str, Any
     preprocessing = card.preprocessing
     images = load_tensors(checks, preprocessing)
     targets = torch.tensor(checks.targets)
+    multilabel = card.task == "multilabel"
+    thresholds = card.calibration.get("thresholds") if multilabel else None
     calib_images = None
     if calib is not None:
         calib_images = images if calib is checks else load_tensors(calib, preprocessing)
@@ -140,9 +146,9 @@ def _export_model(fmt: Any, net: nn.Module, output: Path, hparams: dict[str, Any
             return reference_model(torch.from_numpy(x)).numpy()
 
     shape = tuple(preprocessing["input_size"])
-    reference_probs = verify.probabilities(reference, images)
+    reference_probs = verify.probabilities(reference, images, multilabel=multilabel)
     rows = [verify.make_row("PyTorch checkpoint", reference_probs, reference_probs, targets,
-                            verify.images_per_second(reference, shape), None)]
+                            verify.images_per_second(reference, shape), None, thresholds)]
     rows[0].verdict = "reference"
     label = f"{fmt.name} {'INT8' if calib_images is not None else 'fp16' if fp16 else 'fp32'}"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -157,12 +163,12 @@ def _export_model(fmt: Any, net: nn.Module, output: Path, hparams: dict[str, Any
                                    verify.size_mb(candidate), {}, "written (runs only on Apple devices: unchecked)"))
         else:
             run, _ = formats.runtime(fmt).open_runner(candidate)
-            probs = verify.probabilities(run, images)
+            probs = verify.probabilities(run, images, multilabel=multilabel)
             rows.append(verify.make_row(label, probs, reference_probs, targets, verify.images_per_second(run, shape),
-                                        verify.size_mb(candidate)))
-            drop = rows[0].top1 - rows[1].top1
-            rows[1].verdict = ("written" if drop <= max_drop
-                               else f"NOT written: top-1 {drop:.2f} points lower > --max_accuracy_drop {max_drop:g}")
+                                        verify.size_mb(candidate), thresholds))
+            drop = rows[0].score - rows[1].score
+            rows[1].verdict = ("written" if drop <= max_drop else f"NOT written: {rows[1].metric} {drop:.2f} points "
+                               f"lower > --max_accuracy_drop {max_drop:g}")
         details = {"export": str(output), "format": fmt.name, "weights": kind, "temperature": temperature,
                    "check_images": checks.source, "check_count": len(checks.paths),
                    "calibration_images": None if calib is None else calib.source,
