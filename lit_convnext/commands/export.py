@@ -43,7 +43,8 @@ def export(ckpt_path: Path, output: Path, use_ema: bool = True, fp16: bool = Fal
         use_ema: Export the EMA weights when the run had EMA on (they are what was validated); ``false`` exports
             the raw weights.
         fp16: ONNX only: store the weights in float16 (half the file; inputs and outputs stay float32).
-        int8: Post-training INT8 quantization (``.onnx``: ONNX Runtime static QDQ; ``.xml``: NNCF).
+        int8: Post-training INT8 quantization (``.onnx``: ONNX Runtime static QDQ; ``.xml``: NNCF; ``.tflite``:
+            AI Edge Quantizer's static INT8 recipe).
         calibration_dir: Images INT8 is calibrated on (class sub-folders or plain images); default: the run's
             validation images.
         check_dir: Labelled images (class sub-folders) every export is checked on; default: the run's validation
@@ -68,11 +69,11 @@ def export(ckpt_path: Path, output: Path, use_ema: bool = True, fp16: bool = Fal
         if fp16 and fmt.suffix != ".onnx":
             raise UserError(f"--fp16 applies to ONNX exports only; {output} is {fmt.name}")
         if int8 and (fp16 or not fmt.int8):
-            raise UserError(f"--int8 applies to .onnx and .xml exports without --fp16; got {output}"
+            raise UserError(f"--int8 applies to .onnx, .xml and .tflite exports without --fp16; got {output}"
                             f"{' with --fp16' if fp16 else ''}")
         if calibration_dir is not None and not int8:
             raise UserError("--calibration_dir is for --int8 true exports; add --int8 true or leave it out")
-        formats.require(fmt, fmt.export_needs, "writing")
+        formats.require(fmt, fmt.export_needs + (fmt.int8_needs if int8 else ()), "writing")
     checkpoint = read_checkpoint(ckpt_path)
     hparams = checkpoint.get("hyper_parameters") or {}
     class_names = hparams.get("class_names")

@@ -50,7 +50,7 @@ def test_bad_calibration_folders_are_refused_before_any_work(fitted: dict[str, P
                                    "--calibration_dir", str(tmp_path / "strange")])
     assert "classes the model does not know: purple" in line
     line = one_line_error(capsys, ["export", str(fitted["best"]), str(tmp_path / "m.mlpackage"), "--int8", "true"])
-    assert "--int8 applies to .onnx and .xml" in line
+    assert "--int8 applies to .onnx, .xml and .tflite" in line
     assert not out.parent.exists()
 
 
@@ -155,6 +155,24 @@ def test_litert_export_carries_its_card_and_predicts_the_checkpoints_rows(fitted
     folder = fitted["root"] / "val"
     _same_rows(_predict(fitted["best"], folder, tmp_path / "ckpt.csv"), _predict(out, folder, tmp_path / "lt.csv"),
                1e-5)
+
+
+@needs_litert
+@pytest.mark.slow  # litert-torch conversion and AI Edge Quantizer calibration: ~1-2 min
+def test_int8_litert_runs_int8_kernels_and_is_checked(fitted: dict[str, Path], tmp_path: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from lit_convnext.inference.litert_model import read_card
+
+    out = tmp_path / "q.tflite"
+    export(fitted["best"], out, int8=True)
+    assert read_card(out).class_names == ["blue", "green", "red"]
+    assert Interpreter(model_path=str(out)).get_input_details()[0]["dtype"].__name__ == "int8"
+    report = json.loads((tmp_path / verify.REPORT_NAME).read_text())
+    assert report["rows"][1]["model"] == "LiteRT INT8" and report["rows"][1]["verdict"] == "written"
+    assert report["rows"][1]["size_mb"] < 0.5 * 13.0  # INT8 weights: about a quarter of convnext_atto's 13 MB
+    (top,) = lit_convnext.load_predictor(out).predict(next((fitted["root"] / "val" / "red").iterdir()), top_k=1)
+    assert top.label == "red"
 
 
 def test_every_format_names_an_extra_and_a_module() -> None:
