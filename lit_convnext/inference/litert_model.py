@@ -37,9 +37,11 @@ def build(net: nn.Module, output: Path, card: ModelCard, version: str,
     example = torch.randn(1, channels, height, width, generator=torch.Generator().manual_seed(0))
     edge = litert_torch.convert(model, (example,))
     edge.export(str(output))
+    # The card goes in first: the quantizer keeps metadata, while re-packing its output (weights stored after the
+    # flatbuffer at offsets) would break the file.
+    write_metadata(Path(output), card.to_props(version))
     if calibration is not None:
         quantize(Path(output), calibration)
-    write_metadata(Path(output), card.to_props(version))
 
 
 def quantize(path: Path, images: torch.Tensor) -> None:
