@@ -63,6 +63,14 @@ def quantize(path: Path, images: torch.Tensor) -> None:
     ranges = tool.calibrate(data, num_threads=max(1, torch.get_num_threads()))
     partial = path.with_name(f".{path.name}.int8")
     tool.quantize(ranges, enable_progress_report=False).export_model(str(partial), overwrite=True)
+    try:  # the quantizer can write a file LiteRT refuses (convnext_tiny with ai-edge-quantizer 0.10: docs)
+        Interpreter(model_path=str(partial)).allocate_tensors()
+    except ValueError as err:
+        from importlib.metadata import version
+
+        raise UserError(f"ai-edge-quantizer {version('ai-edge-quantizer')} wrote an INT8 .tflite that LiteRT cannot "
+                        f"load ({str(err).splitlines()[0][:160]}); export --int8 to .onnx or .xml, or .tflite "
+                        "without --int8") from err
     os.replace(partial, path)
 
 
