@@ -158,7 +158,7 @@ def test_litert_export_carries_its_card_and_predicts_the_checkpoints_rows(fitted
 
 
 @needs_litert
-@pytest.mark.slow  # litert-torch conversion and AI Edge Quantizer calibration: ~1-2 min
+@pytest.mark.slow  # litert-torch conversion and AI Edge Quantizer calibration: ~10 s (2 min under load)
 def test_int8_litert_runs_int8_kernels_and_is_checked(fitted: dict[str, Path], tmp_path: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
