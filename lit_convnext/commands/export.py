@@ -21,9 +21,11 @@ from lit_convnext.errors import UserError
 from lit_convnext.ranges import NonNegativeFloat
 from lit_convnext.weights import export_timm_weights, load_pretrained, read_checkpoint, sidecar_path
 
-#: NNCF's default calibration subset size, and what the measurements in docs/deployment.md calibrated on; fewer
-#: still works (a hundred is common) but is untested there, so the command warns.
-MIN_CALIBRATION_IMAGES = 300
+#: Below this many calibration images the command warns. Measured (docs/deployment.md, "How many calibration
+#: images"; benchmarks/calibration_count.py, convnext_atto on the digits): top-1 held with 25 to 512 images for
+#: ONNX Runtime and NNCF alike, but the largest probability difference from the checkpoint was about twice as large
+#: at 25 images (0.03-0.04) as from 100 on (0.013-0.019, where it stops shrinking), and NNCF's still 0.025-0.030 at 50.
+MIN_CALIBRATION_IMAGES = 100
 #: At most this many calibration images are used: calibration time grows with the count.
 MAX_CALIBRATION_IMAGES = 512
 
@@ -43,13 +45,14 @@ def export(ckpt_path: Path, output: Path, use_ema: bool = True, fp16: bool = Fal
         use_ema: Export the EMA weights when the run had EMA on (they are what was validated); ``false`` exports
             the raw weights.
         fp16: ONNX only: store the weights in float16 (half the file; inputs and outputs stay float32).
-        int8: Post-training INT8 quantization (``.onnx``: ONNX Runtime static QDQ; ``.xml``: NNCF).
+        int8: Post-training INT8 quantization (``.onnx``: ONNX Runtime static QDQ; ``.xml``: NNCF; ``.tflite``:
+            AI Edge Quantizer's static INT8 recipe).
         calibration_dir: Images INT8 is calibrated on (class sub-folders or plain images); default: the run's
             validation images.
         check_dir: Labelled images (class sub-folders) every export is checked on; default: the run's validation
-            images.
-        max_accuracy_drop: An INT8 export losing more top-1 accuracy than this many points (against the
-            checkpoint, on the check images) is not written.
+            images (the only choice for a multi-label model: class folders cannot hold its label sets).
+        max_accuracy_drop: An INT8 export losing more top-1 accuracy (multi-label: mAP) than this many points
+            (against the checkpoint, on the check images) is not written.
     """
     from lit_convnext.inference import formats
 
@@ -68,11 +71,11 @@ def export(ckpt_path: Path, output: Path, use_ema: bool = True, fp16: bool = Fal
         if fp16 and fmt.suffix != ".onnx":
             raise UserError(f"--fp16 applies to ONNX exports only; {output} is {fmt.name}")
         if int8 and (fp16 or not fmt.int8):
-            raise UserError(f"--int8 applies to .onnx and .xml exports without --fp16; got {output}"
+            raise UserError(f"--int8 applies to .onnx, .xml and .tflite exports without --fp16; got {output}"
                             f"{' with --fp16' if fp16 else ''}")
         if calibration_dir is not None and not int8:
             raise UserError("--calibration_dir is for --int8 true exports; add --int8 true or leave it out")
-        formats.require(fmt, fmt.export_needs, "writing")
+        formats.require(fmt, fmt.export_needs + (fmt.int8_needs if int8 else ()), "writing")
     checkpoint = read_checkpoint(ckpt_path)
     hparams = checkpoint.get("hyper_parameters") or {}
     class_names = hparams.get("class_names")
@@ -90,14 +93,19 @@ def export(ckpt_path: Path, output: Path, use_ema: bool = True, fp16: bool = Fal
     from lit_convnext.inference.images import folder_images, load_tensors, validation_images
 
     names = list(class_names)
+    if check_dir and hparams.get("task") == "multilabel":
+        # Class folders hold one label per image, so they cannot say which other labels an image lacks.
+        raise UserError(f"--check_dir takes class folders (one label per image), but {ckpt_path} is a multi-label "
+                        "model: leave --check_dir out to check it on its run's validation images (its label file)")
     checks = folder_images(check_dir, names, "check") if check_dir else validation_images(ckpt_path, names)
     calib = None
     if int8:
         calib = (folder_images(calibration_dir, names, "calibration", labelled=False) if calibration_dir
                  else checks)
         if len(calib.paths) < MIN_CALIBRATION_IMAGES:
-            warnings.warn(f"calibrating INT8 on {len(calib.paths)} images from {calib.source}; "
-                          f"the measured INT8 results in docs/deployment.md used {MIN_CALIBRATION_IMAGES}")
+            warnings.warn(f"calibrating INT8 on {len(calib.paths)} images from {calib.source}: fewer than "
+                          f"{MIN_CALIBRATION_IMAGES} may miss activation ranges (docs/deployment.md, how many "
+                          "calibration images); pass --calibration_dir with more if the check shows a drop")
     net, ema_used, _ = _network(ckpt_path, hparams, use_ema)
     return _export_model(fmt, net, output, hparams, calibration, fp16, "EMA" if ema_used else "raw", checks, calib,
                          max_accuracy_drop, load_tensors)
@@ -129,6 +137,8 @@ def _export_model(fmt: Any, net: nn.Module, output: Path, hparams: dict[str, Any
     preprocessing = card.preprocessing
     images = load_tensors(checks, preprocessing)
     targets = torch.tensor(checks.targets)
+    multilabel = card.task == "multilabel"
+    thresholds = card.calibration.get("thresholds") if multilabel else None
     calib_images = None
     if calib is not None:
         calib_images = images if calib is checks else load_tensors(calib, preprocessing)
@@ -140,9 +150,9 @@ def _export_model(fmt: Any, net: nn.Module, output: Path, hparams: dict[str, Any
             return reference_model(torch.from_numpy(x)).numpy()
 
     shape = tuple(preprocessing["input_size"])
-    reference_probs = verify.probabilities(reference, images)
+    reference_probs = verify.probabilities(reference, images, multilabel=multilabel)
     rows = [verify.make_row("PyTorch checkpoint", reference_probs, reference_probs, targets,
-                            verify.images_per_second(reference, shape), None)]
+                            verify.images_per_second(reference, shape), None, thresholds)]
     rows[0].verdict = "reference"
     label = f"{fmt.name} {'INT8' if calib_images is not None else 'fp16' if fp16 else 'fp32'}"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -157,12 +167,12 @@ def _export_model(fmt: Any, net: nn.Module, output: Path, hparams: dict[str, Any
                                    verify.size_mb(candidate), {}, "written (runs only on Apple devices: unchecked)"))
         else:
             run, _ = formats.runtime(fmt).open_runner(candidate)
-            probs = verify.probabilities(run, images)
+            probs = verify.probabilities(run, images, multilabel=multilabel)
             rows.append(verify.make_row(label, probs, reference_probs, targets, verify.images_per_second(run, shape),
-                                        verify.size_mb(candidate)))
-            drop = rows[0].top1 - rows[1].top1
-            rows[1].verdict = ("written" if drop <= max_drop
-                               else f"NOT written: top-1 {drop:.2f} points lower > --max_accuracy_drop {max_drop:g}")
+                                        verify.size_mb(candidate), thresholds))
+            drop = rows[0].score - rows[1].score
+            rows[1].verdict = ("written" if drop <= max_drop else f"NOT written: {rows[1].metric} {drop:.2f} points "
+                               f"lower > --max_accuracy_drop {max_drop:g}")
         details = {"export": str(output), "format": fmt.name, "weights": kind, "temperature": temperature,
                    "check_images": checks.source, "check_count": len(checks.paths),
                    "calibration_images": None if calib is None else calib.source,

@@ -34,6 +34,8 @@ class Format:
     runtime: str | None
     #: INT8 post-training quantization is supported.
     int8: bool
+    #: The modules INT8 quantization needs besides ``export_needs``.
+    int8_needs: tuple[str, ...] = ()
 
 
 FORMATS: dict[str, Format] = {f.suffix: f for f in (
@@ -45,7 +47,7 @@ FORMATS: dict[str, Format] = {f.suffix: f for f in (
            "lit_convnext.inference.openvino_model", int8=True),
     Format(".tflite", "LiteRT", "litert", ("litert_torch", "ai_edge_litert"), ("ai_edge_litert",),
            "lit_convnext.inference.litert_model",
-           "lit_convnext.inference.litert_model", int8=False),
+           "lit_convnext.inference.litert_model", int8=True, int8_needs=("ai_edge_quantizer",)),
     Format(".mlpackage", "Core ML", "coreml", ("coremltools",), (),
            "lit_convnext.inference.coreml_model", None,
            int8=False),

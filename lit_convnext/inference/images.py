@@ -15,6 +15,7 @@ import torch
 
 from lit_convnext.data.datasets import decode_error
 from lit_convnext.data.folders import class_folders, iter_images, scan_split
+from lit_convnext.data.labels import multi_hot, sample_labels
 from lit_convnext.data.transforms import build_eval_transform, eval_decode_size
 from lit_convnext.errors import UserError
 from lit_convnext.text import preview
@@ -22,10 +23,11 @@ from lit_convnext.text import preview
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Image files with their class indices (``None``: unlabelled, good for calibration only)."""
+    """Image files with their class indices, or (multi-label) one multi-hot row per image (``None``: unlabelled,
+    good for calibration only)."""
 
     paths: list[Path]
-    targets: list[int] | None
+    targets: list[int] | list[list[float]] | None
     #: Where they came from, for messages and the report.
     source: str
 
@@ -74,15 +76,17 @@ def validation_images(ckpt_path: Path, class_names: list[str]) -> ImageSet:
     keys = set(inspect.signature(ImageFolderDataModule).parameters) - {"augmentation", "predict_dir"}
     module = ImageFolderDataModule(**{k: v for k, v in data.items() if k in keys})
     splits = module.splits
-    if module.task == "multilabel":
-        raise UserError("checking a multi-label export on labelled images is not supported yet: pass --check_dir "
-                        "with single-label class folders, or export to .onnx/.safetensors without --int8")
+    source = f"the run's validation images ({data.get('root') or data.get('labels')})"
     index = {name: i for i, name in enumerate(class_names)}
+    if module.task == "multilabel":
+        if not splits.val or any(name not in index for sample in splits.val for name in sample_labels(sample)):
+            raise UserError(f"the validation images of {config_path} do not match the checkpoint's classes; "
+                            "export the checkpoint from the run folder it was trained in")
+        return ImageSet([s.path for s in splits.val], multi_hot(splits.val, class_names).tolist(), source)
     if not splits.val or any(sample.class_name not in index for sample in splits.val):
         raise UserError(f"the validation images of {config_path} do not match the checkpoint's classes: pass "
                         "--check_dir with images in class sub-folders")
-    return ImageSet([s.path for s in splits.val], [index[s.class_name] for s in splits.val],
-                    f"the run's validation images ({data.get('root') or data.get('labels')})")
+    return ImageSet([s.path for s in splits.val], [index[s.class_name] for s in splits.val], source)
 
 
 def load_tensors(images: ImageSet, preprocessing: dict[str, Any]) -> torch.Tensor:

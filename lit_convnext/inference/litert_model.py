@@ -26,21 +26,52 @@ METADATA_NAME = "lit_convnext"
 
 def build(net: nn.Module, output: Path, card: ModelCard, version: str,
           calibration: torch.Tensor | None = None) -> None:
-    """Write ``net`` (temperature applied, dynamic batch) to ``output`` as LiteRT with the card in its metadata."""
+    """Write ``net`` (temperature applied, one image per call) to ``output`` as LiteRT with the card in its metadata;
+    with ``calibration`` images, quantized to INT8 (:func:`quantize`)."""
     import litert_torch
 
     from lit_convnext.inference.onnx_export import Calibrated
 
-    if calibration is not None:
-        # litert-torch 0.10's PT2E route kept float weights (same file size, no INT8 kernels) in our trial.
-        raise UserError("INT8 .tflite export is not supported yet: export --int8 to .onnx or .xml, or export "
-                        ".tflite without --int8")
     model = Calibrated(net.float().eval(), card.temperature).eval()
     channels, height, width = card.preprocessing["input_size"]
     example = torch.randn(1, channels, height, width, generator=torch.Generator().manual_seed(0))
     edge = litert_torch.convert(model, (example,))
     edge.export(str(output))
+    # The card goes in first: the quantizer keeps metadata, while re-packing its output (weights stored after the
+    # flatbuffer at offsets) would break the file.
     write_metadata(Path(output), card.to_props(version))
+    if calibration is not None:
+        quantize(Path(output), calibration)
+
+
+def quantize(path: Path, images: torch.Tensor) -> None:
+    """Replace the float ``.tflite`` at ``path`` by its INT8 version: AI Edge Quantizer's static recipe (INT8
+    weights and activations, min/max ranges calibrated on ``images``), so XNNPACK runs INT8 kernels.
+
+    (litert-torch 0.10's own PT2E route kept float weights in our trial; the quantizer works on the converted file.)
+    The recipe also makes the graph's input and output INT8: :func:`open_runner` (de)quantizes them with the
+    scale and zero point stored in the file.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+
+    signature, inputs = next(iter(Interpreter(model_path=str(path)).get_signature_list().items()))
+    name = inputs["inputs"][0]
+    data = {signature: [{name: images[i:i + 1].numpy()} for i in range(len(images))]}
+    tool = quantizer.Quantizer(str(path), recipe.static_wi8_ai8())
+    # torch's thread count: the quantizer's default (16 threads) oversubscribes small CPUs.
+    ranges = tool.calibrate(data, num_threads=max(1, torch.get_num_threads()))
+    partial = path.with_name(f".{path.name}.int8")
+    tool.quantize(ranges, enable_progress_report=False).export_model(str(partial), overwrite=True)
+    try:  # the quantizer can write a file LiteRT refuses (convnext_tiny with ai-edge-quantizer 0.10: docs)
+        Interpreter(model_path=str(partial)).allocate_tensors()
+    except ValueError as err:
+        from importlib.metadata import version
+
+        raise UserError(f"ai-edge-quantizer {version('ai-edge-quantizer')} wrote an INT8 .tflite that LiteRT cannot "
+                        f"load ({str(err).splitlines()[0][:160]}); export --int8 to .onnx or .xml, or .tflite "
+                        "without --int8") from err
+    os.replace(partial, path)
 
 
 def write_metadata(path: Path, props: dict[str, str]) -> None:
@@ -95,14 +126,21 @@ def open_runner(path: Path, device: str = "cpu", threads: int | None = None) -> 
         interpreter.allocate_tensors()
     except ValueError as err:
         raise UserError(f"cannot load LiteRT model {path}: {str(err).splitlines()[0]}") from err
-    source, target = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    # An INT8 file (see quantize) takes and gives INT8 tensors: scale and zero point are in the file.
+    in_scale, in_zero = source["quantization"] if source["dtype"] == np.int8 else (0.0, 0)
+    out_scale, out_zero = target["quantization"] if target["dtype"] == np.int8 else (0.0, 0)
 
     def run(images: np.ndarray) -> np.ndarray:
         logits = []
         for image in images:  # the graph takes one image (see the module docstring)
-            interpreter.set_tensor(source, np.ascontiguousarray(image[None]))
+            image = image[None]
+            if in_scale:
+                image = np.clip(np.round(image / in_scale) + in_zero, -128, 127).astype(np.int8)
+            interpreter.set_tensor(source["index"], np.ascontiguousarray(image))
             interpreter.invoke()
-            logits.append(interpreter.get_tensor(target)[0].copy())
+            out = interpreter.get_tensor(target["index"])[0]
+            logits.append((out.astype(np.float32) - out_zero) * out_scale if out_scale else out.copy())
         return np.stack(logits)
 
     return run, card
