@@ -18,8 +18,10 @@ was saved with: a run resumes with the same ``--data.num_workers``.)
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,8 +108,19 @@ class SeededSamples(Dataset):
 
 
 def ignore_sigterm(worker_id: int) -> None:
-    """Loader workers (training and evaluation) ignore SIGTERM: a cloud's pre-emption or SLURM's time limit sends
-    it to every process of the job, and a worker that died of it would end the run with a DataLoader error before
-    the main process saved ``last.ckpt``. The workers still end with the main process (the loader stops them; they
-    also watch it)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Loader workers (training and evaluation) outlive a SIGTERM sent to the whole job: a cloud's pre-emption or
+    SLURM's time limit sends it to every process, and a worker that died of it would end the run with a DataLoader
+    error before the main process saved ``last.ckpt``. A SIGTERM from the worker's own parent still ends it: that is
+    how the loader, and Python's exit, stop a worker that does not stop by itself (a worker that ignored it would
+    hang its parent's exit). The signal is blocked and a thread reads who sent each one (``sigwaitinfo``)."""
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # inherited by the thread below
+    threading.Thread(target=_end_on_parents_sigterm, args=(parent,), name="sigterm-from-parent", daemon=True).start()
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    """Exit (status 0: stopped as asked, which the loader's watch of its workers does not report as a failure) when
+    ``parent`` sends SIGTERM; a SIGTERM from anyone else is dropped."""
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)

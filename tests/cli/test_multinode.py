@@ -239,6 +239,14 @@ def clean_launch_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for name in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_", "MASTER_", "KUBERNETES_"))]:
         monkeypatch.delenv(name)
     monkeypatch.delenv("NODE_RANK", raising=False)
+    # A Trainer made here for rank 1 sets Lightning's process-wide rank_zero_only.rank to 1: put it back after the
+    # test, or every later test's rank_zero_info lines and CSV logs would be silenced as a rank 1's are.
+    from lightning.fabric.utilities import rank_zero as fabric_rank_zero
+    from lightning.pytorch.utilities import rank_zero as pytorch_rank_zero
+    from lightning_utilities.core import rank_zero as utilities_rank_zero
+
+    for module in (fabric_rank_zero, pytorch_rank_zero, utilities_rank_zero):
+        monkeypatch.setattr(module.rank_zero_only, "rank", getattr(module.rank_zero_only, "rank", 0))
     return monkeypatch
 
 

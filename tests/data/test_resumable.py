@@ -100,3 +100,34 @@ def test_the_tally_of_a_checkpoint_inside_an_epoch_is_restored() -> None:
     assert restored.take_epoch_loss() == pytest.approx(tally.take_epoch_loss().item()) == 1.5
     logits, targets = restored.take_logits()
     assert logits.shape == (4, 3) and targets.shape == (4,)
+
+
+WORKER_SIGTERM = """
+import os, signal, subprocess, sys, time
+import torch
+from torch.utils.data import DataLoader
+from lit_convnext.data.resumable import ignore_sigterm
+loader = DataLoader(list(range(64)), batch_size=2, num_workers=2, worker_init_fn=ignore_sigterm)
+batches = iter(loader)
+next(batches)
+time.sleep(1)  # both workers set up
+pids = [str(w.pid) for w in batches._workers]
+subprocess.run(["kill", "-TERM", *pids], check=True)  # a SIGTERM from another process: the job's, a cloud's
+time.sleep(1)
+print("after a job-wide SIGTERM:", next(batches).tolist(), flush=True)
+# Exiting with the iterator alive: Python stops the loader's workers with a SIGTERM of their parent's.
+"""
+
+
+@pytest.mark.slow  # two processes with loader workers, about 5 s
+def test_loader_workers_outlive_a_job_wide_sigterm_but_not_their_parents(tmp_path) -> None:
+    """A pre-emption's SIGTERM to every process leaves the workers loading until ``last.ckpt`` is saved; the parent's
+    own SIGTERM (how a loader, and Python's exit, stop a worker) still ends them: the parent's exit does not hang."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WORKER_SIGTERM], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "after a job-wide SIGTERM: [2, 3]" in done.stdout
+    assert "exited unexpectedly" not in done.stderr and "killed by signal" not in done.stderr
