@@ -35,6 +35,7 @@ def _metric_reads(image_root: Path, monkeypatch: pytest.MonkeyPatch, refresh_rat
     return len(reads)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the quick tier
 def test_training_metrics_are_read_at_the_redraws_not_every_batch(image_root: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     every_batch = _metric_reads(image_root, monkeypatch, 1)

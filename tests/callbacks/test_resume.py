@@ -160,6 +160,7 @@ def test_ckpt_path_last_without_a_previous_run_says_so(capsys, image_root: Path)
     assert "no run under runs/convnext has checkpoints/last.ckpt" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a few seconds: kept out of the quick tier
 def test_runs_without_a_logger_get_a_directory_each_and_last_resumes_the_newest(image_root: Path,
                                                                                tmp_path: Path) -> None:
     """``--trainer.logger false`` twice into one root stopped at the first run's config.yaml (Lightning's

@@ -76,6 +76,7 @@ def test_validate_and_test_use_the_checkpoint(fitted: dict[str, Path], capsys: p
     assert not noise
 
 
+@pytest.mark.slow  # a few seconds: kept out of the quick tier
 def test_a_small_fit_and_its_resume_get_no_lightning_advice_that_does_not_apply(
         image_root: Path, recwarn: pytest.WarningsRecorder) -> None:
     """24 images make 3 batches, fewer than the 10-step log interval (the app logs per epoch too), and a

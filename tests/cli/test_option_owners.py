@@ -99,6 +99,7 @@ def test_a_python_model_given_an_odd_mixup_batch_is_refused_at_construction() ->
         _tiny(cutmix_alpha=1.0, batch_size=5)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the quick tier
 def test_evaluating_a_mixup_checkpoint_takes_any_batch_size(image_root: Path) -> None:
     """The rule is about training: validate and predict of a Mixup-trained model run at an odd batch size."""
     main(fit_args(image_root, "--model.mixup_alpha", "0.8", "--data.batch_size", "4",

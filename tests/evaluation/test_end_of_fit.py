@@ -100,6 +100,7 @@ def _assert_fit_wrote_what_validating_the_best_gives(root: Path) -> None:
         assert float(mine["probability_1"]) == pytest.approx(float(theirs["probability_1"]), abs=1e-4)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the quick tier
 def test_best_checkpoint_from_an_earlier_epoch_is_not_validated_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The logits of the validation the best checkpoint was saved from are kept, not only the last ones."""

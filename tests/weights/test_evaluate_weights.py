@@ -19,6 +19,7 @@ def _evaluate(command: str, root: Path, weights: Path | str) -> list[str]:
     return [command, "--data.root", str(root), "--model.pretrained", str(weights), *EVAL]
 
 
+@pytest.mark.slow  # a few seconds: kept out of the quick tier
 def test_validate_and_test_take_a_checkpoint_or_an_export(fitted: dict[str, Path], tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     export(fitted["best"], tmp_path / "weights.safetensors")
