@@ -151,7 +151,7 @@ def test_a_distilled_run_reports_its_teacher_and_its_checkpoint_needs_no_teacher
 CLOSE_COLOURS = {"a": (120, 100, 100), "b": (100, 120, 100), "c": (100, 100, 120)}
 
 
-@pytest.mark.slow  # three fits, the teacher's three epochs on 72 images (~25 s)
+@pytest.mark.slow  # seven small fits (~20-60 s)
 def test_a_student_distilled_from_a_stronger_checkpoint_agrees_with_it_more_and_is_as_accurate(
         tmp_path: Path) -> None:
     from lit_convnext import load_predictor
@@ -164,26 +164,35 @@ def test_a_student_distilled_from_a_stronger_checkpoint_agrees_with_it_more_and_
     make_folder(few / "train", 4, CLOSE_COLOURS, seed=2000)
     unlabeled = make_folder(tmp_path / "unlabeled", 30, CLOSE_COLOURS, seed=3000)
     held_out = make_folder(tmp_path / "held_out", 30, CLOSE_COLOURS, seed=7000)
-    recipe = ["--seed_everything", "0", "--model.lr", "0.1", "--model.warmup_epochs", "0",
-              "--model.layer_decay", "null", "--evaluation.enabled", "false", "--class_report.enabled", "false"]
+    recipe = ["--model.lr", "0.1", "--model.warmup_epochs", "0", "--model.layer_decay", "null",
+              "--evaluation.enabled", "false", "--class_report.enabled", "false"]
 
-    def fit(root: Path, name: str, epochs: int, *extra: str) -> Path:
+    def fit(root: Path, name: str, epochs: int, seed: int, *extra: str) -> Path:
         main(["fit", "--data.root", str(root), "--trainer.max_epochs", str(epochs), *FAST, *recipe,
-              "--trainer.default_root_dir", name, *extra])
+              "--seed_everything", str(seed), "--trainer.default_root_dir", name, *extra])
         return Path(name, "convnext", "version_0", "checkpoints", "last.ckpt")
 
-    teacher = fit(many, "teacher", 3)  # the stronger model: more images, longer
-    alone = fit(few, "alone", 2)
-    distilled = fit(few, "distilled", 2, "--model.teacher", str(teacher), "--data.unlabeled_root", str(unlabeled))
-
+    teacher = fit(many, "teacher", 3, 0)  # the stronger model: more images, longer
     images = sorted(held_out.rglob("*.png"))
     truth = [path.parent.name for path in images]
-    labels = {name: [p.label for p in load_predictor(path).predict(images)]
-              for name, path in (("teacher", teacher), ("alone", alone), ("distilled", distilled))}
+
+    def labels(checkpoint: Path) -> list[str | None]:
+        return [p.label for p in load_predictor(checkpoint).predict(images)]
 
     def share(a: list[str | None], b: list[str | None]) -> float:
         return sum(x == y for x, y in zip(a, b)) / len(a)
 
-    assert share(labels["teacher"], truth) > 0.9  # the teacher is strong
-    assert share(labels["distilled"], labels["teacher"]) > share(labels["alone"], labels["teacher"])
-    assert share(labels["distilled"], truth) >= share(labels["alone"], truth)
+    taught = labels(teacher)
+    assert share(taught, truth) > 0.9  # the teacher is strong
+    # Two epochs on 4 images a class: one seed's run can end with a class lost, with or without a teacher (measured
+    # 0.67-1.0), so the comparison is of the mean over three seeds.
+    agreement, accuracy = {"alone": [], "distilled": []}, {"alone": [], "distilled": []}
+    for seed in (0, 1, 2):
+        for name, extra in (("alone", ()), ("distilled", ("--model.teacher", str(teacher), "--data.unlabeled_root",
+                                                           str(unlabeled)))):
+            predicted = labels(fit(few, f"{name}{seed}", 2, seed, *extra))
+            agreement[name].append(share(predicted, taught))
+            accuracy[name].append(share(predicted, truth))
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    assert mean(agreement["distilled"]) > mean(agreement["alone"]), agreement
+    assert mean(accuracy["distilled"]) >= mean(accuracy["alone"]), accuracy
