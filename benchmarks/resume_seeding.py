@@ -15,10 +15,12 @@ import statistics
 import time
 
 import photos  # noqa: F401  (puts the repository on sys.path)
+import timm
 from PIL import Image
 
 from lit_convnext.data.resumable import derive_seed, seeded_random
 from lit_convnext.data.transforms import TrainAugmentation, build_train_transform
+from lit_convnext.model.classifier import resolve_preprocessing
 
 
 def per_image_ms(transform, image: Image.Image, count: int, seeded: bool) -> float:  # noqa: ANN001
@@ -34,13 +36,13 @@ def per_image_ms(transform, image: Image.Image, count: int, seeded: bool) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="convnext_atto", help="timm model whose preprocessing is used")
     parser.add_argument("--size", type=int, default=224, help="training image size")
     parser.add_argument("--count", type=int, default=200, help="images per timing")
     parser.add_argument("--rounds", type=int, default=7, help="paired timings; the medians are printed")
     args = parser.parse_args()
-    preprocessing = {"input_size": (3, args.size, args.size), "interpolation": "bicubic",
-                     "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.875,
-                     "crop_mode": "center"}
+    # The preprocessing the app would use: timm's pretrained config of the model (no weights needed for it).
+    preprocessing = resolve_preprocessing(timm.create_model(args.model, pretrained=False), args.size, None)
     transform = build_train_transform(preprocessing, TrainAugmentation().for_task("multiclass")[0])
     image = Image.new("RGB", (args.size * 2, args.size * 2), (120, 80, 200))
     plain, seeded = [], []

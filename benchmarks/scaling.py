@@ -45,6 +45,8 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from doctor import NAIVE  # benchmarks/doctor.py's naive loop: the same baseline at every size
+
 CLASSES = 10
 DISTINCT = 300  # pictures encoded; each file is one of them with its own text chunk
 PIXELS = 16
@@ -54,16 +56,6 @@ OPERATIONS = ("scan", "check, first run", "check, cached", "naive loop (1 proces
 #: Cases that load the model: their forward pass over a million images would take hours on two cores.
 MODEL_CASES = ("predict", "end-of-fit analysis")
 
-NAIVE = """
-import hashlib, sys
-from pathlib import Path
-from PIL import Image
-for path in sorted(Path(sys.argv[1]).rglob("*.png")):
-    data = path.read_bytes()
-    hashlib.blake2b(data, digest_size=16).hexdigest()
-    with Image.open(path) as img:
-        img.verify()
-"""
 
 
 # ------------------------------------------------------------------------------------------------ folders

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
 import signal
 import socket
 import statistics
@@ -27,8 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,19 +36,8 @@ from inference import check_folder, make_checkpoint
 from photos import REPO, photo_like
 
 from lit_convnext.commands.export import export
-from tests.bad_corpus import bad_uploads, send_upload
+from tests.bad_corpus import READY, bad_uploads, health, send_upload
 
-READY = re.compile(r"model worker ready on \S+ \(pid (\d+)\)")
-
-
-def health(url: str) -> int | str:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError as err:
-        return type(err).__name__
 
 
 def load(url: str, jobs: list[tuple[bytes | None, str]], concurrency: int) -> dict:

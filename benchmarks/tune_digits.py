@@ -25,17 +25,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(args: list[str], cwd: Path) -> float:
+def run(args: list[str], cwd: Path, log: Path | None = None) -> float:
+    """Seconds one ``lit-convnext`` command takes (one torch thread unless OMP_NUM_THREADS says), its output in
+    ``log`` (or dropped)."""
     started = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    subprocess.run([sys.executable, "-m", "lit_convnext", *args], cwd=cwd, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("w") if log is not None else open(os.devnull, "w") as out:
+        subprocess.run([sys.executable, "-m", "lit_convnext", *args], cwd=cwd, env=env, check=True, stdout=out,
+                       stderr=subprocess.STDOUT)
     return time.perf_counter() - started
 
 
-def best_score(run_dir: Path) -> float:
+def best_score(run_dir: Path, metric: str = "acc") -> float:
+    """The best checkpoint's score, read from its name (``best-epoch003-acc0.9472.ckpt``)."""
     names = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
-    return float(names[-1].stem.rsplit("acc", 1)[1])
+    return float(names[-1].stem.rsplit(metric, 1)[1])
 
 
 def main() -> None:

@@ -15,30 +15,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run(args: list[str], cwd: Path, log: Path) -> float:
-    started = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    with log.open("w") as out:
-        subprocess.run([sys.executable, "-m", "lit_convnext", *args], cwd=cwd, env=env, check=True, stdout=out,
-                       stderr=subprocess.STDOUT)
-    return time.perf_counter() - started
-
-
-def best_score(run_dir: Path) -> float:
-    names = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
-    return float(names[-1].stem.rsplit("map", 1)[1])
+from tune_digits import REPO, best_score, run  # run as python benchmarks/tune_multilabel.py
 
 
 def main() -> None:
@@ -60,7 +43,7 @@ def main() -> None:
            "--model.image_size", str(options.image_size), "--trainer.max_epochs", str(options.epochs),
            "--progress_bar.refresh_rate", "0", "--data.num_workers", "0", "--trainer.logger", "false"]
     recipe_seconds = run(["fit", *fit, "--trainer.default_root_dir", "recipe"], work, work / "recipe.log")
-    recipe = best_score(next((work / "recipe").glob("version_*")))
+    recipe = best_score(next((work / "recipe").glob("version_*")), "map")
     print(f"default recipe: val/map {recipe:.4f} in {recipe_seconds / 60:.1f} min", flush=True)
     tune_seconds = run(["tune", *fit, "--trainer.default_root_dir", "runs", "--tune.trials", str(options.trials)],
                        work, work / "tune.log")

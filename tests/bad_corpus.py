@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import struct
 import urllib.error
@@ -267,3 +268,18 @@ def send_upload(url: str, body: bytes | None, field: str = "image", timeout: flo
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"null")
+
+
+#: The line each model worker of ``lit-convnext serve`` logs when it is ready (its pid: a replaced worker has another).
+READY = re.compile(r"model worker ready on \S+ \(pid (\d+)\)")
+
+
+def health(url: str) -> int | str:
+    """``/health``'s status code, or the name of the error when nothing answered."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError as err:
+        return type(err).__name__

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,23 +24,12 @@ import pytest
 from PIL import Image
 
 import lit_convnext
-from tests.bad_corpus import bad_uploads, send_upload
+from tests.bad_corpus import READY, bad_uploads, health, send_upload
 from tests.helpers import REPO
 from tests.inference.test_serve import STARTUP_S, _free_port
 
 CLIENTS = 32
 TIMEOUT_S = 8  # the server's --timeout: no request may wait longer for its answer
-READY = re.compile(r"model worker ready on \S+ \(pid (\d+)\)")
-
-
-def _health(url: str) -> int | str:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError as err:
-        return type(err).__name__
 
 
 def _worker_pids(log: Path) -> list[int]:
@@ -63,7 +49,7 @@ def server(fitted: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_S
-        while _health(url) != 200:
+        while health(url) != 200:
             assert process.poll() is None, f"server exited early:\n{log_path.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"server not up after {STARTUP_S} s:\n{log_path.read_text()[-3000:]}"
             time.sleep(1)
@@ -152,15 +138,15 @@ def test_a_killed_model_worker_is_replaced_and_no_request_hangs(server: dict, up
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(CLIENTS)]
     for thread in threads:
         thread.start()
-    health: list[int | str] = []
+    health_seen: list[int | str] = []
     try:
         time.sleep(2)
         os.kill(old_pid, signal.SIGKILL)
         deadline = time.monotonic() + STARTUP_S
-        while not (len(_worker_pids(server["log"])) == 2 and health[-1:] == [200]):
+        while not (len(_worker_pids(server["log"])) == 2 and health_seen[-1:] == [200]):
             assert time.monotonic() < deadline, f"no new worker:\n{server['log'].read_text()[-3000:]}"
             assert server["process"].poll() is None, f"server exited:\n{server['log'].read_text()[-3000:]}"
-            health.append(_health(server["url"]))
+            health_seen.append(health(server["url"]))
             time.sleep(0.5)
         time.sleep(2)  # load on the new worker
     finally:
@@ -172,7 +158,7 @@ def test_a_killed_model_worker_is_replaced_and_no_request_hangs(server: dict, up
     assert set(statuses) <= {200, 400, 413, 504}, statuses  # no dropped connection, no client timeout, no 500
     assert max(seconds for *_, seconds in results) < TIMEOUT_S + 10, statuses
     assert statuses[504] > 0  # the requests the killed worker held (answered by the deadline, not hanging)
-    assert 503 in health and health[-1] == 200, health
+    assert 503 in health_seen and health_seen[-1] == 200, health_seen
     assert _worker_pids(server["log"])[-1] != old_pid
     assert server["process"].poll() is None  # replaced, not exited
     payload, expected = uploads["good"][0]

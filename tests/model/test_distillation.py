@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from lit_convnext.errors import UserError
 from lit_convnext.model.classifier import ConvNeXtClassifier
@@ -20,7 +21,8 @@ from tests.helpers import FAST, TINY_MODEL, fit_args, make_folder, one_line_erro
 
 CLASSES = ["blue", "green", "red"]  # the folder's classes of tests.helpers.make_folder, in folder order
 #: What load_teacher reads of the student's preprocessing (ImageNet's, as convnext_atto's).
-PREPROCESSING = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+#: A student's preprocessing: timm's ImageNet normalisation (convnext_atto's pretrained config).
+PREPROCESSING = {"mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD)}
 
 
 def student(classes: list[str] = CLASSES) -> ConvNeXtClassifier:
@@ -71,7 +73,7 @@ def test_the_loss_blends_the_task_loss_with_the_teachers_term_on_labelled_and_un
 
 def test_a_teacher_normalised_otherwise_gets_the_students_batch_renormalised() -> None:
     net = timm.create_model(TINY_MODEL, pretrained=False, num_classes=3).eval()
-    student_mean, student_std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    student_mean, student_std = PREPROCESSING["mean"], PREPROCESSING["std"]
     teacher_mean, teacher_std = [0.481, 0.458, 0.408], [0.269, 0.261, 0.276]  # CLIP's
     pixels = torch.rand(2, 3, 32, 32)
     as_student = (pixels - torch.tensor(student_mean).view(1, 3, 1, 1)) / torch.tensor(student_std).view(1, 3, 1, 1)

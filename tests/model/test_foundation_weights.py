@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN
 
 from tests.helpers import make_folder
 from tests.model.test_hub_weights import run_python, write_hub_repo
 
 FAMILIES = {
     # tag: (the hub file's classifier rows, the mean the tag's pretrained config gives)
-    "convnext_base.dinov3_lvd1689m": (None, [0.485, 0.456, 0.406]),
+    "convnext_base.dinov3_lvd1689m": (None, list(IMAGENET_DEFAULT_MEAN)),
     "convnext_base.clip_laion2b_augreg": (640, [0.48145466, 0.4578275, 0.40821073]),
 }
 
