@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from PIL import Image
 
 import lit_convnext
 from lit_convnext.inference.client import post_image
-from tests.bad_corpus import BAD, write_awkward_files, write_bad_files, write_warned_files
+from tests.bad_corpus import BAD, health, write_awkward_files, write_bad_files, write_warned_files
 from tests.helpers import REPO, one_line_error
 
 STARTUP_S = 240  # generous: the machine may be busy; a healthy start is ~30 s
@@ -37,37 +38,39 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(fitted: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    base = tmp_path_factory.mktemp("serve")
+@contextmanager
+def serve_process(options: list[str], log_path: Path, env: dict[str, str] | None = None
+                  ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``lit-convnext serve OPTIONS`` on a free port of 127.0.0.1, its URL and process once ``/health`` says 200;
+    stopped with its workers (one process group) when the block ends."""
     port = _free_port()
-    log_path = base / "server.log"
-    command = [sys.executable, "-m", "lit_convnext", "serve", "--ckpt_path", str(fitted["best"]), "--port", str(port),
-               "--accelerator", "cpu", "--max_batch_size", "4", "--batch_timeout", "0.3", "--top_k", "2",
-               "--max_megapixels", "1", "--max_upload_mb", "0.5"]
     with log_path.open("w") as log:  # the child keeps its own handle
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen([sys.executable, "-m", "lit_convnext", "serve", *options, "--port", str(port)],
+                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_S
-        while True:
+        while health(url) != 200:
             assert process.poll() is None, f"server exited early:\n{log_path.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
             assert time.monotonic() < deadline, f"server not up after {STARTUP_S} s:\n{log_path.read_text()[-3000:]}"
             time.sleep(1)
-        yield {"url": url, "log": log_path, "ckpt": fitted["best"], "root": fitted["root"]}
+        yield url, process
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # the HTTP and model workers are in the same process group
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(fitted: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    with serve_process(["--ckpt_path", str(fitted["best"]), "--accelerator", "cpu", "--max_batch_size", "4",
+                        "--batch_timeout", "0.3", "--top_k", "2", "--max_megapixels", "1", "--max_upload_mb", "0.5"],
+                       log_path) as (url, _):
+        yield {"url": url, "log": log_path, "ckpt": fitted["best"], "root": fitted["root"]}
 
 
 def _png(size: tuple[int, int], mode: str = "RGB") -> bytes:

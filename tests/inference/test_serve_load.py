@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -25,8 +23,7 @@ from PIL import Image
 
 import lit_convnext
 from tests.bad_corpus import READY, bad_uploads, health, send_upload
-from tests.helpers import REPO
-from tests.inference.test_serve import STARTUP_S, _free_port
+from tests.inference.test_serve import STARTUP_S, serve_process
 
 CLIENTS = 32
 TIMEOUT_S = 8  # the server's --timeout: no request may wait longer for its answer
@@ -38,29 +35,11 @@ def _worker_pids(log: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def server(fitted: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    base = tmp_path_factory.mktemp("serve-load")
-    port, log_path = _free_port(), base / "server.log"
-    command = [sys.executable, "-m", "lit_convnext", "serve", "--ckpt_path", str(fitted["best"]), "--port", str(port),
-               "--accelerator", "cpu", "--max_batch_size", "8", "--top_k", "2", "--max_megapixels", "1",
-               "--max_upload_mb", "0.5", "--timeout", str(TIMEOUT_S)]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while health(url) != 200:
-            assert process.poll() is None, f"server exited early:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"server not up after {STARTUP_S} s:\n{log_path.read_text()[-3000:]}"
-            time.sleep(1)
+    log_path = tmp_path_factory.mktemp("serve-load") / "server.log"
+    with serve_process(["--ckpt_path", str(fitted["best"]), "--accelerator", "cpu", "--max_batch_size", "8",
+                        "--top_k", "2", "--max_megapixels", "1", "--max_upload_mb", "0.5", "--timeout", str(TIMEOUT_S)],
+                       log_path, env={**os.environ, "OMP_NUM_THREADS": "1"}) as (url, process):
         yield {"url": url, "log": log_path, "process": process, "ckpt": fitted["best"], "root": fitted["root"]}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the HTTP and model workers are in the same process group
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
