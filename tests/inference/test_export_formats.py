@@ -22,6 +22,21 @@ needs_litert = pytest.mark.skipif(importlib.util.find_spec("litert_torch") is No
                                          "(it pins older pydantic than the test extra allows)")
 
 
+def exports_lose(monkeypatch: pytest.MonkeyPatch, metric: str, points: float) -> None:
+    """Every exported file's row scores ``points`` less in ``metric`` than the checkpoint's: the refusal rule is
+    tested whatever the quantizer did."""
+    real = verify.make_row
+
+    def worse(model: str, *args: object) -> verify.Row:
+        row = real(model, *args)
+        if model != "PyTorch checkpoint":
+            setattr(row, metric, getattr(row, metric) - points)
+        return row
+
+    monkeypatch.setattr(verify, "make_row", worse)
+
+
+
 def test_unknown_suffix_lists_every_supported_format(fitted: dict[str, Path], tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     line = one_line_error(capsys, ["export", str(fitted["best"]), str(tmp_path / "model.pt")])
@@ -115,15 +130,7 @@ def test_int8_onnx_is_checked_and_refused_beyond_the_allowed_drop(fitted: dict[s
     report = json.loads((tmp_path / verify.REPORT_NAME).read_text())
     assert report["calibration_count"] == 12 and report["rows"][1]["model"] == "ONNX INT8"
     # A model that loses 5 points must not be written, whatever the quantizer did.
-    real = verify.make_row
-
-    def worse(model: str, *args: object) -> verify.Row:
-        row = real(model, *args)
-        if model != "PyTorch checkpoint":
-            row.top1 -= 5.0
-        return row
-
-    monkeypatch.setattr(verify, "make_row", worse)
+    exports_lose(monkeypatch, "top1", 5.0)
     refused = tmp_path / "refused" / "q.onnx"
     with pytest.raises(UserError, match="not written: top-1 5.00 points lower > --max_accuracy_drop 1"):
         export(fitted["best"], refused, int8=True)
@@ -237,15 +244,7 @@ def test_multilabel_exports_are_checked_on_the_runs_label_file_by_map(multilabel
     # INT8 is held to the same rule in mAP: an export losing 5 points of it is not written.
     export(multilabel_fitted, tmp_path / "q" / "q.onnx", int8=True)
     assert json.loads((tmp_path / "q" / verify.REPORT_NAME).read_text())["rows"][1]["map"] is not None
-    real = verify.make_row
-
-    def worse(model: str, *args: object) -> verify.Row:
-        row = real(model, *args)
-        if model != "PyTorch checkpoint":
-            row.map -= 5.0
-        return row
-
-    monkeypatch.setattr(verify, "make_row", worse)
+    exports_lose(monkeypatch, "map", 5.0)
     refused = tmp_path / "refused" / "q.onnx"
     with pytest.raises(UserError, match="not written: mAP 5.00 points lower > --max_accuracy_drop 1"):
         export(multilabel_fitted, refused, int8=True)
