@@ -78,7 +78,7 @@ def plot(path: Path, sources: tuple[str, ...], rates: dict[tuple[str, str], list
         ax.bar_label(bars, fmt="%.0f", padding=3, fontsize=8)
     ax.set_yticks(range(len(sources)), sources)
     ax.invert_yaxis()
-    ax.set_xlabel("training images / s (median)")
+    ax.set_xlabel("images / s through the loader (median)")
     ax.set_title(title, fontsize=10)
     ax.margins(x=0.12)  # room for the labels
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
