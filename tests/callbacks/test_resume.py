@@ -202,6 +202,7 @@ def test_last_ckpt_holds_the_latest_epoch_when_the_best_does_not_improve(image_r
     assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 12
 
 
+@pytest.mark.slow
 def test_last_ckpt_is_a_hard_link_to_a_best_checkpoint_of_the_same_step(image_root: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Monitoring ``epoch`` in ``max`` mode, every epoch is a new best: each epoch's last.ckpt is that best file

@@ -224,6 +224,7 @@ def test_an_error_inside_a_loader_worker_reaches_the_user_as_one_line(image_root
     assert str(broken) in line
 
 
+@pytest.mark.slow
 def test_adamw_runs_fused_and_unfused_where_lightning_clips_mixed_precision_gradients(
         image_root: Path, recwarn: pytest.WarningsRecorder) -> None:
     """Lightning refuses gradient clipping with a fused optimizer under mixed precision (the fused step unscales the

@@ -43,12 +43,14 @@ def test_split_manifest_and_load_report_follow_default_root_dir(tmp_path: Path) 
     assert not Path("runs").exists()
 
 
+@pytest.mark.slow
 def test_an_explicit_logger_save_dir_wins(image_root: Path, tmp_path: Path) -> None:
     main(fit_args(image_root, "--trainer.default_root_dir", str(tmp_path / "root"),
                   "--trainer.logger.save_dir", str(tmp_path / "logs"), *FIT_LIMITS))
     assert (tmp_path / "logs" / "convnext" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", ["logger", "enable_checkpointing", "enable_progress_bar", "enable_model_summary"])
 def test_switching_a_default_off_never_crashes(switch: str, fitted: dict[str, Path], tmp_path: Path) -> None:
     off = [f"--trainer.{switch}", "false"]

@@ -222,6 +222,7 @@ def test_multilabel_fit_stores_thresholds_and_predict_applies_them(multilabel_fi
     assert model.decision_thresholds().tolist() == [0.25] * 3
 
 
+@pytest.mark.slow
 def test_validate_threshold_override_changes_f1_not_map(multilabel_file: Path) -> None:
     main(["fit", "--data.labels", str(multilabel_file), "--trainer.max_epochs", "1", *FAST])
     ckpt = "runs/convnext/version_0/checkpoints/last.ckpt"

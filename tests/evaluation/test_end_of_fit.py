@@ -48,7 +48,7 @@ EMA = ["--data.batch_size", "4", "--trainer.callbacks+=lit_convnext.callbacks.em
        "--trainer.callbacks.horizon", "0.5"]
 
 
-@pytest.mark.parametrize("extra", [[], EMA], ids=["raw", "ema"])
+@pytest.mark.parametrize("extra", [[], pytest.param(EMA, marks=pytest.mark.slow)], ids=["raw", "ema"])
 def test_best_checkpoint_from_the_last_validation_is_not_validated_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]) -> None:
     root = _folder(tmp_path)
