@@ -324,3 +324,28 @@ def test_a_time_interval_writes_last_ckpt_inside_the_first_epoch(image_root: Pat
     monkeypatch.setattr(EvaluationReport, "on_fit_end", lambda *_: None)
     main([*fit_args(image_root)[:-4], "--trainer.max_epochs", "1", "--checkpoint.train_time_interval", "0:00:00"])
     assert saved[:2] == [("last.ckpt", 1), ("last.ckpt", 2)]
+
+
+@pytest.mark.slow
+def test_a_ddp_run_killed_mid_epoch_resumes_to_the_same_weights(image_root: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two CPU processes under DDP, each with its loader workers, RandAugment, Mixup/CutMix and the EMA: SIGKILL to
+    the whole job at the step checkpoint inside the first epoch, then ``--ckpt_path last`` (both ranks restore the
+    loader's position from the one checkpoint): the final weights equal those of the job never interrupted."""
+    # 24 training images over 2 ranks in batches of 4: 3 steps an epoch, 6 in all; last.ckpt at step 2.
+    args = [*fit_args(image_root), *EXACT, "--data.batch_size", "4", "--trainer.devices", "2",
+            "--trainer.strategy", "ddp"]
+    kill_at_step(args, 2, tmp_path / "at_step_2")
+    resumed = start_fit([*args, "--ckpt_path", "last"])
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err.decode()[-3000:]
+    assert saved_step(LAST) == 6
+    resumed_weights = final_weights()
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reference").mkdir()
+    monkeypatch.chdir(tmp_path / "reference")
+    reference = start_fit(args)
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err.decode()[-3000:]
+    assert_same_weights(resumed_weights, final_weights())
