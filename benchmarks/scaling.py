@@ -338,9 +338,11 @@ def main() -> None:
                 args.json.write_text(json.dumps(results, indent=1))
     load = os.getloadavg()[0]
     cores = len(os.sched_getaffinity(0))
-    title = (f"{cores} shared CPU cores, {platform.machine()}, Python {platform.python_version()}, load average "
-             f"{load:.1f} at the end; medians of {args.rounds} runs")
-    print(title)
+    print(f"{cores} shared CPU cores, {platform.machine()}, Python {platform.python_version()}, load average "
+          f"{load:.1f} at the end; medians of {args.rounds} runs ({args.model_rounds} for predict and the analysis)")
+    # The plot draws every figure in --json, which may come from earlier runs on a machine loaded otherwise.
+    title = (f"{cores} shared CPU cores, {platform.machine()}, Python {platform.python_version()}; each point the "
+             f"median of its runs (figures from {'several runs' if args.json else 'this run'})")
     print(table(results))
     if args.plot:
         plot(results, args.plot, title)
