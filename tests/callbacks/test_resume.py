@@ -342,7 +342,6 @@ def test_a_ddp_run_killed_mid_epoch_resumes_to_the_same_weights(image_root: Path
     assert saved_step(LAST) == 6
     resumed_weights = final_weights()
 
-    monkeypatch.chdir(tmp_path)
     (tmp_path / "reference").mkdir()
     monkeypatch.chdir(tmp_path / "reference")
     reference = start_fit(args)
