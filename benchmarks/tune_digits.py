@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,31 @@ def best_score(run_dir: Path, metric: str = "acc") -> float:
     return float(names[-1].stem.rsplit(metric, 1)[1])
 
 
+@dataclass
+class Trials:
+    """A finished study's ``trials.csv``, summed up: which trials completed, were pruned or failed, the best, and
+    what pruning saved (an epoch's time from the complete trials, which run every epoch)."""
+
+    rows: list[dict[str, str]]
+    complete: list[dict[str, str]]
+    pruned: list[dict[str, str]]
+    failed: list[dict[str, str]]
+    best: dict[str, str]
+    epoch_s: float
+    saved_epochs: int
+    trial_epochs: int
+
+    @classmethod
+    def read(cls, study: Path, epochs: int) -> Trials:
+        rows = list(csv.DictReader((study / "trials.csv").open(encoding="utf-8")))
+        complete, pruned, failed = ([r for r in rows if r["state"] == state]
+                                    for state in ("COMPLETE", "PRUNED", "FAIL"))
+        return cls(rows, complete, pruned, failed, best=max(complete, key=lambda r: float(r["value"])),
+                   epoch_s=statistics.median(float(r["seconds"]) / int(r["epochs"]) for r in complete),
+                   saved_epochs=sum(epochs - int(r["epochs"]) for r in pruned),
+                   trial_epochs=sum(int(r["epochs"]) for r in rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
@@ -57,15 +83,9 @@ def main() -> None:
     tune_seconds = run(["tune", *fit, "--trainer.default_root_dir", "runs", "--tune.trials", str(options.trials)],
                        work)
     root = work / "runs" / "tune" / "study"
-    rows = list(csv.DictReader((root / "trials.csv").open(encoding="utf-8")))
-    complete = [r for r in rows if r["state"] == "COMPLETE"]
-    pruned = [r for r in rows if r["state"] == "PRUNED"]
-    failed = [r for r in rows if r["state"] == "FAIL"]
-    best = max(complete, key=lambda r: float(r["value"]))
-    # An epoch's time from the complete trials (each runs every epoch); a pruned trial saved the epochs it did not run.
-    epoch_s = statistics.median(float(r["seconds"]) / int(r["epochs"]) for r in complete)
-    saved_epochs = sum(options.epochs - int(r["epochs"]) for r in pruned)
-    trial_epochs = sum(int(r["epochs"]) for r in rows)
+    trials = Trials.read(root, options.epochs)
+    rows, complete, pruned, failed, best = trials.rows, trials.complete, trials.pruned, trials.failed, trials.best
+    epoch_s, saved_epochs, trial_epochs = trials.epoch_s, trials.saved_epochs, trials.trial_epochs
     print(f"digits, convnext_atto from scratch, {options.image_size} px, {options.epochs} epochs per run, "
           f"{options.trials} trials; 2 CPU cores shared with other jobs, one torch thread per process")
     print()

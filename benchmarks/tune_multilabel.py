@@ -14,14 +14,12 @@ Hyperband's rungs, at 1 and 3 epochs, stop trials well before the end), one torc
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from tune_digits import REPO, best_score, run  # run as python benchmarks/tune_multilabel.py
+from tune_digits import REPO, Trials, best_score, run  # run as python benchmarks/tune_multilabel.py
 
 
 def main() -> None:
@@ -48,15 +46,9 @@ def main() -> None:
     tune_seconds = run(["tune", *fit, "--trainer.default_root_dir", "runs", "--tune.trials", str(options.trials)],
                        work, work / "tune.log")
     root = work / "runs" / "tune" / "study"
-    rows = list(csv.DictReader((root / "trials.csv").open(encoding="utf-8")))
-    complete = [r for r in rows if r["state"] == "COMPLETE"]
-    pruned = [r for r in rows if r["state"] == "PRUNED"]
-    failed = [r for r in rows if r["state"] == "FAIL"]
-    best = max(complete, key=lambda r: float(r["value"]))
-    # An epoch's time from the complete trials (each runs every epoch); a pruned trial saved the epochs it did not run.
-    epoch_s = statistics.median(float(r["seconds"]) / int(r["epochs"]) for r in complete)
-    saved_epochs = sum(options.epochs - int(r["epochs"]) for r in pruned)
-    trial_epochs = sum(int(r["epochs"]) for r in rows)
+    trials = Trials.read(root, options.epochs)
+    rows, complete, pruned, failed, best = trials.rows, trials.complete, trials.pruned, trials.failed, trials.best
+    epoch_s, saved_epochs, trial_epochs = trials.epoch_s, trials.saved_epochs, trials.trial_epochs
     unpruned_s = sum(float(r["seconds"]) for r in complete) / max(1, len(complete)) * len(rows)
     print(f"multi-label digits ({options.train} training / {options.val} validation images), convnext_atto from "
           f"scratch, {options.image_size} px, {options.epochs} epochs per run, {options.trials} trials; "
