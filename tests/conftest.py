@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401  (see below)
 import pytest
 
 from tests.helpers import FAST, make_folder
+
+# Lightning gives its logger a handler on the stderr of the moment it is first imported. Imported here, that is the
+# session's; imported first inside a test, it would be that test's captured stream, closed when the test ends, and
+# every later Lightning message would print "--- Logging error ---" (seen running tests/checks/test_bad_files.py
+# alone).
 
 @pytest.fixture
 def image_root(tmp_path: Path) -> Path:
