@@ -10,12 +10,16 @@ whole process from start-up to exit (so import time counts):
   with one process (its CPU time against the default's shows what running processes side by side costs);
 - the same with ``--header_only true``;
 - the check ``fit`` runs before the first step (threads, as in training), first run and repeat run;
-- ``python -c pass``, ``lit-convnext --help`` and ``lit-convnext doctor --help``.
+- ``python -c pass``, ``lit-convnext --help`` and ``lit-convnext doctor --help``;
+- the naive loop and ``doctor``'s first run again with the files' contents out of memory (each file's pages dropped
+  with ``posix_fadvise(DONTNEED)`` just before: a first look at a folder not read recently; the folder listing
+  stays cached), where the disk's waits count.
 
 Single whole-process timings on a small machine scatter by 20% or more, so every case runs once per round,
 ``--rounds`` times (a first run with a new, empty cache each round), and each case's speed is the median over
-the rounds of the naive loop's time divided by the case's time in the same round; the CPU time (the process and
-its workers) shows the work done whatever else the machine was doing.
+the rounds of the naive loop's time divided by the case's time in the same round (for the cases with the files
+out of memory, the naive loop's time with its files out of memory); the CPU time (the process and its workers)
+shows the work done whatever else the machine was doing.
 
 Usage: ``python benchmarks/doctor.py [--images 20000] [--size 48] [--rounds 5]``.
 """
@@ -37,6 +41,9 @@ import numpy as np
 from PIL import Image
 
 NAIVE_NAME = "naive loop: open + verify + hash, 1 core"
+NAIVE_COLD_NAME = "naive loop, files not in memory"
+#: Cases run with the folder's files dropped from memory just before: compared with NAIVE_COLD_NAME.
+COLD = "files not in memory"
 NAIVE = """
 import hashlib, sys
 from pathlib import Path
@@ -89,6 +96,19 @@ def generate(root: Path, count: int, size: int) -> None:
         Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"img{i}.png")
 
 
+def drop_from_memory(root: Path) -> None:
+    """Drop the page cache's copy of every file under ``root`` (clean pages only: the files were written long
+    enough ago, or are synced here), so the next reader waits for the disk as after a reboot."""
+    os.sync()
+    for folder, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def run(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system, worker processes included) of one whole process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -129,19 +149,24 @@ def main() -> None:
             ("doctor --header_only true, first run", [*doctor, "--header_only", "true"], "header"),
             ("fit's pre-training check, first run", fit_check, "fit"),
             ("fit's pre-training check, repeat run", fit_check, "fit"),
+            (NAIVE_COLD_NAME, [py, "-c", NAIVE, str(root)], "none"),
+            (f"doctor, first run, {COLD}", doctor, "doctor-cold"),
         ]
         times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in cases}
         for round_ in range(args.rounds):  # every case once per round: a slow spell hits all of them alike
             for name, command, cache in cases:
                 env = {**os.environ, "LIT_CONVNEXT_CACHE_DIR": str(Path(tmp) / f"cache-{cache}-{round_}")}
+                if COLD in name:
+                    drop_from_memory(root)
                 times[name].append(run(command, env))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"{cores} cores, {platform.machine()}, Python {platform.python_version()}; whole processes, "
           f"{args.rounds} rounds; speed vs the naive loop = median over rounds of (naive wall / case wall):")
     naive = [wall for wall, _ in times[NAIVE_NAME]]
+    naive_cold = [wall for wall, _ in times[NAIVE_COLD_NAME]]
     for name, runs in times.items():
         walls = [wall for wall, _ in runs]
-        ratios = sorted(n / w for n, w in zip(naive, walls))
+        ratios = sorted(n / w for n, w in zip(naive_cold if COLD in name else naive, walls))
         print(f"  {name:42s} wall median {statistics.median(walls):5.2f} s (min {min(walls):5.2f}), CPU "
               f"{statistics.median(cpu for _, cpu in runs):5.2f} s, speed {statistics.median(ratios):4.2f}x "
               f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})")

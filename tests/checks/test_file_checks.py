@@ -116,6 +116,28 @@ def test_a_folder_named_like_an_image_is_a_bad_file(tmp_path: Path) -> None:
     assert inspect_files([str(tmp_path / "folder.png")], workers=1)[0].error.startswith("cannot read file")
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc/self/fd (Linux)")
+def test_files_opened_ahead_of_their_check_are_all_closed(tmp_path: Path) -> None:
+    """A worker opens files ahead of their check (read-ahead): the answers are those of checking each file alone,
+    and no descriptor stays open: checked, unopenable (missing, a folder) or never reached (a stopped task)."""
+    folder = make_folder(tmp_path / "data", 30)
+    write_bad_files(folder / "red")
+    paths = sorted(str(p) for p in folder.rglob("*") if p.is_file()) + [str(tmp_path / "gone.png"), str(folder)]
+    assert len(paths) > 2 * file_checks.READ_AHEAD
+    before = sorted(os.listdir("/proc/self/fd"))
+    answers = file_checks._check_jobs([(path, -1, -1) for path in paths], header_only=False)
+    assert [answer[2] for answer in answers] == [file_checks._stored_values(check_file(path)) for path in paths]
+    assert answers[-2][2][0].startswith("cannot read file") and answers[-1][2][0].startswith("cannot read file")
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+    files = file_checks._opened_ahead(paths)
+    path, fd = next(files)
+    assert path == paths[0] and os.read(fd, 8) == Path(path).read_bytes()[:8]
+    os.close(fd)
+    files.close()  # a task stopped after one file: the files opened ahead are closed
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 def test_read_returns_the_whole_file_with_the_stat_taken_when_it_was_opened(tmp_path: Path) -> None:
     path = tmp_path / "big.bin"
     path.write_bytes(bytes(range(256)) * 9000)  # larger than one buffer
