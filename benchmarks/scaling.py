@@ -247,7 +247,7 @@ def plot(results: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    fig, (left, right, speed) = plt.subplots(1, 3, figsize=(19, 5.5))
     for operation in OPERATIONS:
         points = sorted((int(n), cases[operation]) for n, cases in results.items() if operation in cases)
         if not points:
@@ -260,7 +260,16 @@ def plot(results: dict, path: Path, title: str) -> None:
     sizes = sorted(int(n) for n in results)
     left.plot(sizes, [n * 1e-4 for n in sizes], ":", color="grey", label="slope 1: 100 µs per image")
     right.plot(sizes, [n * 1e-3 for n in sizes], ":", color="grey", label="slope 1: 1 KiB per image")
-    for axis in (left, right):
+    for operation in FROM_DISK[1:] + WARMED:  # wall time: what the user waits for, where doctor meets the loop
+        points = sorted((int(n), cases[operation]["wall"]) for n, cases in results.items() if operation in cases)
+        if points:
+            speed.plot([n for n, _ in points], [w for _, w in points], "--" if operation.startswith("naive") else "-",
+                       marker="o", color="tab:red" if "memory" not in operation else "tab:blue",
+                       label=operation if "memory" in operation else f"{operation}, from disk")
+    speed.set_ylabel("wall seconds, whole process")
+    speed.set_title("doctor's first run (solid) against the naive loop (dashed)")
+    speed.legend(fontsize=8)
+    for axis in (left, right, speed):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("images in the folder")
