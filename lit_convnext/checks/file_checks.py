@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lit_convnext.checks.check_cache import CheckCache
 from lit_convnext.data.images import (ALPHA_MODES, HIGH_DEPTH_MODES, ORIENTATION_TAG, DamagedImageError, load_pixels,
-                                      needs_conversion, open_image, to_rgb)
+                                      needs_conversion, open_image, refuse_special_file, to_rgb)
 
 #: Which extensions are normal for each Pillow format (a mismatch is reported, it still loads).
 FORMAT_SUFFIXES = {
@@ -135,18 +135,21 @@ def _check(path: str, header_only: bool, caught: list[warnings.WarningMessage],
     return result, size, mtime_ns
 
 
-#: ``os.open`` flags for reading a whole file (binary mode matters on Windows only).
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+#: ``os.open`` flags for reading a whole file (binary mode matters on Windows only; non-blocking, so that opening a
+#: named pipe returns at once instead of waiting for a writer: it is then refused as not a regular file).
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def _read(path: str, fd: int | None = None) -> tuple[bytes, int, int]:
     """The file's bytes, with the size and modification time it had when opened: one open, one ``fstat`` and
     (for a regular file) one read, a third of the cost of ``open(path, "rb").read()`` plus ``os.stat`` on
-    small files. The stat comes first, so a file changed while it is read gets a newer mtime: checked again."""
+    small files. The stat comes first, so a file changed while it is read gets a newer mtime: checked again.
+    Anything but a regular file (a pipe, a device, a folder named like an image) raises ``OSError`` unread."""
     if fd is None:
         fd = os.open(path, _READ_FLAGS)
     try:
         stat = os.fstat(fd)
+        refuse_special_file(stat.st_mode)
         data = os.read(fd, stat.st_size + 1)  # the extra byte notices a file that grew since the stat
         if len(data) != stat.st_size:  # a short read (some network filesystems) or a growing file: read on
             parts = [data]

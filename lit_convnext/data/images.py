@@ -23,6 +23,7 @@ import functools
 import logging
 import math
 import os
+import stat
 import threading
 import warnings
 from collections.abc import Callable
@@ -138,10 +139,26 @@ class _PillowLog(logging.Handler):
 _PILLOW_LOG = _PillowLog()
 
 
+#: What a path that is not a regular file is, by ``stat.S_IFMT``.
+_SPECIAL_FILES = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket",
+                  stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+
+
+def refuse_special_file(mode: int) -> None:
+    """Raise ``OSError`` for anything but a regular file (``mode`` from ``stat``): a named pipe would keep its reader
+    waiting for a writer, and a device such as ``/dev/zero`` would be read without end."""
+    if not stat.S_ISREG(mode):
+        kind = _SPECIAL_FILES.get(stat.S_IFMT(mode), "a special file")
+        raise OSError(f"{kind}, not a regular file")
+
+
 def open_image(source: str | Path | IO[bytes]) -> Image.Image:
     """``Image.open`` whose refusals say what was wrong: the pixel limit and what to do about it, or why a file with
-    a known format's signature cannot be opened (:class:`DamagedImageError`). Use it as ``with open_image(...)``,
-    as ``Image.open``: a plain function, not a generator, since every training sample goes through it."""
+    a known format's signature cannot be opened (:class:`DamagedImageError`); a path that is not a regular file is
+    refused before it is opened (:func:`refuse_special_file`). Use it as ``with open_image(...)``, as ``Image.open``:
+    a plain function, not a generator, since every training sample goes through it."""
+    if isinstance(source, (str, os.PathLike)):
+        refuse_special_file(os.stat(source).st_mode)
     messages = _PILLOW_LOG.messages.start()
     try:
         img = Image.open(source)

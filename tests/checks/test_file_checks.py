@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,38 @@ def test_a_file_that_cannot_be_stat_ed_or_read_is_a_bad_file_and_not_remembered(
 
 def test_a_folder_named_like_an_image_is_a_bad_file(tmp_path: Path) -> None:
     (tmp_path / "folder.png").mkdir()
-    assert inspect_files([str(tmp_path / "folder.png")], workers=1)[0].error.startswith("cannot read file")
+    assert inspect_files([str(tmp_path / "folder.png")], workers=1)[0].error == (
+        "cannot read file: a folder, not a regular file")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists() or not hasattr(signal, "alarm"),
+                    reason="needs named pipes, /dev/zero and signal.alarm (Unix)")
+def test_a_pipe_or_a_device_named_like_an_image_is_a_bad_file_found_at_once(tmp_path: Path) -> None:
+    """A named pipe made the check wait for a writer, and a link to /dev/zero read without end; so did the loader."""
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    make_folder(tmp_path / "data", 1)
+    good = next(str(p) for p in (tmp_path / "data").rglob("*.png"))
+
+    class StillWaiting(Exception):  # not an OSError: the check must not take it for the file's own error
+        pass
+
+    def hung(*_: object) -> None:
+        raise StillWaiting("still waiting on a special file after 20 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        checks = inspect_files([str(tmp_path / "pipe.png"), str(tmp_path / "zero.png"), good], workers=1, cache=False)
+        with pytest.raises(OSError, match="^a named pipe, not a regular file$"):
+            load_rgb(tmp_path / "pipe.png")  # the loader's path (predict, or fit without the check)
+        with pytest.raises(OSError, match="^a device, not a regular file$"):
+            load_rgb(str(tmp_path / "zero.png"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [c.error for c in checks] == ["cannot read file: a named pipe, not a regular file",
+                                         "cannot read file: a device, not a regular file", None]
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc/self/fd (Linux)")
