@@ -263,9 +263,10 @@ def plot(results: dict, path: Path, title: str) -> None:
     for operation in FROM_DISK[1:] + WARMED:  # wall time: what the user waits for, where doctor meets the loop
         points = sorted((int(n), cases[operation]["wall"]) for n, cases in results.items() if operation in cases)
         if points:
+            from_disk = operation in FROM_DISK
             speed.plot([n for n, _ in points], [w for _, w in points], "--" if operation.startswith("naive") else "-",
-                       marker="o", color="tab:red" if "memory" not in operation else "tab:blue",
-                       label=operation if "memory" in operation else f"{operation}, from disk")
+                       marker="o", color="tab:red" if from_disk else "tab:blue",
+                       label=f"{operation}, from disk" if from_disk else operation)
     speed.set_ylabel("wall seconds, whole process")
     speed.set_title("doctor's first run (solid) against the naive loop (dashed)")
     speed.legend(fontsize=8)
@@ -356,7 +357,7 @@ def main() -> None:
                   f"operation, {keep['seconds'] / count * 1e6:6.1f} µs/image, CPU {keep['cpu'] / count * 1e6:6.1f} "
                   f"µs/image), peak {keep['rss_mb']:.0f} MiB (workers {keep['worker_rss_mb']:.0f} MiB)", flush=True)
             if args.json:
-                args.json.write_text(json.dumps(results, indent=1))
+                args.json.write_text(json.dumps(results, indent=1) + "\n")
     load = os.getloadavg()[0]
     cores = len(os.sched_getaffinity(0))
     print(f"{cores} shared CPU cores, {platform.machine()}, Python {platform.python_version()}, load average "
